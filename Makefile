@@ -1,0 +1,32 @@
+# Every target installs what it needs first: a fresh clone runs `make demo` or `make test` directly.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+export OMP_NUM_THREADS ?= 1
+export DS_ACCELERATOR ?= cpu
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install demo test test-fast bench clean
+
+$(STAMP): setup.py
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	PATH=$(abspath $(VENV))/bin:$$PATH bash launch/demo.sh
+
+test: install
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest -q tests
+
+test-fast: install
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest -q -m "not slow" tests
+
+bench: install
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m jala_ds.cli bench all
+
+clean:
+	rm -rf demo_out runs mlflow.db .pytest_cache

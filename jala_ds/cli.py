@@ -1,0 +1,52 @@
+"""The ``jala`` console script: one entry point, sub-commands grouped by package.
+
+    jala data synth --out raw --lab 24 --wild 16      # a tiny corpus in the raw clip format
+    jala data convert --src raw --out mds             # raw clips -> MDS shards
+    jala train --recipe tiny_cpu train.max_steps=20   # pretraining (also under deepspeed / torchrun)
+    jala --help                                       # everything else
+
+Each package registers its commands in its ``commands.py`` with ``register(subparsers)``; registration is
+cheap (heavy imports happen inside the handlers), so ``jala --help`` stays instant.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from jala_ds.config_checks import ConfigError
+
+COMMAND_MODULES = (
+    "jala_ds.data.commands",
+    "jala_ds.motion.commands",
+    "jala_ds.train.commands",
+    "jala_ds.eval.commands",
+    "jala_ds.bench_commands",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jala", description="JALA pretraining at scale")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name != name:
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args) or 0
+    except ConfigError as err:
+        print(f"jala: config error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

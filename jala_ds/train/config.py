@@ -1,0 +1,90 @@
+"""Train and tracking sections: batch arithmetic, optimiser, schedule, checkpoints, MLflow."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from jala_ds.config_checks import require
+
+
+@dataclass
+class TrainConfig:
+    micro_batch_size: int = 16
+    """Samples (or packed rows) per GPU per forward pass (16 in the paper)."""
+    grad_accum_steps: int = 1
+    """Micro-batches accumulated per optimiser step."""
+    global_batch_size: int = 128
+    """Samples per optimiser step over all ranks; must equal micro_batch_size * grad_accum_steps * world size."""
+    lr: float = 1e-4
+    """Peak learning rate of AdamW."""
+    weight_decay: float = 0.05
+    """AdamW weight decay."""
+    betas: list[float] = None  # type: ignore[assignment]
+    """AdamW betas."""
+    warmup_frac: float = 0.05
+    """Share of the steps spent warming up linearly, then cosine decay to ``min_lr_ratio * lr``."""
+    min_lr_ratio: float = 0.0
+    """Floor of the cosine schedule, relative to ``lr``."""
+    grad_clip: float = 1.0
+    """Max global gradient norm."""
+    max_steps: int = 0
+    """Optimiser steps; 0 means one epoch of the corpus."""
+    dtype: Literal["bf16", "fp32"] = "bf16"
+    """Training precision (fp16 is not offered: DeepSpeed refuses it on CPU and bf16 is the paper's)."""
+    ds_config: str = "ds_configs/zero3_bf16.json"
+    """DeepSpeed JSON config; batch sizes, clipping and dtype are filled from this recipe, conflicts refused."""
+    out_dir: str = "runs/jala"
+    """Checkpoints, the resolved config and exports go here."""
+    save_every: int = 1000
+    """Save a checkpoint every this many steps (and at the end)."""
+    keep_last: int = 3
+    """Checkpoints kept on disk; older ones are deleted after a newer save completes."""
+    resume: str = "auto"
+    """``auto``: continue from ``out_dir``'s latest checkpoint if any; ``none``; or a checkpoint folder."""
+    log_every: int = 10
+    """Log metrics every this many steps."""
+    seed: int = 1234
+    """Seed of model init, data order and masking."""
+
+    def __post_init__(self) -> None:
+        if self.betas is None:
+            self.betas = [0.9, 0.95]
+
+    def validate(self) -> None:
+        require(self.micro_batch_size > 0, "train.micro_batch_size", "must be positive")
+        require(self.grad_accum_steps > 0, "train.grad_accum_steps", "must be positive")
+        require(self.global_batch_size > 0, "train.global_batch_size", "must be positive")
+        require(self.global_batch_size % (self.micro_batch_size * self.grad_accum_steps) == 0,
+                "train.global_batch_size",
+                f"{self.global_batch_size} is not a multiple of micro_batch_size * grad_accum_steps = "
+                f"{self.micro_batch_size * self.grad_accum_steps}")
+        require(self.lr > 0, "train.lr", "must be positive")
+        require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "train.betas",
+                "must be two numbers in [0, 1), e.g. [0.9, 0.95]")
+        require(0.0 <= self.warmup_frac < 1.0, "train.warmup_frac", "must lie in [0, 1)")
+        require(self.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables clipping)")
+        require(self.max_steps >= 0, "train.max_steps", "must be >= 0 (0 = one epoch)")
+        require(self.save_every > 0, "train.save_every", "must be positive")
+        require(self.keep_last > 0, "train.keep_last", "must keep at least one checkpoint")
+
+    def check_world_size(self, world_size: int) -> None:
+        """The batch arithmetic, checked once the world size is known (still before any process group)."""
+        per_step = self.micro_batch_size * self.grad_accum_steps * world_size
+        require(per_step == self.global_batch_size, "train.global_batch_size",
+                f"{self.global_batch_size} != micro_batch_size {self.micro_batch_size} x grad_accum_steps "
+                f"{self.grad_accum_steps} x world size {world_size} = {per_step}: set "
+                f"train.grad_accum_steps={max(1, self.global_batch_size // (self.micro_batch_size * world_size))}"
+                f" or train.global_batch_size={per_step}")
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    """Log the run to MLflow (rank 0 only)."""
+    uri: str | None = None
+    """Tracking URI; None uses MLFLOW_TRACKING_URI, else MLflow's default sqlite:///mlflow.db in the working dir."""
+    experiment: str = "jala"
+    """MLflow experiment name; runs that should be compared share it."""
+
+    def validate(self) -> None:
+        require(bool(self.experiment), "tracking.experiment", "must be a non-empty name")
