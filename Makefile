@@ -26,7 +26,7 @@ test-fast: install
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest -q -m "not slow" tests
 
 bench: install
-	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m jala_ds.cli bench all
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m benchmarks.run_all
 
 clean:
 	rm -rf demo_out runs mlflow.db .pytest_cache

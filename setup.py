@@ -12,6 +12,8 @@ INSTALL_REQUIRES = [
     "torchvision==0.29.1",
     "deepspeed==0.19.8",
     "transformers==4.57.6",
+    # transformers' ZeRO-3 integration (HfDeepSpeedConfig: from_pretrained and resize under zero.Init) needs it.
+    "accelerate==1.15.0",
     "tokenizers==0.22.2",
     "safetensors>=0.6",
     "mosaicml-streaming==0.13.0",

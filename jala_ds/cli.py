@@ -21,12 +21,15 @@ COMMAND_MODULES = (
     "jala_ds.motion.commands",
     "jala_ds.train.commands",
     "jala_ds.eval.commands",
-    "jala_ds.bench_commands",
+    "jala_ds.bench.commands",
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jala", description="JALA pretraining at scale")
+    # Launchers put --local_rank right after the script (`jala --local_rank=0 train ...`); ranks come from
+    # the LOCAL_RANK variable they also export, so the flag is accepted and not used.
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:

@@ -10,6 +10,7 @@ a string literal right below them. Loading checks every key and type and runs ea
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ class JalaConfig:
     def validate(self) -> None:
         for section in (self.data, self.model, self.motion_tokenizer, self.train, self.tracking):
             section.validate()
+        self.model.check_tokens_per_chunk(self.motion_tokenizer.tokens_per_chunk)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -112,7 +114,7 @@ def build(cls: type, tree: Any, prefix: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in tree:
         if key not in fields:
-            close = [name for name in fields if name.startswith(str(key)[:3])]
+            close = difflib.get_close_matches(str(key), list(fields), n=2)
             hint = f" (did you mean {', '.join(prefix + c for c in close)}?)" if close else ""
             raise ConfigError(f"unknown key '{prefix}{key}'{hint}: known keys under {where} are "
                               f"{', '.join(sorted(fields))}")

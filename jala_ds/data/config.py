@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from jala_ds.config_checks import require
 
@@ -19,7 +20,10 @@ class DataConfig:
     chunk_frames: int = 15
     """Frames per motion chunk."""
     max_chunks: int = 1
-    """Motion chunks per hand in one training sample; longer clips are cut into several samples."""
+    """Motion chunks per hand in one training sample; a longer clip gives one window of this many chunks,
+    drawn anew each epoch (deterministically from train.seed, the epoch and the sample)."""
+    video_only_hands: Literal["both", "right"] = "both"
+    """Motion streams of a video-only sample, whose hands are unknown: both (L, R interleaved) or right only."""
     wild_slowdown: float = 2.0
     """In-the-wild clips are slowed in time by this factor so their motion speed matches lab data."""
     min_pseudo_confidence: float = 0.65
@@ -60,3 +64,7 @@ class DataConfig:
         require(self.max_tokens > 0, "data.max_tokens", "must be positive")
         require(self.num_workers >= 0, "data.num_workers", "must be >= 0")
         require(self.frame_size >= 16, "data.frame_size", "must be at least 16 pixels")
+        require(self.max_text_tokens > 0, "data.max_text_tokens", "must be positive")
+        require(self.prefetch_factor > 0, "data.prefetch_factor", "must be positive")
+        require(not self.labeled_only or self.lab_proportion in (None, 1.0), "data.lab_proportion",
+                "labeled_only trains on the lab stream alone: set lab_proportion to null (or 1)")

@@ -1,0 +1,11 @@
+"""Hand motion: the MANO frame, forward kinematics, metrics, and the GRVQ motion tokenizer.
+
+- ``mano``: the 99-dim frame layout and rot6d conversions; ``kinematics``: 21 joints from frames (template
+  skeleton, or the real MANO model through smplx); ``metrics``: MPJPE, PA-MPJPE, MWTE, MDE.
+- The tokenizer: ``quantizer`` (GRVQ with EMA codebooks) inside ``autoencoder`` (one part) inside
+  ``tokenizer_model`` (both parts, normalisation, losses, token layout); ``tokenizer`` wraps it in the data
+  pipeline's numpy protocol and reads/writes checkpoints (``load_grvq_tokenizer``).
+- Its jobs: ``train_tokenizer`` (``jala tokenizer train``, reading ``pose_corpus``, tracking with
+  ``jala_ds.train.tracking``) and ``corpus_tokenize`` (``jala data tokenize``). ``synthetic`` makes motion and
+  pose-only corpora for tests and benchmarks.
+"""

@@ -1,0 +1,48 @@
+"""``make bench``: every benchmark for the hardware at hand, then one summary of where the results went.
+
+    python -m benchmarks.run_all            # real sizes on a GPU, smoke sizes on a CPU
+    python -m benchmarks.run_all --smoke    # smoke sizes everywhere
+
+On a CPU the kernel benchmarks can only run their smoke configurations (the Triton kernels need a GPU); the
+loader benchmark is a CPU benchmark and runs at full size everywhere.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from pathlib import Path
+
+import torch
+
+from benchmarks import attention, data_loader, grvq
+from benchmarks.report import RESULTS_DIR, device_name
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run_all", description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="smoke sizes even on a GPU")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder (default benchmarks/results)")
+    args = parser.parse_args(argv)
+    kernel_smoke = args.smoke or not torch.cuda.is_available()
+    flag = ["--smoke"] if kernel_smoke else []
+    before = set(args.out.glob("*.md")) if args.out.exists() else set()
+    status = {
+        "attention": attention.main([*flag, "--out", str(args.out)]),
+        "grvq": grvq.main([*flag, "--out", str(args.out)]),
+        "data_loader": data_loader.main([*(["--smoke"] if args.smoke else []), "--out", str(args.out)]),
+    }
+    written = sorted(set(args.out.glob("*.md")) - before)
+    summary = args.out / f"{dt.date.today().isoformat()}_summary.md"
+    lines = [f"# make bench, {dt.date.today().isoformat()}", "", f"- device: {device_name()}",
+             f"- kernel sizes: {'smoke (no GPU)' if kernel_smoke else 'full'}", "",
+             "| benchmark | exit | result |", "|---|---|---|"]
+    lines += [f"| {name} | {code} | {', '.join(p.name for p in written if name in p.name) or '-'} |"
+              for name, code in status.items()]
+    summary.write_text("\n".join(lines) + "\n")
+    print(summary.read_text())
+    return max(status.values())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

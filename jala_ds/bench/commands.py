@@ -1,0 +1,101 @@
+"""``jala plan`` (how long an epoch takes on N GPUs) and ``jala compare`` (MLflow runs side by side).
+
+    jala plan --gpus 8 --gpu a800                       # 8 x A800, the paper's recipe, scaling tables to 512 GPUs
+    jala plan --gpus 8 --gpu h100 --nodes 4 --mfu 0.45  # a given compute MFU instead of a measured one
+    jala plan --calibrate benchmarks/results/2026-11-26_throughput_nvidia-h100-80gb-hbm3.md
+    jala compare --experiment jala-tiny --metric loss align_loss --out compare_tiny
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    plan = subparsers.add_parser("plan", help="epoch time vs GPU and node count (analytic, ZeRO-3)",
+                                 description="Analytic model of step time: FLOPs at an MFU, plus ZeRO-3 "
+                                             "collectives over NVLink and the network. Prints every assumption.")
+    plan.add_argument("--recipe", default="pretrain_internvl3_2b", help="recipe name or YAML path")
+    plan.add_argument("overrides", nargs="*", help="recipe overrides, section.key=value")
+    plan.add_argument("--gpu", default="a800", help="card: a100, a800, h100, h100-pcie, h800, h200, h20, l40s, "
+                                                    "b200, mi300x (default a800)")
+    plan.add_argument("--gpus", type=int, default=8, help="GPUs per node (default 8)")
+    plan.add_argument("--nodes", type=int, default=1, help="nodes of the planned cluster (default 1)")
+    plan.add_argument("--network-gbps", type=float, default=800.0,
+                      help="inter-node bandwidth per node per direction in Gb/s (default 800 = 4 x 200 Gb/s)")
+    plan.add_argument("--overlap", type=float, default=0.7,
+                      help="fraction of communication hidden behind compute (default 0.7)")
+    plan.add_argument("--max-gpus", type=int, default=512, help="largest GPU count in the tables (default 512)")
+    plan.add_argument("--global-batch", type=int, default=None,
+                      help="global batch of the strong-scaling table (default: the recipe's)")
+    plan.add_argument("--mfu", type=float, default=None, help="compute MFU to assume, a fraction (e.g. 0.45)")
+    plan.add_argument("--calibrate", default=None, metavar="RESULTS.md",
+                      help="throughput result to take the MFU from (default: newest in --results-dir)")
+    plan.add_argument("--results-dir", default="benchmarks/results", help="where throughput results are found")
+    plan.add_argument("--epoch-samples", type=int, default=7_500_000, help="samples per epoch (default 7.5M)")
+    plan.add_argument("--text-tokens", type=int, default=None,
+                      help="instruction tokens per sample incl. the image delimiters (default 60)")
+    plan.add_argument("--frozen-vision", action="store_true", help="count the InternViT tower as frozen")
+    plan.set_defaults(handler=run_plan)
+
+    compare = subparsers.add_parser("compare", help="compare MLflow runs: table, CSV, markdown, curves",
+                                    description="Reads an MLflow store and writes comparison.csv, comparison.md "
+                                                "and curves.png for the runs of one experiment.")
+    compare.add_argument("--experiment", required=True, help="MLflow experiment name")
+    compare.add_argument("--runs", nargs="+", default=[], metavar="ID", help="run ids (default: all runs)")
+    compare.add_argument("--metric", nargs="+", default=["loss"], metavar="NAME[:max]",
+                         help="metrics to compare; best is the minimum unless NAME:max (default loss)")
+    compare.add_argument("--tracking-uri", default=None,
+                         help="MLflow store (default MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    compare.add_argument("--out", default=None, help="output folder (default compare_<experiment>/)")
+    compare.set_defaults(handler=run_compare)
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    from jala_ds.bench import plan
+    from jala_ds.bench.calibrate import calibration
+    from jala_ds.bench.cards import card
+    from jala_ds.bench.dims import model_dims
+    from jala_ds.bench.flops import recipe_flops
+    from jala_ds.bench.plan_report import PlanRequest, plan_report
+    from jala_ds.config import load_config
+
+    for name, value, low in (("--gpus", args.gpus, 1), ("--nodes", args.nodes, 1), ("--max-gpus", args.max_gpus, 1),
+                             ("--epoch-samples", args.epoch_samples, 1)):
+        if value < low:
+            return _fail("plan", f"{name} {value}: must be at least {low}")
+    if not 0 <= args.overlap <= 1 or args.network_gbps <= 0:
+        return _fail("plan", "--overlap must lie in [0, 1] and --network-gbps be positive")
+    try:
+        cfg = load_config(args.recipe, args.overrides)
+        gpu = card(args.gpu)
+        dims = model_dims(cfg)
+        count = recipe_flops(cfg, args.text_tokens, vision_trained=not args.frozen_vision, dims=dims)
+        work = plan.Workload.from_recipe(cfg, count, dims, args.epoch_samples, vision_trained=not args.frozen_vision)
+        calib = calibration(count.per_sample, args.mfu, args.calibrate, args.results_dir)
+    except ValueError as err:
+        return _fail("plan", str(err))
+    request = PlanRequest(cluster=plan.Cluster(gpu, args.gpus, args.network_gbps / 8), nodes=args.nodes,
+                          overlap=args.overlap, max_gpus=args.max_gpus,
+                          global_batch=args.global_batch or cfg.train.global_batch_size)
+    print(plan_report(cfg, count, work, request, calib), end="")
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from jala_ds.bench.compare import compare_runs
+    from jala_ds.bench.tables import markdown_table
+
+    try:
+        result = compare_runs(args.experiment, args.runs, args.metric, args.tracking_uri, args.out)
+    except ValueError as err:
+        return _fail("compare", str(err))
+    print(markdown_table(result.rows))
+    for kind, path in result.paths.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+def _fail(command: str, message: str) -> int:
+    print(f"jala {command}: {message}", file=sys.stderr)
+    return 2

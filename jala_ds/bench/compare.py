@@ -1,0 +1,172 @@
+"""Side-by-side comparison of MLflow runs: a table, its CSV and markdown, and the metric curves overlaid.
+
+The table has one row per run: name, id, status, duration in hours, every config param whose value differs
+between the runs, the final and best value of each chosen metric, and the median of the throughput metrics
+(``samples_per_s``, ``tokens_per_s``, ``mfu``, also under a prefix such as ``train/mfu``) when a run logged them.
+Medians, because the first logged values include start-up and compilation.
+
+    result = compare_runs("jala-tiny", metrics=["loss", "align_loss"], out_dir="compare_jala-tiny")
+    result.paths        # comparison.csv, comparison.md, curves.png
+"""
+from __future__ import annotations
+
+import csv
+import os
+import re
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from jala_ds.bench.tables import markdown_table
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+"""MLflow's own default store: ``mlflow.db`` in the working directory."""
+THROUGHPUT_METRICS = ("samples_per_s", "tokens_per_s", "mfu")
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A metric to compare; ``best`` is its minimum unless written ``NAME:max``."""
+
+    key: str
+    maximize: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> MetricSpec:
+        key, _, direction = text.partition(":")
+        if direction not in ("", "min", "max") or not key:
+            raise ValueError(f"--metric {text!r}: write NAME, NAME:min or NAME:max (e.g. loss, accuracy:max)")
+        return cls(key, direction == "max")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    rows: list[dict[str, object]]
+    paths: dict[str, Path]
+
+
+def resolve_tracking_uri(flag: str | None = None) -> str:
+    """The ``--tracking-uri`` flag, else ``MLFLOW_TRACKING_URI``, else MLflow's default sqlite store."""
+    return flag or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def _check_store_exists(uri: str) -> None:
+    # Opening a missing sqlite file would silently create an empty store and then report "no experiment".
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):])
+        if not path.is_file():
+            raise ValueError(f"no MLflow store at {path.resolve()}: train first, or point --tracking-uri (or "
+                             "MLFLOW_TRACKING_URI) at the store that holds the runs")
+
+
+def load_runs(client, experiment: str, run_ids: list[str] | tuple[str, ...] = ()) -> list:
+    """The runs of ``experiment`` (all active ones, oldest first, or the ``run_ids`` given, in that order)."""
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        known = ", ".join(sorted(e.name for e in client.search_experiments())) or "none"
+        raise ValueError(f"--experiment {experiment!r} is not in this store: known experiments are {known}")
+    if not run_ids:
+        runs = client.search_runs([found.experiment_id], order_by=["attributes.start_time ASC"], max_results=1000)
+        if not runs:
+            raise ValueError(f"experiment {experiment!r} has no runs yet")
+        return list(runs)
+    from mlflow.exceptions import MlflowException
+
+    runs = []
+    for run_id in run_ids:
+        try:
+            run = client.get_run(run_id)
+        except MlflowException:
+            raise ValueError(f"--runs {run_id}: no such run in this store") from None
+        if run.info.experiment_id != found.experiment_id:
+            raise ValueError(f"--runs {run_id} belongs to another experiment than {experiment!r}")
+        runs.append(run)
+    return runs
+
+
+def differing_params(runs: list) -> list[str]:
+    """Param keys whose values are not the same in every run (a key missing from a run counts as a value)."""
+    keys = sorted({key for run in runs for key in run.data.params})
+    return [key for key in keys if len({run.data.params.get(key) for run in runs}) > 1]
+
+
+def throughput_keys(run) -> list[str]:
+    """The run's logged metrics that are throughput: last path component in ``THROUGHPUT_METRICS``."""
+    return sorted(key for key in run.data.metrics if re.split(r"[/.]", key)[-1] in THROUGHPUT_METRICS)
+
+
+def run_row(run, histories: dict[str, list], metrics: list[MetricSpec], params: list[str]) -> dict[str, object]:
+    """One table row from a run and its metric histories (``{key: [mlflow Metric, ...]}``)."""
+    info = run.info
+    end = info.end_time or time.time() * 1000
+    row: dict[str, object] = {"run": info.run_name, "run_id": info.run_id[:8], "status": info.status,
+                              "hours": (end - info.start_time) / 3.6e6}
+    row.update({key: run.data.params.get(key) for key in params})
+    for spec in metrics:
+        history = sorted(histories.get(spec.key, []), key=lambda m: (m.step, m.timestamp))
+        values = [m.value for m in history]
+        row[f"{spec.key} final"] = values[-1] if values else None
+        row[f"{spec.key} best"] = (max(values) if spec.maximize else min(values)) if values else None
+    for key in throughput_keys(run):
+        row[f"{key} median"] = statistics.median(m.value for m in histories[key])
+    return row
+
+
+def plot_curves(runs: list, histories: list[dict[str, list]], metrics: list[MetricSpec], path: Path) -> None:
+    """One panel per metric, one line per run, against the step; written as PNG with the Agg canvas."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5 * len(metrics), 4), layout="constrained")
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    for ax, spec in zip(axes, metrics):
+        for run, history in zip(runs, histories):
+            points = sorted((m.step, m.value) for m in history.get(spec.key, []))
+            if points:
+                steps, values = zip(*points)
+                ax.plot(steps, values, label=run.info.run_name, linewidth=1.5)
+        ax.set_title(spec.key)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.savefig(path, dpi=120)
+
+
+def write_outputs(rows: list[dict[str, object]], out_dir: Path, heading: str) -> dict[str, Path]:
+    """The table as ``comparison.csv`` and ``comparison.md`` (which shows ``curves.png`` under it)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    csv_path, md_path = out_dir / "comparison.csv", out_dir / "comparison.md"
+    with csv_path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    md_path.write_text(f"# {heading}\n\n{markdown_table(rows)}\n\n![metric curves](curves.png)\n")
+    return {"csv": csv_path, "markdown": md_path}
+
+
+def compare_runs(experiment: str, run_ids: list[str] | tuple[str, ...] = (), metrics: list[str] = ("loss",),
+                 tracking_uri: str | None = None, out_dir: str | Path | None = None) -> Comparison:
+    """Compare the runs of ``experiment`` in the store at ``tracking_uri`` and write the table and curves."""
+    from mlflow import MlflowClient
+
+    uri = resolve_tracking_uri(tracking_uri)
+    _check_store_exists(uri)
+    specs = [MetricSpec.parse(text) for text in metrics]
+    client = MlflowClient(tracking_uri=uri)
+    runs = load_runs(client, experiment, run_ids)
+    logged = {key for run in runs for key in run.data.metrics}
+    missing = [spec.key for spec in specs if spec.key not in logged]
+    if missing:
+        raise ValueError(f"--metric {', '.join(missing)}: no run logged it; logged metrics are "
+                         f"{', '.join(sorted(logged)) or 'none'}")
+    histories = [{key: client.get_metric_history(run.info.run_id, key)
+                  for key in {s.key for s in specs} | set(throughput_keys(run)) if key in run.data.metrics}
+                 for run in runs]
+    params = differing_params(runs)
+    rows = [run_row(run, history, specs, params) for run, history in zip(runs, histories)]
+    out = Path(out_dir or f"compare_{re.sub(r'[^A-Za-z0-9_.-]+', '_', experiment)}")
+    paths = write_outputs(rows, out, f"{experiment}: {len(runs)} runs ({uri})")
+    paths["png"] = out / "curves.png"
+    plot_curves(runs, histories, specs, paths["png"])
+    return Comparison(rows=rows, paths=paths)

@@ -1,0 +1,126 @@
+"""The text ``jala plan`` prints: FLOP breakdown, scaling tables, the planned cluster next to the paper's 68 h and
+the 12 h target, and every assumption behind the numbers."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from jala_ds.bench import plan
+from jala_ds.bench.calibrate import Calibration
+from jala_ds.bench.cards import card
+from jala_ds.bench.flops import FlopCount
+from jala_ds.bench.tables import markdown_table
+
+if TYPE_CHECKING:
+    from jala_ds.config import JalaConfig
+
+DESIGN_TFLOP = 6.4
+"""DESIGN.md's estimate: 6 x 1.85B (all parameters but the untied head) x 576 tokens."""
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """What the user asked for: the cluster, the planned size and the scaling choices."""
+
+    cluster: plan.Cluster
+    nodes: int
+    overlap: float
+    max_gpus: int
+    global_batch: int
+    """Held fixed in the strong-scaling table (the recipe's, 128 in the paper's)."""
+
+
+def mfu_for_target(work: plan.Workload, cluster: plan.Cluster, gpus: int, hours: float, overlap: float) -> float | None:
+    """Compute MFU at which ``gpus`` GPUs finish an epoch in ``hours`` (None: not even at 100 %)."""
+    def epoch_hours(mfu: float) -> float:
+        return plan.estimate_step(work, cluster, gpus, mfu, overlap).epoch_hours
+
+    low, high = 1e-4, 1.0
+    if epoch_hours(high) > hours:
+        return None
+    for _ in range(60):  # bisection: epoch hours fall as MFU rises
+        mid = (low + high) / 2
+        low, high = (mid, high) if epoch_hours(mid) > hours else (low, mid)
+    return high
+
+
+def dominance_line(rows: list[plan.StepEstimate]) -> str:
+    first = plan.comm_dominates_from(rows)
+    if first is None:
+        worst = max(row.comm_s / row.compute_s for row in rows)
+        return f"Compute-bound at every size: communication is at most {worst:.2f}x the compute time."
+    return (f"Communication takes longer than compute from {first.gpus} GPUs ({first.nodes} nodes) on: "
+            "past that point more GPUs mostly add collective time.")
+
+
+def assumptions(request: PlanRequest, work: plan.Workload, calibration: Calibration) -> list[str]:
+    c = request.cluster
+    return [
+        (f"card: {c.card.name}, {c.card.bf16_tflops:g} TFLOP/s dense bf16, NVLink {c.card.link_gb_s:g} GB/s per "
+         f"GPU per direction at {plan.LINK_EFFICIENCY:.0%} efficiency, HBM {c.card.hbm_tb_s:g} TB/s"),
+        (f"nodes of {c.gpus_per_node} GPUs joined by {c.network_gb_s:g} GB/s per node per direction "
+         f"({c.network_gb_s * 8:g} Gb/s) at {plan.NETWORK_EFFICIENCY:.0%} efficiency"),
+        f"compute MFU {calibration.mfu:.1%} ({calibration.source}); it is taken to hold on every card and size",
+        (f"ZeRO-3, per micro-step: all-gather {work.params_forward / 1e9:.2f}B params before the forward, "
+         f"{work.params_backward / 1e9:.2f}B before the backward ({work.param_bytes} B each), reduce-scatter "
+         f"{work.params_trained / 1e9:.2f}B gradients ({work.grad_bytes} B each); parameters below DeepSpeed's "
+         "persistence threshold are ignored"),
+        (f"ring collectives: (n-1)/n of the bytes through each GPU's link, (nodes-1)/nodes through each node's "
+         f"network; {work.gather_calls} all-gather calls per pass and one reduce-scatter per "
+         f"{work.reduce_bucket_params / 1e6:g}M gradients (the ds_config's reduce_bucket_size), each call paying "
+         f"(n-1) hop latencies of {plan.HOP_LATENCY_LINK_S * 1e6:g} us (NVLink) or "
+         f"{plan.HOP_LATENCY_NETWORK_S * 1e6:g} us (network)"),
+        f"{request.overlap:.0%} of the communication can hide behind compute; the rest adds to the step",
+        f"Adam update: {plan.ADAM_BYTES_PER_PARAM} B of HBM traffic per trained parameter of each rank's shard",
+        f"epoch: {work.epoch_samples:,} samples; data loading keeps up (DESIGN.md's loader target)",
+    ]
+
+
+def flop_text(value: float) -> str:
+    return f"{value / 1e12:.2f} TFLOP" if value >= 1e11 else f"{value / 1e9:.3g} GFLOP"
+
+
+def paper_lines(work: plan.Workload, request: PlanRequest, count: FlopCount, planned_gpus: int) -> list[str]:
+    """The InternVL3-2B recipe next to DESIGN.md's count, the paper's 68 h and the 12 h target."""
+    paper_card = card(plan.PAPER_CARD)
+    paper_mfu = plan.mfu_for_hours(work, plan.PAPER_HOURS, plan.PAPER_GPUS, paper_card)
+    target_mfu = plan.mfu_for_hours(work, plan.TARGET_HOURS, plan.PAPER_GPUS, paper_card)
+    needed = mfu_for_target(work, request.cluster, planned_gpus, plan.TARGET_HOURS, request.overlap)
+    reachable = f"{needed:.1%}" if needed is not None else "above 100 %: communication alone is too slow"
+    return [
+        (f"- FLOPs: DESIGN.md's {DESIGN_TFLOP} TFLOP per sample is 6 x 1.85B params x 576 tokens; this count "
+         f"({flop_text(count.per_sample)}) differs by {count.per_sample / 1e12 / DESIGN_TFLOP - 1:+.0%}: the ViT "
+         "runs on its 1025 patches, not 576 tokens, the embedding is a lookup, and the head, attention, frame "
+         "encoder and perceivers are added (docs/performance.md)"),
+        f"- paper: {plan.PAPER_HOURS:g} h on {plan.PAPER_GPUS} x A800 = {paper_mfu:.1%} end-to-end MFU by this count",
+        f"- target: {plan.TARGET_HOURS:g} h on {plan.PAPER_GPUS} x A800 needs {target_mfu:.1%} end-to-end MFU",
+        f"- {plan.TARGET_HOURS:g} h on this plan needs compute MFU {reachable}",
+    ]
+
+
+def plan_report(cfg: JalaConfig, count: FlopCount, work: plan.Workload, request: PlanRequest,
+                calibration: Calibration) -> str:
+    """The whole report for recipe ``cfg`` as one string (the paper comparison only for the InternVL3-2B shape)."""
+    c = request.cluster
+    counts = plan.gpu_counts(c.gpus_per_node, request.max_gpus, c.gpus_per_node * request.nodes)
+    weak = plan.scaling_table(work, c, counts, calibration.mfu, request.overlap)
+    strong = plan.scaling_table(work, c, counts, calibration.mfu, request.overlap, request.global_batch)
+    planned_gpus = c.gpus_per_node * request.nodes
+    planned = plan.estimate_step(work, c, planned_gpus, calibration.mfu, request.overlap)
+    lines = [
+        f"# jala plan: {cfg.name} on {c.card.name}, {c.gpus_per_node} GPUs per node", "",
+        f"## Model FLOPs per sample: {flop_text(count.per_sample)} ({count.shape.lm_tokens} LM tokens)", "",
+        markdown_table(count.rows()), "",
+        f"## Weak scaling: {work.micro_batch} x {work.grad_accum} samples per GPU per step, global batch grows", "",
+        markdown_table([row.row() for row in weak]), "", dominance_line(weak), "",
+        f"## Strong scaling: global batch {request.global_batch} fixed (the recipe's)", "",
+        markdown_table([row.row() for row in strong]) if strong else "no GPU count divides the global batch", "",
+        dominance_line(strong) if strong else "", "",
+        f"## Planned: {planned_gpus} x {c.card.name} ({request.nodes} node{'s' if request.nodes > 1 else ''})", "",
+        (f"- this plan: {planned.epoch_hours:.3g} h per epoch, {planned.samples_per_s:.4g} samples/s at global "
+         f"batch {planned.global_batch}, {planned.mfu:.1%} end-to-end MFU (compute MFU {calibration.mfu:.1%})"),
+        *(paper_lines(work, request, count, planned_gpus) if cfg.model.arch == "internvl3_2b" else []), "",
+        "## Assumptions", "",
+        *[f"- {line}" for line in assumptions(request, work, calibration)],
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,84 @@
+"""Examples -> the batch of docs/architecture.md section 4, padded (one document per row) or packed.
+
+Packing (``data.pack``) fills rows greedily in order: a document goes into the current row if it fits in
+``data.max_tokens``, else it opens the next row. A micro-batch therefore always holds
+``train.micro_batch_size`` documents (what the loader's exact resume and ``train.global_batch_size``
+count), spread over as many rows as they need. Rows are padded to the longest row of the batch.
+
+Within a row, ``doc_ids`` number the documents and ``chunk_ids`` the bidirectional motion chunks;
+``motion_chunk`` numbers every chunk of the whole batch, indexing ``chunk_frames``, ``chunk_hand`` and
+``chunk_labeled``. Images and chunks appear in row-major document order.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from jala_ds.data.example import Example
+from jala_ds.data.frames import normalized
+from jala_ds.data.sequence import IGNORE
+
+
+def pack_rows(lengths: list[int], max_tokens: int) -> list[list[int]]:
+    """Greedy, order-preserving packing: the indices of the documents in each row."""
+    rows: list[list[int]] = []
+    used = 0
+    for index, length in enumerate(lengths):
+        if not rows or used + length > max_tokens:
+            rows.append([])
+            used = 0
+        rows[-1].append(index)
+        used += length
+    return rows
+
+
+def collate(examples: list[Example], *, pack: bool, max_tokens: int, pad_id: int) -> dict[str, Any]:
+    """The model's batch for ``examples`` (a ``functools.partial`` of this is the loader's ``collate_fn``)."""
+    documents = [example.document for example in examples]
+    lengths = [len(doc) for doc in documents]
+    for doc, length in zip(documents, lengths):
+        if length > max_tokens:
+            raise ValueError(f"sample {doc.sample_id} has {length} tokens, more than data.max_tokens={max_tokens}: "
+                             "raise data.max_tokens, or lower data.max_chunks or data.max_text_tokens")
+    rows = pack_rows(lengths, max_tokens) if pack else [[i] for i in range(len(documents))]
+    width = max(sum(lengths[i] for i in row) for row in rows)
+    shape = (len(rows), width)
+    input_ids = np.full(shape, pad_id, np.int64)
+    labels = np.full(shape, IGNORE, np.int64)
+    position_ids = np.zeros(shape, np.int64)
+    doc_ids = np.full(shape, -1, np.int32)
+    chunk_ids = np.full(shape, -1, np.int32)
+    motion_chunk = np.full(shape, -1, np.int64)
+    batch_chunks = 0
+    for r, row in enumerate(rows):
+        offset = row_chunks = 0
+        for d, index in enumerate(row):
+            doc = documents[index]
+            span = slice(offset, offset + len(doc))
+            input_ids[r, span], labels[r, span] = doc.input_ids, doc.labels
+            position_ids[r, span] = np.arange(len(doc))
+            doc_ids[r, span] = d
+            in_chunk = doc.motion_chunk >= 0
+            motion_chunk[r, span] = np.where(in_chunk, doc.motion_chunk + batch_chunks, -1)
+            if doc.bidirectional:
+                chunk_ids[r, span] = np.where(in_chunk, doc.motion_chunk + row_chunks, -1)
+            offset += len(doc)
+            row_chunks += len(doc.chunk_hand)
+            batch_chunks += len(doc.chunk_hand)
+    order = [index for row in rows for index in row]
+    return {
+        "input_ids": torch.from_numpy(input_ids),
+        "labels": torch.from_numpy(labels),
+        "position_ids": torch.from_numpy(position_ids),
+        "doc_ids": torch.from_numpy(doc_ids),
+        "chunk_ids": torch.from_numpy(chunk_ids),
+        "pixel_values": normalized(torch.stack([examples[i].pixel_values for i in order])),
+        "motion_chunk": torch.from_numpy(motion_chunk),
+        "chunk_frames": normalized(torch.cat([examples[i].chunk_frames for i in order])),
+        "chunk_hand": torch.from_numpy(np.concatenate([documents[i].chunk_hand for i in order])),
+        "chunk_labeled": torch.tensor([documents[i].labeled for i in order for _ in documents[i].chunk_hand],
+                                      dtype=torch.bool),
+        "sample_ids": [documents[i].sample_id for i in order],
+    }

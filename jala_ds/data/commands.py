@@ -1,0 +1,109 @@
+"""``jala data synth | convert | inspect | tokenize``: make a raw corpus, convert it to MDS shards, look inside,
+add GRVQ motion tokens.
+
+    jala data synth --out demo_out/raw --lab 24 --wild 16 --seed 0
+    jala data convert --src demo_out/raw --out demo_out/mds --workers 2 --recipe tiny_cpu
+    jala data inspect demo_out/mds
+    jala data tokenize --tokenizer demo_out/tokenizer --src demo_out/mds --out demo_out/mds_tok
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    data = subparsers.add_parser("data", help="synthesise, convert and inspect training corpora")
+    commands = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+
+    synth = commands.add_parser("synth", help="write a synthetic raw corpus shaped like UniHand-Mix")
+    synth.add_argument("--out", required=True, help="folder for manifest.jsonl, videos/ and mano/")
+    synth.add_argument("--lab", type=int, required=True, help="number of lab clips (MANO labelled)")
+    synth.add_argument("--wild", type=int, required=True, help="number of in-the-wild clips (~10%% pseudo-labelled)")
+    synth.add_argument("--seed", type=int, default=0, help="the same seed writes the same corpus (default 0)")
+    synth.add_argument("--frame-size", type=int, default=64, help="video side in pixels, even (default 64)")
+    synth.set_defaults(handler=run_synth)
+
+    convert = commands.add_parser("convert", help="raw clips -> MDS shards (<out>/lab, <out>/wild, report.json)")
+    convert.add_argument("--src", required=True, help="raw corpus folder with manifest.jsonl")
+    convert.add_argument("--out", required=True, help="output folder")
+    convert.add_argument("--workers", type=int, default=1, help="decoding processes (default 1)")
+    convert.add_argument("--recipe", default="tiny_cpu",
+                         help="recipe whose data.* settings shape the shards (default tiny_cpu)")
+    convert.add_argument("overrides", nargs="*", help="recipe overrides, e.g. data.frame_size=448")
+    convert.add_argument("--shard-mb", type=int, default=64, help="shard size limit in MiB (default 64)")
+    convert.add_argument("--overwrite", action="store_true", help="replace existing subsets under --out")
+    convert.set_defaults(handler=run_convert)
+
+    inspect = commands.add_parser("inspect", help="counts per subset/source/task and a few samples")
+    inspect.add_argument("mds_dir", help="the --out folder of `jala data convert`")
+    inspect.add_argument("--samples", type=int, default=3, help="records described per subset (default 3)")
+    inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
+    inspect.set_defaults(handler=run_inspect)
+
+    tokenize = commands.add_parser("tokenize", help="add GRVQ motion tokens (left_tokens/right_tokens) to a corpus")
+    tokenize.add_argument("--tokenizer", required=True, help="checkpoint folder of `jala tokenizer train`")
+    tokenize.add_argument("--src", required=True, help="MDS corpus (the --out folder of `jala data convert`)")
+    tokenize.add_argument("--out", required=True, help="new MDS corpus with the token columns")
+    tokenize.add_argument("--device", default="cpu", help="torch device for the tokenizer (default cpu)")
+    tokenize.set_defaults(handler=run_tokenize)
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    from jala_ds.data.synth import synthesize_corpus
+
+    try:
+        manifest = synthesize_corpus(args.out, lab=args.lab, wild=args.wild, seed=args.seed, frame_size=args.frame_size)
+    except ValueError as err:
+        return fail("synth", err)
+    print(f"wrote {args.lab} lab + {args.wild} wild clips: {manifest}")
+    return 0
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from jala_ds.config import load_config
+    from jala_ds.data.convert import convert_corpus
+
+    cfg = load_config(args.recipe, args.overrides)
+    data = cfg.data
+    print(f"converting with data.frame_size={data.frame_size} data.chunk_frames={data.chunk_frames} "
+          f"data.wild_slowdown={data.wild_slowdown} data.min_pseudo_confidence={data.min_pseudo_confidence} "
+          f"(recipe {args.recipe})")
+    try:
+        report = convert_corpus(args.src, args.out, data, workers=args.workers, shard_bytes=args.shard_mb << 20,
+                                overwrite=args.overwrite)
+    except (FileNotFoundError, FileExistsError, ValueError) as err:
+        return fail("convert", err)
+    reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(report["rejected_by_reason"].items())) or "none"
+    print(f"{report['clips_in']} clips in = {report['written']} written {report['written_by_subset']} + "
+          f"{report['rejected']} rejected ({reasons}); pseudo labels dropped: {report['pseudo_labels_dropped']}")
+    print(f"report: {args.out}/report.json")
+    return 0
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    from jala_ds.data.inspect_corpus import format_summary, summarize
+
+    try:
+        summary = summarize(args.mds_dir, samples=args.samples)
+    except FileNotFoundError as err:
+        return fail("inspect", err)
+    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    return 0
+
+
+def run_tokenize(args: argparse.Namespace) -> int:
+    from jala_ds.motion.corpus_tokenize import tokenize_corpus
+
+    try:
+        report = tokenize_corpus(args.tokenizer, args.src, args.out, device=args.device)
+    except (FileNotFoundError, FileExistsError, ValueError) as err:
+        return fail("tokenize", err)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def fail(command: str, err: Exception) -> int:
+    print(f"jala data {command}: {err}", file=sys.stderr)
+    return 2

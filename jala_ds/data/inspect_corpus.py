@@ -1,0 +1,73 @@
+"""What a converted corpus holds: counts per subset, source and task, labelled vs video-only, a few samples.
+
+    jala data inspect demo_out/mds --samples 3
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from streaming import LocalDataset
+
+from jala_ds.data.schema import HANDS, SUBSETS, hand_poses
+
+
+def summarize(mds_dir: str | Path, samples: int = 3) -> dict[str, Any]:
+    """Counts for every subset under ``mds_dir`` plus the first ``samples`` records of each, described."""
+    root = Path(mds_dir)
+    subsets = [s for s in SUBSETS if (root / s / "index.json").is_file()]
+    if not subsets:
+        raise FileNotFoundError(f"{root} holds no MDS dataset (lab/index.json, wild/index.json): "
+                                "pass the --out folder of `jala data convert`")
+    summary: dict[str, Any] = {"mds_dir": str(root), "subsets": {}, "samples": []}
+    for subset in subsets:
+        dataset = LocalDataset(local=str(root / subset))
+        counts: dict[str, Any] = {"clips": len(dataset), "labeled": 0, "video_only": 0, "chunks": 0,
+                                  "by_source": Counter(), "by_task": Counter(), "by_hands": Counter()}
+        for index in range(len(dataset)):
+            record = dataset[index]
+            description = describe(record)
+            counts["labeled" if record["labeled"] else "video_only"] += 1
+            counts["chunks"] += description["chunks"]
+            counts["by_source"][record["source"]] += 1
+            counts["by_task"][record["task"]] += 1
+            counts["by_hands"][description["hands"]] += 1
+            if index < samples:
+                summary["samples"].append(description)
+        summary["subsets"][subset] = {k: dict(v) if isinstance(v, Counter) else v for k, v in counts.items()}
+    report = root / "report.json"
+    if report.is_file():
+        converted = json.loads(report.read_text())
+        summary["conversion"] = {k: converted[k] for k in ("clips_in", "written", "rejected", "rejected_by_reason",
+                                                           "pseudo_labels_dropped")}
+    return summary
+
+
+def describe(record: dict[str, Any]) -> dict[str, Any]:
+    present = [hand for hand in HANDS if len(hand_poses(record, hand))]
+    return {"clip_id": record["clip_id"], "subset": record["subset"], "source": record["source"],
+            "task": record["task"], "instruction": record["instruction"], "labeled": bool(record["labeled"]),
+            "hands": "+".join(present) or "unknown", "chunks": len(record["frame_index"]) - 1,
+            "time_scale": float(record["time_scale"])}
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    lines = [f"corpus {summary['mds_dir']}"]
+    for subset, counts in summary["subsets"].items():
+        lines.append(f"  {subset}: {counts['clips']} clips ({counts['labeled']} labelled, {counts['video_only']} "
+                     f"video-only), {counts['chunks']} chunks")
+        for key in ("by_source", "by_task", "by_hands"):
+            cells = ", ".join(f"{name} {n}" for name, n in sorted(counts[key].items()))
+            lines.append(f"    {key.replace('_', ' ')}: {cells}")
+    if "conversion" in summary:
+        conv = summary["conversion"]
+        lines.append(f"  conversion: {conv['clips_in']} in = {conv['written']} written + {conv['rejected']} rejected "
+                     f"{dict(conv['rejected_by_reason'])}; pseudo labels dropped: {conv['pseudo_labels_dropped']}")
+    for sample in summary["samples"]:
+        lines.append(f"  - {sample['clip_id']} [{sample['subset']}/{sample['source']}/{sample['task']}] "
+                     f"{'labelled' if sample['labeled'] else 'video-only'}, hands {sample['hands']}, "
+                     f"chunks {sample['chunks']}, slowed x{sample['time_scale']:g}: "
+                     f"{sample['instruction']!r}")
+    return "\n".join(lines)

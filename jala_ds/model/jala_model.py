@@ -1,0 +1,148 @@
+"""JalaModel: the InternVL3 backbone with chunk-mask attention, LSP context, LAP latent actions and both losses.
+
+One training forward, top to bottom (paper eqs. 2, 3, 6):
+
+1. the frozen visual encoder reads each chunk's boundary frames (o_t, o_t+k);
+2. token embeddings, image features at ``<IMG_CONTEXT>``, and LSP's latent states of (o_t, o_t) added to the
+   chunk's motion tokens (latent m on the m-th of M equal segments);
+3. the language model under the chunk mask; the output of layer ``model.align_layer`` at the motion positions is
+   the predictive embedding h ``[C, T, d]``;
+4. MCP cross-entropy at the labelled positions; alignment of h (pooled to M) with LAP's latent actions z;
+   ``loss = mcp_loss + model.align_weight * align_loss``.
+
+    out = model(batch)                 # batch as in docs/architecture.md section 4
+    out.loss.backward(); ...; ema.step() over model.ema_pairs()
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import nn
+from transformers import InternVLForConditionalGeneration
+
+from jala_ds.model.chunk_mask_attention import prepare_chunk_mask
+from jala_ds.model.config import ModelConfig
+from jala_ds.model.losses import align_loss, mcp_loss
+from jala_ds.model.motion_positions import chunk_token_index
+from jala_ds.model.perceiver import Perceiver
+from jala_ds.model.visual_encoder import FrozenFrameEncoder
+
+
+class JalaOutput(NamedTuple):
+    """What one forward returns. A NamedTuple because DeepSpeed's ZeRO-3 hooks only look for tensors inside
+    tuples, lists and dicts; a dataclass would hide them (and draw a warning)."""
+
+    loss: torch.Tensor
+    """``mcp_loss + align_weight * align_loss``: what the trainer back-propagates."""
+    mcp_loss: torch.Tensor
+    """Mean cross-entropy over the labelled positions; an exact 0 (still in the graph) when there are none."""
+    align_loss: torch.Tensor
+    """Distance between pooled predictive embeddings and latent actions; 0 without alignment."""
+    predictive: torch.Tensor
+    """Predictive embeddings h ``[C, T, d]``: layer ``align_layer``'s output at each chunk's motion tokens."""
+    latent_actions: torch.Tensor | None
+    """LAP's latent actions z ``[C, M, d]``; None without alignment (no LAP)."""
+    n_mcp_tokens: int
+    """Labelled positions in the batch (for token-weighted averaging across ranks)."""
+
+
+@dataclass
+class _Captured:
+    output: torch.Tensor | None = None
+
+
+@contextlib.contextmanager
+def _capture_output(layer: nn.Module) -> Iterator[_Captured]:
+    """The output of ``layer`` during the block. The hook is gone before any gradient-checkpointing recompute."""
+    captured = _Captured()
+
+    def keep(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        captured.output = output[0] if isinstance(output, tuple) else output
+
+    handle = layer.register_forward_hook(keep)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+class JalaModel(nn.Module):
+    """InternVL3 + chunk-mask attention + LAP/LSP. Parameter names: ``backbone.*``, ``visual_encoder.*``
+    (frozen), ``lap.queries``, ``lap.trunk.*``, ``lsp.queries``, ``lsp.trunk.*``."""
+
+    def __init__(self, model_cfg: ModelConfig, backbone: InternVLForConditionalGeneration, tokens_per_chunk: int,
+                 visual_encoder: FrozenFrameEncoder | None = None, lap: Perceiver | None = None,
+                 lsp: Perceiver | None = None):
+        super().__init__()
+        self.cfg = model_cfg
+        self.tokens_per_chunk = tokens_per_chunk
+        self.backbone = backbone
+        self.visual_encoder = visual_encoder
+        self.lap = lap
+        self.lsp = lsp
+
+    def ema_pairs(self) -> list[tuple[str, str]]:
+        """(target, source) parameter names the decoupled EMA updates: LAP's trunk follows LSP's, LSP's queries
+        follow LAP's. Empty without decoupling. Both names of a pair have equal shapes."""
+        if not self.cfg.decoupled_ema:
+            return []
+        trunk = [(f"lap.trunk.{name}", f"lsp.trunk.{name}") for name, _ in self.lsp.trunk.named_parameters()]
+        return trunk + [("lsp.queries", "lap.queries")]
+
+    def encode_frames(self, batch: dict) -> torch.Tensor | None:
+        """Frozen features ``[C, 2, L, D]`` of every chunk's (o_t, o_t+k); None when no perceiver reads them."""
+        if self.visual_encoder is None:
+            return None
+        return self.visual_encoder(batch["chunk_frames"])
+
+    def hidden_states(self, batch: dict, frame_features: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final hidden states ``[B, N, d]`` and predictive embeddings ``[C, T, d]`` (steps 2 and 3 above)."""
+        chunk_tokens = chunk_token_index(batch["motion_chunk"], batch["chunk_hand"].shape[0], self.tokens_per_chunk)
+        embeds = self._input_embeddings(batch, frame_features, chunk_tokens)
+        doc_ids = batch["doc_ids"]
+        # ntp (Being-H0) is plain causal attention: no position belongs to a bidirectional chunk.
+        chunk_ids = batch["chunk_ids"] if self.cfg.objective == "mcp" else torch.full_like(batch["chunk_ids"], -1)
+        language_model = self.backbone.model.language_model
+        with _capture_output(language_model.layers[self.cfg.align_layer - 1]) as captured:
+            final = language_model(inputs_embeds=embeds, position_ids=batch["position_ids"],
+                                   attention_mask=prepare_chunk_mask(self.cfg.attention, doc_ids, chunk_ids),
+                                   doc_ids=doc_ids, chunk_ids=chunk_ids, use_cache=False).last_hidden_state
+        predictive = captured.output.flatten(0, 1)[chunk_tokens]
+        return final, predictive
+
+    def forward(self, batch: dict) -> JalaOutput:
+        features = self.encode_frames(batch)
+        final, predictive = self.hidden_states(batch, features)
+        mcp, n_mcp = mcp_loss(final, batch["labels"], self.backbone.lm_head)
+        if self.lap is None:
+            latent_actions = None
+            align = torch.zeros((), device=mcp.device)
+        else:
+            latent_actions = self.lap(features, batch["chunk_hand"])
+            align = align_loss(predictive, latent_actions, self.cfg.align_distance)
+        return JalaOutput(loss=mcp + self.cfg.align_weight * align, mcp_loss=mcp, align_loss=align,
+                          predictive=predictive, latent_actions=latent_actions, n_mcp_tokens=n_mcp)
+
+    def _input_embeddings(self, batch: dict, frame_features: torch.Tensor | None,
+                          chunk_tokens: torch.Tensor) -> torch.Tensor:
+        """Token embeddings with image features at ``<IMG_CONTEXT>`` and LSP latent states on motion tokens."""
+        input_ids = batch["input_ids"]
+        embeds = self.backbone.get_input_embeddings()(input_ids)
+        image = self.backbone.model.get_image_features(pixel_values=batch["pixel_values"])
+        is_image = input_ids == self.backbone.config.image_token_id
+        if int(is_image.sum()) != image.shape[0] * image.shape[1]:
+            raise ValueError(f"batch['input_ids'] holds {int(is_image.sum())} <IMG_CONTEXT> tokens but "
+                             f"batch['pixel_values'] gives {image.shape[0]} images x {image.shape[1]} tokens: "
+                             "size the runs with image_token_count(cfg.model)")
+        embeds = embeds.masked_scatter(is_image[..., None], image.to(embeds.dtype))
+        if self.lsp is None:
+            return embeds
+        first_frame_twice = frame_features[:, [0, 0]]
+        states = self.lsp(first_frame_twice, batch["chunk_hand"])  # [C, M, d]
+        per_token = states.repeat_interleave(self.tokens_per_chunk // states.shape[1], dim=1)
+        flat = embeds.flatten(0, 1).index_add(0, chunk_tokens.flatten(), per_token.flatten(0, 1).to(embeds.dtype))
+        return flat.view_as(embeds)

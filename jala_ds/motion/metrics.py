@@ -1,0 +1,67 @@
+"""Hand-motion metrics of the paper's Table 1, on forward-kinematics joints.
+
+All inputs are joint positions in metres, ``[..., T, J, 3]`` with joint 0 the wrist; results are in
+centimetres (the paper's table reads as centimetres) except MDE, in degrees.
+
+- MPJPE: mean Euclidean distance between predicted and true joints over every frame and joint.
+- PA-MPJPE: MPJPE after a similarity Procrustes alignment (rotation, translation, scale) of each
+  predicted frame onto the true one: it scores the hand's shape, not where it is.
+- MWTE: mean wrist trajectory error, the mean distance between predicted and true wrist positions.
+- MDE: angle between the predicted and true displacement of the wrist from the first to the last frame.
+"""
+from __future__ import annotations
+
+import torch
+
+CM_PER_M = 100.0
+
+
+def mpjpe(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+    """Mean per-joint position error in cm, over every leading dim."""
+    return (pred - true).norm(dim=-1).mean() * CM_PER_M
+
+
+def procrustes_align(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+    """Similarity transform of each ``pred [..., J, 3]`` point set that best fits ``true`` in least squares."""
+    mu_p, mu_t = pred.mean(dim=-2, keepdim=True), true.mean(dim=-2, keepdim=True)
+    p, t = pred - mu_p, true - mu_t
+    cov = p.transpose(-1, -2) @ t
+    u, s, vh = torch.linalg.svd(cov)
+    # Flip the last axis where needed so the result is a rotation, never a reflection (Umeyama).
+    d = torch.sign(torch.linalg.det(u @ vh))
+    flip = torch.ones_like(s)
+    flip[..., -1] = d
+    rot = u @ torch.diag_embed(flip) @ vh
+    scale = (s * flip).sum(dim=-1) / p.pow(2).sum(dim=(-1, -2)).clamp_min(1e-12)
+    return scale[..., None, None] * (p @ rot) + mu_t
+
+
+def pa_mpjpe(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+    """MPJPE in cm after per-frame similarity Procrustes alignment."""
+    return mpjpe(procrustes_align(pred, true), true)
+
+
+def mwte(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+    """Mean wrist trajectory error in cm (joint 0)."""
+    return (pred[..., 0, :] - true[..., 0, :]).norm(dim=-1).mean() * CM_PER_M
+
+
+def mde(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+    """Mean angle in degrees between predicted and true final wrist displacements (from the first frame).
+
+    A sequence whose true or predicted wrist does not move (displacement under 1e-6 m) has no direction:
+    it is left out of the mean rather than scored by an arbitrary angle.
+    """
+    d_pred = pred[..., -1, 0, :] - pred[..., 0, 0, :]
+    d_true = true[..., -1, 0, :] - true[..., 0, 0, :]
+    n_pred, n_true = d_pred.norm(dim=-1), d_true.norm(dim=-1)
+    valid = (n_pred > 1e-6) & (n_true > 1e-6)
+    cos = (d_pred * d_true).sum(dim=-1) / (n_pred * n_true).clamp_min(1e-12)
+    angles = torch.rad2deg(torch.arccos(cos.clamp(-1.0, 1.0)))
+    return angles[valid].mean() if valid.any() else torch.tensor(float("nan"))
+
+
+def motion_metrics(pred: torch.Tensor, true: torch.Tensor) -> dict[str, float]:
+    """All four metrics for joints ``[N, T, J, 3]`` of one hand."""
+    return {"mpjpe_cm": float(mpjpe(pred, true)), "pa_mpjpe_cm": float(pa_mpjpe(pred, true)),
+            "mwte_cm": float(mwte(pred, true)), "mde_deg": float(mde(pred, true))}

@@ -1,0 +1,129 @@
+"""The trained GRVQ motion tokenizer behind the data pipeline's ``MotionTokenizer`` protocol, and its checkpoint.
+
+    tok = load_grvq_tokenizer("runs/grvq_tokenizer")
+    codes = tok.encode(poses)            # float32 [chunks * 15, 99] -> int32 [chunks, 128]
+    poses_hat = tok.decode(codes)        # -> float32 [chunks * 15, 99]
+
+A checkpoint is a folder (no pickle anywhere):
+- ``config.json``: format and version, the tokenizer section (architecture and training fields), chunk_frames,
+  and how it was trained (steps, chunks behind the statistics);
+- ``model.safetensors``: encoder/decoder weights, codebooks and their EMA statistics;
+- ``normalization.json``: the per-dimension mean and std of the 99 pose dims, from the training data.
+
+Token layout: ``jala_ds.motion.tokenizer_model`` (per part: step, group, stage; wrist part first).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from jala_ds.motion.config import TokenizerConfig
+from jala_ds.motion.mano import FRAME_DIM
+from jala_ds.motion.tokenizer_model import MotionTokenizerModel
+
+CHECKPOINT_FORMAT = "jala-grvq-motion-tokenizer"
+FORMAT_VERSION = 1
+LAYOUT_FIELDS = ("downsample", "groups", "stages", "codes_per_stage")
+"""Fields that fix the token layout: a recipe that uses the checkpoint must agree on them."""
+CHUNKS_PER_FORWARD = 4096
+"""Chunks encoded or decoded per forward pass, which bounds memory on long clips."""
+
+
+class GrvqMotionTokenizer:
+    """Numpy in, numpy out: the ``MotionTokenizer`` protocol over a :class:`MotionTokenizerModel`."""
+
+    def __init__(self, model: MotionTokenizerModel, device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.cfg = model.cfg
+        self.chunk_frames = model.chunk_frames
+        self.tokens_per_chunk = self.cfg.tokens_per_chunk
+        self.vocab_per_part = self.cfg.vocab_per_part
+
+    def encode(self, poses: np.ndarray) -> np.ndarray:
+        """float32 ``[chunks * chunk_frames, 99]`` -> int32 ``[chunks, tokens_per_chunk]``."""
+        poses = np.asarray(poses)
+        if poses.ndim != 2 or poses.shape[1] != FRAME_DIM or poses.shape[0] % self.chunk_frames:
+            raise ValueError(f"poses must be [chunks * {self.chunk_frames}, {FRAME_DIM}], got shape {poses.shape}: "
+                             f"cut the sequence to a multiple of {self.chunk_frames} frames")
+        if not np.isfinite(poses).all():
+            raise ValueError("poses contain NaN or inf: clean or drop the clip before tokenizing")
+        chunks = torch.from_numpy(poses.astype(np.float32)).view(-1, self.chunk_frames, FRAME_DIM)
+        out = [self.model.encode(batch.to(self.device)).cpu() for batch in chunks.split(CHUNKS_PER_FORWARD)]
+        return torch.cat(out).numpy().astype(np.int32) if out else np.zeros((0, self.tokens_per_chunk), np.int32)
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        """int ``[chunks, tokens_per_chunk]`` -> float32 ``[chunks * chunk_frames, 99]``."""
+        codes = np.asarray(codes)
+        if codes.ndim != 2 or codes.shape[1] != self.tokens_per_chunk:
+            raise ValueError(f"codes must be [chunks, {self.tokens_per_chunk}], got shape {codes.shape}")
+        tokens = torch.from_numpy(codes.astype(np.int64))
+        stage_of_slot = torch.arange(self.tokens_per_chunk) % self.cfg.stages
+        if not torch.equal(tokens // self.cfg.codes_per_stage, stage_of_slot.expand_as(tokens)):
+            raise ValueError(f"codes are not from this tokenizer: each must lie in its stage's range "
+                             f"[r * {self.cfg.codes_per_stage}, (r + 1) * {self.cfg.codes_per_stage}) of "
+                             f"[0, {self.vocab_per_part}) (per-part codes, not vocabulary ids)")
+        out = [self.model.decode(batch.to(self.device)).cpu() for batch in tokens.split(CHUNKS_PER_FORWARD)]
+        poses = torch.cat(out) if out else torch.zeros(0, self.chunk_frames, FRAME_DIM)
+        return poses.reshape(-1, FRAME_DIM).numpy().astype(np.float32)
+
+
+def save_tokenizer(model: MotionTokenizerModel, out_dir: str | Path, info: dict[str, Any]) -> Path:
+    """Write the checkpoint folder; an existing one is replaced only once the new one is complete."""
+    out_dir = Path(out_dir)
+    staging = out_dir.with_name(f"{out_dir.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    config = {"format": CHECKPOINT_FORMAT, "version": FORMAT_VERSION, "chunk_frames": model.chunk_frames,
+              "tokenizer": dataclasses.asdict(model.cfg), "training": info}
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+              str(staging / "model.safetensors"))
+    (staging / "normalization.json").write_text(json.dumps(
+        {"mean": model.mean.tolist(), "std": model.std.tolist()}, indent=1))
+    (staging / "config.json").write_text(json.dumps(config, indent=2))
+    previous = out_dir.with_name(f"{out_dir.name}.previous-{os.getpid()}")
+    if out_dir.exists():
+        out_dir.rename(previous)
+    staging.rename(out_dir)
+    shutil.rmtree(previous, ignore_errors=True)
+    return out_dir
+
+
+def load_grvq_tokenizer(path: str | Path, device: str | torch.device = "cpu",
+                        expect: TokenizerConfig | None = None) -> GrvqMotionTokenizer:
+    """Load a checkpoint folder written by ``jala tokenizer train``.
+
+    ``expect``: the recipe's tokenizer section; a checkpoint whose token layout differs from it is refused
+    (the model's vocabulary is sized from the recipe).
+    """
+    path = Path(path)
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{path} is not a GRVQ tokenizer checkpoint (no config.json): train one with "
+                                "`jala tokenizer train --recipe R --out DIR` and set motion_tokenizer.checkpoint=DIR")
+    config = json.loads(config_file.read_text())
+    if config.get("format") != CHECKPOINT_FORMAT or config.get("version") != FORMAT_VERSION:
+        raise ValueError(f"{config_file} is not a {CHECKPOINT_FORMAT} v{FORMAT_VERSION} checkpoint "
+                         f"(format {config.get('format')!r}, version {config.get('version')!r})")
+    known = {f.name for f in dataclasses.fields(TokenizerConfig)}
+    cfg = TokenizerConfig(**{k: v for k, v in config["tokenizer"].items() if k in known})
+    cfg = dataclasses.replace(cfg, kind="grvq", checkpoint=str(path))
+    if expect is not None:
+        for field in LAYOUT_FIELDS:
+            if getattr(expect, field) != getattr(cfg, field):
+                raise ValueError(f"motion_tokenizer.{field}={getattr(expect, field)} but the checkpoint {path} was "
+                                 f"trained with {getattr(cfg, field)}: set motion_tokenizer.{field}="
+                                 f"{getattr(cfg, field)} or train a tokenizer for this recipe")
+    stats = json.loads((path / "normalization.json").read_text())
+    mean, std = torch.tensor(stats["mean"]), torch.tensor(stats["std"])
+    model = MotionTokenizerModel(cfg, config["chunk_frames"], mean, std)
+    model.load_state_dict(load_file(str(path / "model.safetensors")))
+    return GrvqMotionTokenizer(model, device)

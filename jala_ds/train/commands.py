@@ -1,0 +1,47 @@
+"""``jala train`` and ``jala export``. Registration is cheap: DeepSpeed, torch and MLflow load in the handlers.
+
+    jala train --recipe tiny_cpu train.max_steps=20                       # one process
+    deepspeed --num_gpus 2 $(which jala) train --recipe tiny_cpu          # the deepspeed launcher
+    torchrun --nproc_per_node 2 $(which jala) train --recipe tiny_cpu     # torchrun
+    jala export --run demo_out/run --out demo_out/export                  # a Hugging Face folder
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    train = subparsers.add_parser("train", help="pretrain JALA (single process, torchrun or the deepspeed launcher)",
+                                  description="Pretrain JALA from a recipe; overrides are section.key=value.")
+    train.add_argument("--recipe", required=True, help="recipe name (tiny_cpu, pretrain_internvl3_2b) or YAML path")
+    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. train.lr=3e-4 data.mds_dir=data/mds")
+    train.set_defaults(handler=run_train)
+
+    export = subparsers.add_parser("export", help="a Hugging Face folder from a run's latest checkpoint")
+    export.add_argument("--run", required=True, help="the run's train.out_dir")
+    export.add_argument("--out", default=None, help="output folder (default: <run>/export)")
+    export.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16", help="weight dtype of the export")
+    export.set_defaults(handler=run_export)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from jala_ds.train.preflight import check_run
+
+    plan = check_run(args.recipe, args.overrides)  # a ConfigError here is one line and exit code 2
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s")
+    from jala_ds.train.loop import train
+
+    train(plan)
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from jala_ds.train.export import export_run
+
+    out = export_run(args.run, args.out, dtype=args.dtype)
+    print(f"exported to {out}")
+    return 0

@@ -1,0 +1,144 @@
+"""The effective DeepSpeed config: a native JSON from ``ds_configs/`` with the recipe's values filled in.
+
+The recipe is the one source of truth for batch sizes, clipping, precision and AdamW's hyper-parameters. In
+the JSON those keys are ``"auto"`` (or absent) and get filled here; a number that disagrees with the recipe is
+refused with one line naming both keys. Nothing here imports torch or DeepSpeed: the checks run before any
+process starts.
+
+    ds = build_ds_config(cfg.train, world_size=8)
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from jala_ds.config_checks import ConfigError
+from jala_ds.train.config import TrainConfig
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+AUTO = "auto"
+
+
+def resolve_ds_config_path(name: str) -> Path:
+    """``train.ds_config`` as given (relative to the working directory), else relative to the project root."""
+    for candidate in (Path(name), PROJECT_ROOT / name):
+        if candidate.is_file():
+            return candidate
+    known = ", ".join(sorted(f"ds_configs/{p.name}" for p in (PROJECT_ROOT / "ds_configs").glob("*.json")))
+    raise ConfigError(f"train.ds_config: file '{name}' not found: pass a DeepSpeed JSON path or one of: {known}")
+
+
+def read_ds_config(name: str) -> dict[str, Any]:
+    path = resolve_ds_config_path(name)
+    try:
+        tree = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"train.ds_config: {path} is not valid JSON (line {err.lineno}: {err.msg}): "
+                          "fix the file") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"train.ds_config: {path} must hold a JSON object of DeepSpeed settings")
+    return tree
+
+
+def recipe_values(train: TrainConfig) -> list[tuple[str, str, Any]]:
+    """(JSON key, recipe key, value) for every DeepSpeed setting the recipe owns."""
+    return [
+        ("train_micro_batch_size_per_gpu", "train.micro_batch_size", train.micro_batch_size),
+        ("gradient_accumulation_steps", "train.grad_accum_steps", train.grad_accum_steps),
+        ("train_batch_size", "train.global_batch_size", train.global_batch_size),
+        ("gradient_clipping", "train.grad_clip", train.grad_clip),
+        ("bf16.enabled", "train.dtype", train.dtype == "bf16"),
+        ("optimizer.params.lr", "train.lr", train.lr),
+        ("optimizer.params.betas", "train.betas", list(train.betas)),
+        ("optimizer.params.weight_decay", "train.weight_decay", train.weight_decay),
+    ]
+
+
+def build_ds_config(train: TrainConfig, world_size: int) -> dict[str, Any]:
+    """Fill ``train.ds_config``'s ``"auto"``/absent recipe-owned keys; refuse contradictions and unsupported parts."""
+    train.check_world_size(world_size)
+    where = train.ds_config
+    ds = copy.deepcopy(read_ds_config(where))
+    refuse_unsupported(ds, where)
+    ds.setdefault("optimizer", {}).setdefault("type", "AdamW")
+    ds["optimizer"].setdefault("params", {})
+    for json_key, recipe_key, value in recipe_values(train):
+        present = get_path(ds, json_key)
+        if present is not None and present != AUTO and not same_value(present, value):
+            raise ConfigError(f"{where}: {json_key}={json.dumps(present)} contradicts {recipe_key} (which gives "
+                              f"{json.dumps(value)}): set it to \"auto\" in the JSON, or change {recipe_key}")
+        set_path(ds, json_key, value)
+    leftover = find_auto(ds)
+    if leftover:
+        raise ConfigError(f"{where}: {leftover} is \"auto\" but the recipe does not own it: write a number")
+    return ds
+
+
+def refuse_unsupported(ds: dict[str, Any], where: str) -> None:
+    """Settings that would silently bypass the recipe or the sharded EMA."""
+    if "scheduler" in ds:
+        raise ConfigError(f"{where}: remove the 'scheduler' section: the learning-rate schedule comes from "
+                          "train.warmup_frac and train.min_lr_ratio")
+    if get_path(ds, "fp16.enabled") is True:
+        raise ConfigError(f"{where}: fp16.enabled=true is not offered (DeepSpeed refuses fp16 on CPU and the "
+                          "paper trains in bf16): remove the fp16 section and set train.dtype=bf16")
+    kind = get_path(ds, "optimizer.type")
+    if kind is not None and str(kind).lower() != "adamw":
+        raise ConfigError(f"{where}: optimizer.type={kind} is not supported: use \"AdamW\" (the paper's optimiser)")
+    zero = ds.get("zero_optimization", {})
+    stage = zero.get("stage", 0)
+    if stage not in (0, 1, 2, 3):
+        raise ConfigError(f"{where}: zero_optimization.stage={stage} is not a ZeRO stage: use 0, 1, 2 or 3")
+    for key in ("zero_quantized_weights", "zero_quantized_nontrainable_weights"):
+        if zero.get(key):
+            raise ConfigError(f"{where}: zero_optimization.{key}=true is not supported (the sharded EMA writes "
+                              "full-precision parameter shards): remove it")
+    if zero.get("zero_hpz_partition_size", 1) > 1:
+        raise ConfigError(f"{where}: zero_optimization.zero_hpz_partition_size>1 is not supported (the sharded "
+                          "EMA would miss the secondary copies): remove it")
+
+
+def same_value(present: Any, value: Any) -> bool:
+    if isinstance(value, bool) or isinstance(present, bool):
+        return present is value
+    if isinstance(value, (int, float)) and isinstance(present, (int, float)):
+        return math.isclose(float(present), float(value), rel_tol=1e-9, abs_tol=0.0)
+    if isinstance(value, list) and isinstance(present, list):
+        return len(value) == len(present) and all(same_value(p, v) for p, v in zip(present, value))
+    return present == value
+
+
+def get_path(tree: dict[str, Any], dotted: str) -> Any:
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+
+
+def find_auto(tree: Any, prefix: str = "") -> str | None:
+    """The dotted key of the first ``"auto"`` value left in ``tree``, if any."""
+    if tree == AUTO:
+        return prefix.rstrip(".")
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            found = find_auto(value, f"{prefix}{key}.")
+            if found:
+                return found
+    return None
+
+
+def zero_stage(ds: dict[str, Any]) -> int:
+    return int(get_path(ds, "zero_optimization.stage") or 0)

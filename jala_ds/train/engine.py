@@ -1,0 +1,66 @@
+"""The DeepSpeed side of a run: process group, where the model is born, and the engine around it.
+
+Order matters under ZeRO-3: the process group first, then the model built inside ``deepspeed.zero.Init`` (so
+a 2B model is born partitioned instead of whole on every rank), then ``deepspeed.initialize``.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import deepspeed
+import torch
+from deepspeed.accelerator import get_accelerator
+
+from jala_ds.train.checkpoint import install_safe_engine
+from jala_ds.train.config import TrainConfig
+from jala_ds.train.ds_config import zero_stage
+from jala_ds.train.optim import build_scheduler, optimizer_param_groups
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def init_distributed() -> None:
+    """Join the launcher's process group (deepspeed, torchrun, srun+torchrun), or make a one-rank group."""
+    if "RANK" not in os.environ:
+        # A plain `jala train`: a world of one, so the same ZeRO code path runs without a launcher.
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=os.environ.get("MASTER_PORT", str(free_port())))
+    deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
+    get_accelerator().set_device(int(os.environ.get("LOCAL_RANK", "0")))
+
+
+@contextlib.contextmanager
+def model_init_context(ds_config: dict[str, Any]) -> Iterator[None]:
+    """Under ZeRO-3: parameters partitioned as they are created (``deepspeed.zero.Init``), and transformers
+    told so (``HfDeepSpeedConfig``) so that its ``from_pretrained`` and ``resize_token_embeddings`` gather
+    partitioned weights instead of reading empty placeholders. Otherwise nothing."""
+    if zero_stage(ds_config) != 3:
+        yield
+        return
+    from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
+
+    hf_config = HfDeepSpeedConfig(ds_config)  # transformers keeps only a weak reference: hold it here
+    try:
+        with deepspeed.zero.Init(config_dict_or_path=ds_config):
+            yield
+    finally:
+        del hf_config
+        unset_hf_deepspeed_config()
+
+
+def build_engine(model: torch.nn.Module, ds_config: dict[str, Any], train: TrainConfig, total_steps: int) -> Any:
+    """``deepspeed.initialize`` with our parameter groups and schedule, writing weights_only-safe checkpoints."""
+    engine, *_ = deepspeed.initialize(
+        model=model, config=ds_config,
+        model_parameters=optimizer_param_groups(model, train.weight_decay),
+        lr_scheduler=lambda optimizer: build_scheduler(optimizer, train, total_steps))
+    install_safe_engine(engine)
+    return engine

@@ -1,0 +1,79 @@
+"""``jala export``: a run's latest checkpoint as a Hugging Face folder, in one process, with no GPU.
+
+The ZeRO shards are merged offline by DeepSpeed's ``zero_to_fp32`` (after every file passed
+``torch.load(weights_only=True)``, so nothing but tensors and plain values is ever unpickled), loaded into a
+``JalaModel`` built from the run's resolved recipe, and written as:
+
+    config.json, model.safetensors        the InternVL3 backbone: InternVLForConditionalGeneration.from_pretrained
+    tokenizer files                       the text tokenizer with the motion vocabulary (<mot>, </mot>, [MASK], codes)
+    jala_heads.safetensors                LAP, LSP and the frozen frame encoder, under their JalaModel names
+    jala_recipe.yaml                      the recipe, with model.pretrained pointing at this folder
+
+so ``build_model(load_config(out / "jala_recipe.yaml"), vocab)`` rebuilds the backbone from the folder and
+``load_heads`` completes it. JalaModel has no ``save_pretrained`` of its own (yet): this is the split it gets.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from jala_ds.config import load_config
+from jala_ds.train.checkpoint_layout import latest_checkpoint
+from jala_ds.train.safe_checkpoint_engine import load_plain
+
+HEADS_FILE = "jala_heads.safetensors"
+RECIPE_FILE = "jala_recipe.yaml"
+BACKBONE_PREFIX = "backbone."
+
+
+def export_run(run_dir: str | Path, out: str | Path | None = None, *, dtype: str = "bf16") -> Path:
+    from jala_ds.model.build import build_model
+    from jala_ds.vocab import add_motion_vocab, load_text_tokenizer
+
+    run_dir = Path(run_dir)
+    out = Path(out) if out else run_dir / "export"
+    recipe = run_dir / "config.yaml"
+    checkpoint = latest_checkpoint(run_dir)
+    if not recipe.is_file() or checkpoint is None:
+        raise FileNotFoundError(f"{run_dir} is not a finished run (no config.yaml or checkpoints/latest): pass the "
+                                "train.out_dir of a run that saved a checkpoint")
+    # The attention backend does not change the weights; the reference one imports anywhere (no Triton needed).
+    cfg = load_config(recipe, ["model.attention=reference"])
+    tokenizer = load_text_tokenizer(cfg.model.pretrained)
+    vocab = add_motion_vocab(tokenizer, cfg.motion_tokenizer.vocab_per_part)
+    model = build_model(cfg, vocab)
+    model.load_state_dict(merged_state_dict(checkpoint), strict=True)
+    model.to(torch.bfloat16 if dtype == "bf16" else torch.float32)
+
+    out.mkdir(parents=True, exist_ok=True)
+    model.backbone.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    heads = {name: t.contiguous() for name, t in model.state_dict().items() if not name.startswith(BACKBONE_PREFIX)}
+    save_file(heads, str(out / HEADS_FILE))
+    cfg.model.pretrained = str(out.resolve())
+    cfg.dump(out / RECIPE_FILE)
+    return out
+
+
+def merged_state_dict(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """Full fp32 weights of a checkpoint folder, whatever the ZeRO stage and world size that saved it."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    for path in checkpoint.glob("*.pt"):
+        torch.load(path, map_location="cpu", weights_only=True)  # refuse anything that is not plain data
+    if not any(checkpoint.glob("*optim_states.pt")):  # no ZeRO: the model file holds every weight
+        (model_file,) = checkpoint.glob("*model_states.pt")
+        return {name: t.float() for name, t in load_plain(str(model_file))["module"].items()}
+    return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
+
+
+def load_heads(model: torch.nn.Module, export_dir: str | Path) -> None:
+    """Put an export's LAP, LSP and frame-encoder weights into a JalaModel built from its ``jala_recipe.yaml``."""
+    heads = load_file(str(Path(export_dir) / HEADS_FILE))
+    missing, unexpected = model.load_state_dict(heads, strict=False)
+    wrong = [name for name in missing if not name.startswith(BACKBONE_PREFIX)] + list(unexpected)
+    if wrong:
+        raise ValueError(f"{export_dir}/{HEADS_FILE} does not fit this model ({', '.join(wrong[:5])}): build the "
+                         f"model from the export's {RECIPE_FILE}")

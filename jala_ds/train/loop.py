@@ -1,0 +1,145 @@
+"""The pretraining loop: build, resume, then {batch, forward, backward, step, EMA, log, save} until done.
+
+Runs the same under the ``deepspeed`` launcher, torchrun, srun + torchrun, or as a single process:
+
+    jala train --recipe tiny_cpu                                              # one process
+    torchrun --nproc_per_node 2 $(which jala) train --recipe tiny_cpu
+    deepspeed --num_gpus 8 $(which jala) train --recipe pretrain_internvl3_2b
+
+``check_run`` (``preflight.py``) has already validated everything it could before this starts the process group.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from streaming.base.util import clean_stale_shared_memory
+
+from jala_ds.data.loader import build_loader
+from jala_ds.model.backbone import image_token_count
+from jala_ds.model.build import build_model
+from jala_ds.train.checkpoint import load_checkpoint, save_checkpoint
+from jala_ds.train.engine import build_engine, init_distributed, model_init_context
+from jala_ds.train.flops import device_peak_flops, flops_per_sample
+from jala_ds.train.metrics import StepMetrics
+from jala_ds.train.optim import follow_recipe_schedule
+from jala_ds.train.preflight import RunPlan
+from jala_ds.train.progress import Progress
+from jala_ds.train.rng_state import capture_rng_state, restore_rng_state
+from jala_ds.train.tracking import Tracker
+from jala_ds.train.zero_ema import ShardedEMA
+from jala_ds.vocab import add_motion_vocab, load_text_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+def train(plan: RunPlan) -> None:
+    """Pretrain ``plan.cfg`` to ``train.max_steps`` (0: one epoch), resuming from ``plan.resume_from``."""
+    cfg, train_cfg = plan.cfg, plan.cfg.train
+    init_distributed()
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    seed_everything(train_cfg.seed)
+    clean_stale_shared_memory()  # a crashed job's shared memory would confuse the new loaders
+
+    tokenizer = load_text_tokenizer(cfg.model.pretrained)
+    vocab = add_motion_vocab(tokenizer, cfg.motion_tokenizer.vocab_per_part)
+    with model_init_context(plan.ds_config):
+        model = build_model(cfg, vocab)
+    loader = build_loader(cfg, tokenizer, vocab, image_token_count(cfg.model), rank=rank, world_size=world_size)
+    total_steps = train_cfg.max_steps or steps_per_epoch(len(loader), train_cfg.grad_accum_steps)
+    engine = build_engine(model, plan.ds_config, train_cfg, total_steps)
+    ema = ShardedEMA(engine.module, model.ema_pairs(), cfg.model.ema_tau)
+
+    step, run_id = 0, None
+    if plan.resume_from is not None:
+        run_state, rank_state = load_checkpoint(engine, plan.resume_from)
+        follow_recipe_schedule(engine.lr_scheduler, train_cfg.lr)
+        ema.load_state_dict(rank_state["ema"])
+        loader.load_state_dict(rank_state["loader"])
+        restore_rng_state(rank_state["rng"])
+        step, run_id = run_state["step"], run_state.get("mlflow_run_id")
+        log.info("resumed from %s at step %d", plan.resume_from, step)
+
+    tracker = Tracker(cfg.tracking, rank=rank, run_name=cfg.name, resume_run_id=run_id)
+    if rank == 0:
+        record_run(plan, tracker)
+    progress = Progress(total_steps, step, enabled=rank == 0)
+    metrics = StepMetrics(engine.device, flops_per_sample=flops_per_sample(cfg), peak_flops=device_peak_flops())
+    batches = endless(loader)
+    compute_dtype = torch.bfloat16 if train_cfg.dtype == "bf16" else torch.float32
+
+    while step < total_steps:
+        lr = engine.get_lr()[0]
+        for _ in range(train_cfg.grad_accum_steps):
+            batch = to_device(next(batches), engine.device, compute_dtype)
+            out = engine(batch)
+            engine.backward(out.loss)
+            engine.step()  # DeepSpeed steps the optimiser and schedule only at the accumulation boundary
+            metrics.add(out, batch)
+        ema.update()
+        step += 1
+
+        shown = None
+        if step % train_cfg.log_every == 0 or step == total_steps:
+            shown = metrics.flush(lr=lr, grad_norm=engine.get_global_grad_norm())
+            tracker.log_metrics(shown, step=step)
+        progress.update(step, shown)
+        if step % train_cfg.save_every == 0 or step == total_steps:
+            save_checkpoint(engine, train_cfg.out_dir, step,
+                            run_state={"step": step, "config": cfg.to_dict(), "mlflow_run_id": tracker.run_id},
+                            rank_state={"loader": loader.state_dict(), "rng": capture_rng_state(),
+                                        "ema": ema.state_dict()},
+                            keep_last=train_cfg.keep_last)
+    progress.close()
+    tracker.close()
+    dist.barrier()
+
+
+def steps_per_epoch(micro_batches: int, grad_accum_steps: int) -> int:
+    steps = micro_batches // grad_accum_steps
+    if steps < 1:
+        raise ValueError(f"one epoch is {micro_batches} micro-batches per rank, fewer than train.grad_accum_steps="
+                         f"{grad_accum_steps}: set train.max_steps, or use a larger corpus or smaller batches")
+    return steps
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def endless(loader: Any) -> Iterator[dict[str, Any]]:
+    """Epoch after epoch: each pass over the loader is the rest of its current epoch."""
+    while True:
+        yield from loader
+
+
+def to_device(batch: dict[str, Any], device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    """Tensors onto the device, images in the compute dtype (the engine does not cast inputs)."""
+    moved = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(device, non_blocking=True)
+            if value.is_floating_point():
+                value = value.to(dtype)
+        moved[key] = value
+    return moved
+
+
+def record_run(plan: RunPlan, tracker: Tracker) -> None:
+    """Rank 0: the resolved recipe and the effective ds_config next to the checkpoints and in MLflow."""
+    out_dir = Path(plan.cfg.train.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plan.cfg.dump(out_dir / "config.yaml")
+    (out_dir / "ds_config.json").write_text(json.dumps(plan.ds_config, indent=2))
+    tracker.log_params(plan.cfg.flat())
+    tracker.log_artifact(out_dir / "config.yaml")
+    tracker.log_artifact(out_dir / "ds_config.json")

@@ -1,0 +1,51 @@
+"""Training metrics between two log steps: losses, throughput and MFU, averaged over every rank.
+
+Sums stay on the device until a log step (no host sync per micro-batch); then one all-reduce brings every
+rank's sums together, so the logged loss is the mean over all ranks, not rank 0's alone.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+LOSSES = ("loss", "mcp_loss", "align_loss")
+
+
+class StepMetrics:
+    """Accumulates micro-batches; ``flush`` returns the window's metrics (a collective: every rank calls it)."""
+
+    def __init__(self, device: torch.device, *, flops_per_sample: float, peak_flops: float | None):
+        self.device = device
+        self.flops_per_sample = flops_per_sample
+        self.peak_flops = peak_flops
+        self.reset()
+
+    def reset(self) -> None:
+        # loss, mcp_loss, align_loss, micro-batches, tokens, samples
+        self.sums = torch.zeros(len(LOSSES) + 3, dtype=torch.float64, device=self.device)
+        self.started = time.perf_counter()
+
+    def add(self, out: Any, batch: dict[str, Any]) -> None:
+        """One micro-batch: the model's output (``JalaOutput``) and the batch it saw."""
+        losses = [getattr(out, name).detach().double() for name in LOSSES]
+        tokens = (batch["doc_ids"] >= 0).sum().double()
+        one = torch.ones((), dtype=torch.float64, device=self.device)
+        self.sums += torch.stack([*losses, one, tokens, one * len(batch["sample_ids"])])
+
+    def flush(self, *, lr: float, grad_norm: float | None) -> dict[str, float]:
+        dist.all_reduce(self.sums)
+        elapsed = time.perf_counter() - self.started
+        *loss_sums, micro_batches, tokens, samples = self.sums.tolist()
+        metrics = {name: total / micro_batches for name, total in zip(LOSSES, loss_sums)}
+        metrics.update(lr=lr, samples_per_s=samples / elapsed, tokens_per_s=tokens / elapsed)
+        if grad_norm is not None:
+            metrics["grad_norm"] = float(grad_norm)
+        flops_per_s = self.flops_per_sample * samples / elapsed / dist.get_world_size()
+        metrics["tflops_per_device"] = flops_per_s / 1e12
+        if self.peak_flops:
+            metrics["mfu"] = flops_per_s / self.peak_flops
+        self.reset()
+        return metrics

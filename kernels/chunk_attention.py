@@ -1,0 +1,81 @@
+"""``chunk_attention``: the chunk-mask attention every JALA backbone layer calls, and where it runs.
+
+    out = chunk_attention(q, k, v, batch["doc_ids"], batch["chunk_ids"])   # [B, Hq, N, D]
+
+CUDA tensors run the Triton kernels (``chunk_attention_forward.py``, ``chunk_attention_backward.py``); CPU
+tensors run ``chunk_attention_reference`` unless ``TRITON_INTERPRET=1`` is set, in which case the same
+Triton kernels run in Triton's interpreter (how the tests check them without a GPU). The variable is read at
+call time, but Triton decides between compiling and interpreting when it is first imported, and again when
+the kernels' module is (lazily, on the first kernel call): it must be set before either, as
+``tests/conftest.py`` does for Triton on machines without a GPU.
+
+The Triton path never builds an N x N mask: the mask becomes O(N) intervals (``chunk_attention_bounds``),
+computed once per batch: consecutive calls with the same, unmodified ``doc_ids``/``chunk_ids`` tensors (every
+layer of one step) reuse them. Its backward is deterministic.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from jala_kernels.chunk_attention_bounds import ChunkBounds, chunk_attention_bounds
+from jala_kernels.chunk_attention_reference import check_attention_inputs, chunk_attention_reference
+
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+KERNEL_HEAD_DIMS = (16, 32, 64, 128, 256)
+
+
+def chunk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: torch.Tensor,
+                    chunk_ids: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """Chunk-mask attention (DESIGN.md contract): q ``[B, Hq, N, D]``, k/v ``[B, Hkv, N, D]`` (Hq a multiple
+    of Hkv), doc_ids/chunk_ids int ``[B, N]`` -> ``[B, Hq, N, D]``; rows whose doc is -1 return zeros.
+
+    Differentiable in q, k, v. Every document, and every chunk within a document, must be one contiguous run
+    of positions (``ValueError`` otherwise, on every device, so a bad layout shows up in CPU tests too).
+    """
+    check_attention_inputs(q, k, v, doc_ids, chunk_ids)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    bounds = _cached_bounds(doc_ids, chunk_ids)
+    if not q.is_cuda and not interpreter_requested():
+        return chunk_attention_reference(q, k, v, doc_ids, chunk_ids, scale)
+    _check_kernel_inputs(q)
+    from jala_kernels.chunk_attention_function import ChunkAttentionFunction
+
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    return ChunkAttentionFunction.apply(q, k, v, bounds, scale)
+
+
+def interpreter_requested() -> bool:
+    """``TRITON_INTERPRET`` as Triton itself parses it (1/true/yes/on), read now rather than at import."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on", "y")
+
+
+def _check_kernel_inputs(q: torch.Tensor) -> None:
+    if q.dtype not in KERNEL_DTYPES:
+        raise ValueError(f"chunk_attention: the Triton kernel takes float16, bfloat16 or float32 q/k/v, got "
+                         f"{q.dtype}; cast them, or call chunk_attention_reference")
+    if q.shape[-1] not in KERNEL_HEAD_DIMS:
+        raise ValueError(f"chunk_attention: head dim {q.shape[-1]} is not supported by the Triton kernel; use one "
+                         f"of {KERNEL_HEAD_DIMS} (pad the heads with zeros and pass scale= for the true size)")
+
+
+_last_bounds: tuple[torch.Tensor, torch.Tensor, int, int, ChunkBounds] | None = None
+
+
+def _cached_bounds(doc_ids: torch.Tensor, chunk_ids: torch.Tensor) -> ChunkBounds:
+    """``chunk_attention_bounds``, reused while the same tensors come back unmodified.
+
+    Holding the tensors themselves (not their addresses) keeps their memory from being reused by another
+    batch; ``_version`` changes on any in-place write. Inference-mode tensors have no version: no cache.
+    """
+    global _last_bounds
+    if doc_ids.is_inference() or chunk_ids.is_inference():
+        return chunk_attention_bounds(doc_ids, chunk_ids)
+    last = _last_bounds
+    if (last is not None and last[0] is doc_ids and last[1] is chunk_ids and last[2] == doc_ids._version
+            and last[3] == chunk_ids._version):
+        return last[4]
+    bounds = chunk_attention_bounds(doc_ids, chunk_ids)
+    _last_bounds = (doc_ids, chunk_ids, doc_ids._version, chunk_ids._version, bounds)
+    return bounds

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Pretraining under torchrun. On one machine:
+#
+#   launch/torchrun.sh --recipe tiny_cpu [key=value ...]
+#
+# On several machines, run it on every node with the same MASTER_ADDR (a reachable host, e.g. node 0):
+#
+#   NNODES=4 MASTER_ADDR=node-001 launch/torchrun.sh --recipe pretrain_internvl3_2b
+#
+# torchrun's c10d rendezvous assigns node ranks itself, so the same command works on every node.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+NNODES="${NNODES:-1}"
+NPROC_PER_NODE="${NPROC_PER_NODE:-$( (command -v nvidia-smi >/dev/null && nvidia-smi -L | wc -l) || echo 2)}"
+MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"
+MASTER_PORT="${MASTER_PORT:-29500}"
+
+exec torchrun --nnodes "$NNODES" --nproc_per_node "$NPROC_PER_NODE" \
+  --rdzv_backend c10d --rdzv_endpoint "$MASTER_ADDR:$MASTER_PORT" --rdzv_id "${RDZV_ID:-jala}" \
+  "$(command -v jala)" train "$@"

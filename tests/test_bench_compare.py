@@ -1,0 +1,118 @@
+"""``jala compare`` on a real MLflow sqlite store with three small runs."""
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+
+from jala_ds.bench.compare import compare_runs
+from jala_ds.cli import main
+
+HOUR_MS = 3_600_000
+START_MS = 1_767_225_600_000
+RUNS = {
+    # name: (params, loss per step, samples_per_s per log or None, hours)
+    "base": ({"train.lr": "0.001", "train.seed": "1", "model.align": "True"},
+             [2.0, 1.5, 1.2, 1.1, 1.15], [10.0, 50.0, 52.0, 51.0], 2.0),
+    "low-lr": ({"train.lr": "0.0003", "train.seed": "1", "model.align": "True"},
+               [2.0, 1.8, 1.6, 1.5, 1.4], [12.0, 48.0, 49.0], 1.5),
+    "no-align": ({"train.lr": "0.001", "train.seed": "1", "model.align": "False", "model.lsp_context": "False"},
+                 [2.0, 1.4, 1.0, 0.9, 0.95], None, 0.5),
+}
+MEDIAN_RATE = {"base": 50.5, "low-lr": 48.0, "no-align": None}  # the warm-up value does not pull the median
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """``mlflow.db`` in a fresh folder holding experiment ``ablation`` (three runs) and ``other`` (one run)."""
+    folder = tmp_path_factory.mktemp("store")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("ablation")
+    ids = {}
+    for i, (name, (params, losses, rates, hours)) in enumerate(RUNS.items()):
+        start = START_MS + i * HOUR_MS
+        run_id = client.create_run(experiment, start_time=start, run_name=name).info.run_id
+        metrics = [Metric("loss", v, start + step, step) for step, v in enumerate(losses)]
+        metrics += [Metric("accuracy", 1 - v / 2, start + step, step) for step, v in enumerate(losses)]
+        metrics += [Metric("train/samples_per_s", v, start + step, step) for step, v in enumerate(rates or [])]
+        client.log_batch(run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()])
+        client.set_terminated(run_id, end_time=int(start + hours * HOUR_MS))
+        ids[name] = run_id
+    other = client.create_experiment("other")
+    ids["other"] = client.create_run(other, run_name="elsewhere").info.run_id
+    return folder, uri, ids
+
+
+def test_table_shows_differing_params_final_best_throughput_and_hours(store, tmp_path):
+    _, uri, _ = store
+    rows = compare_runs("ablation", metrics=["loss"], tracking_uri=uri, out_dir=tmp_path).rows
+    assert [row["run"] for row in rows] == list(RUNS)  # oldest first
+    for row, (params, losses, _, hours) in zip(rows, RUNS.values()):
+        assert "train.seed" not in row  # the same in every run
+        assert row["train.lr"] == params["train.lr"] and row["model.align"] == params["model.align"]
+        assert row["model.lsp_context"] == params.get("model.lsp_context")
+        assert row["loss final"] == losses[-1] and row["loss best"] == min(losses)
+        assert row["hours"] == pytest.approx(hours)
+        assert row.get("train/samples_per_s median") == MEDIAN_RATE[row["run"]]
+        assert row["status"] == "FINISHED"
+
+
+def test_writes_csv_markdown_and_png(store, tmp_path):
+    _, uri, _ = store
+    result = compare_runs("ablation", metrics=["loss", "accuracy:max"], tracking_uri=uri, out_dir=tmp_path / "out")
+    with result.paths["csv"].open() as handle:
+        table = list(csv.DictReader(handle))
+    assert [r["run"] for r in table] == list(RUNS)
+    assert [float(r["accuracy best"]) for r in table] == [1 - min(losses) / 2 for _, losses, _, _ in RUNS.values()]
+    assert math.isclose(float(table[0]["loss final"]), 1.15)
+    markdown = result.paths["markdown"].read_text()
+    assert "| run | run_id | status | hours |" in markdown and "no-align" in markdown
+    png = result.paths["png"].read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+def test_chosen_runs_in_the_order_given(store, tmp_path):
+    _, uri, ids = store
+    rows = compare_runs("ablation", [ids["no-align"], ids["base"]], ["loss"], uri, tmp_path).rows
+    assert [row["run"] for row in rows] == ["no-align", "base"]
+    assert "train.lr" not in rows[0] and rows[0]["model.align"] == "False"
+
+
+def test_default_store_and_environment_uri(store, tmp_path, monkeypatch):
+    folder, uri, _ = store
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(folder)  # MLflow's default sqlite:///mlflow.db is relative to the working directory
+    assert len(compare_runs("ablation", out_dir=tmp_path / "default").rows) == 3
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert len(compare_runs("ablation", out_dir=tmp_path / "env").rows) == 3
+
+
+def test_bad_input_gets_one_clear_error(store, tmp_path):
+    _, uri, ids = store
+    with pytest.raises(ValueError, match="known experiments are Default, ablation, other"):
+        compare_runs("ablaton", tracking_uri=uri, out_dir=tmp_path)
+    with pytest.raises(ValueError, match="no run logged it; logged metrics are accuracy, loss"):
+        compare_runs("ablation", metrics=["val_loss"], tracking_uri=uri, out_dir=tmp_path)
+    with pytest.raises(ValueError, match="belongs to another experiment"):
+        compare_runs("ablation", [ids["other"]], tracking_uri=uri, out_dir=tmp_path)
+    with pytest.raises(ValueError, match="no MLflow store at"):
+        compare_runs("ablation", tracking_uri=f"sqlite:///{tmp_path / 'none.db'}", out_dir=tmp_path)
+    with pytest.raises(ValueError, match="NAME:max"):
+        compare_runs("ablation", metrics=["loss:up"], tracking_uri=uri, out_dir=tmp_path)
+
+
+def test_compare_command_writes_to_out(store, tmp_path, capsys):
+    _, uri, _ = store
+    out = tmp_path / "cmp"
+    assert main(["compare", "--experiment", "ablation", "--metric", "loss", "--tracking-uri", uri,
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "low-lr" in printed and f"png: {out / 'curves.png'}" in printed
+    assert sorted(p.name for p in out.iterdir()) == ["comparison.csv", "comparison.md", "curves.png"]
+    assert main(["compare", "--experiment", "missing", "--tracking-uri", uri, "--out", str(out)]) == 2
+    assert "jala compare: --experiment 'missing'" in capsys.readouterr().err

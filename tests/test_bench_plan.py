@@ -1,0 +1,123 @@
+"""The scaling planner: monotone where it must be, network-blind inside a node, calibrated by measurements."""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import pytest
+
+from jala_ds.bench import plan
+from jala_ds.bench.calibrate import calibration, read_throughput_result
+from jala_ds.bench.cards import CARDS
+from jala_ds.bench.dims import model_dims
+from jala_ds.bench.flops import mfu, recipe_flops
+from jala_ds.bench.plan_report import mfu_for_target
+from jala_ds.cli import main
+from jala_ds.config import load_config
+
+COUNTS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+
+
+@pytest.fixture(scope="module")
+def work():
+    cfg = load_config("pretrain_internvl3_2b")
+    dims = model_dims(cfg)
+    return plan.Workload.from_recipe(cfg, recipe_flops(cfg, dims=dims), dims)
+
+
+@pytest.fixture
+def a800():
+    return plan.Cluster(CARDS["a800"], gpus_per_node=8, network_gb_s=100.0)
+
+
+def test_weak_scaling_hours_fall_with_every_doubling(work, a800):
+    rows = plan.scaling_table(work, a800, COUNTS, mfu=0.4)
+    hours = [row.epoch_hours for row in rows]
+    assert all(later < earlier for earlier, later in itertools.pairwise(hours))
+    assert [row.global_batch for row in rows] == [16 * n for n in COUNTS]
+
+
+def test_strong_scaling_hours_fall_until_communication_dominates(work, a800):
+    rows = plan.scaling_table(work, a800, COUNTS, mfu=0.4, global_batch=128)
+    assert [row.gpus for row in rows] == [1, 2, 4, 8, 16, 32, 64, 128]  # 256 and 512 cannot split 128 samples
+    first = plan.comm_dominates_from(rows)
+    assert first is not None and first.gpus > 8
+    before = [row.epoch_hours for row in rows if row.gpus <= first.gpus]
+    assert all(later < earlier for earlier, later in itertools.pairwise(before))
+    assert all(row.comm_bound for row in rows if row.gpus >= first.gpus)
+    assert rows[-1].epoch_hours > rows[-2].epoch_hours  # past the crossover more GPUs cost time
+
+
+def test_network_bandwidth_matters_only_across_nodes(work, a800):
+    slow = dataclasses.replace(a800, network_gb_s=25.0)
+    for fast_row, slow_row in zip(plan.scaling_table(work, a800, COUNTS, 0.4),
+                                  plan.scaling_table(work, slow, COUNTS, 0.4)):
+        if fast_row.nodes == 1:
+            assert slow_row == fast_row
+        else:
+            assert slow_row.comm_s > fast_row.comm_s and slow_row.epoch_hours > fast_row.epoch_hours
+
+
+def test_one_gpu_pays_no_communication_and_mfu_agrees_with_flops(work, a800):
+    single = plan.estimate_step(work, a800, 1, mfu=0.4, overlap=0.7)
+    assert single.comm_s == 0.0 and single.exposed_comm_s == 0.0
+    assert single.mfu == pytest.approx(0.4 * single.compute_s / single.step_s)
+    for row in plan.scaling_table(work, a800, COUNTS, 0.4):
+        assert row.mfu == pytest.approx(mfu(work.flops_per_sample, row.samples_per_s, row.gpus, "a800"))
+        assert row.mfu <= 0.4
+
+
+def test_overlap_hides_communication_up_to_the_compute_time(work, a800):
+    none = plan.estimate_step(work, a800, 64, 0.4, overlap=0.0)
+    full = plan.estimate_step(work, a800, 64, 0.4, overlap=1.0)
+    assert none.exposed_comm_s == pytest.approx(none.comm_s)
+    assert full.exposed_comm_s == pytest.approx(max(0.0, full.comm_s - full.compute_s))
+
+
+def test_paper_and_target_mfu(work, a800):
+    assert plan.mfu_for_hours(work, 68.0, 8, CARDS["a800"]) == pytest.approx(0.087, abs=1e-3)
+    needed = mfu_for_target(work, a800, 8, 12.0, overlap=0.7)
+    assert plan.estimate_step(work, a800, 8, needed, 0.7).epoch_hours == pytest.approx(12.0, rel=1e-6)
+    assert mfu_for_target(work, dataclasses.replace(a800, network_gb_s=1e-3), 16, 12.0, 0.7) is None
+
+
+def write_result(path, device, header, *rows):
+    table = [f"| {' | '.join(header)} |", "|" + "---|" * len(header)] + [f"| {' | '.join(r)} |" for r in rows]
+    path.write_text("\n".join(["# throughput", "", "- date: 2026-11-26", f"- device: {device}", "", *table]) + "\n")
+    return path
+
+
+def test_calibration_recomputes_mfu_from_throughput_and_takes_the_best_row(tmp_path):
+    result = write_result(tmp_path / "2026-11-26_throughput_h100.md", "NVIDIA H100 80GB HBM3",
+                          ["attention", "samples_per_s", "peak GB"], ["flex", "50.0", "61"], ["triton", "60.0", "60"])
+    found = read_throughput_result(result, 7e12)
+    assert found.mfu == pytest.approx(7e12 * 60 / 989e12)
+    assert "60 samples/s" in found.source
+    percent = write_result(tmp_path / "mfu.md", "NVIDIA H100", ["config", "MFU"], ["a", "41.5%"], ["b", "38%"])
+    assert read_throughput_result(percent, 7e12).mfu == pytest.approx(0.415)
+
+
+def test_calibration_precedence_and_discovery(tmp_path):
+    assert calibration(7e12, given_mfu=0.3, results_dir=tmp_path).mfu == 0.3
+    assert calibration(7e12, results_dir=tmp_path).mfu == plan.DEFAULT_MFU
+    write_result(tmp_path / "2026-11-01_throughput_h100.md", "NVIDIA H100", ["samples_per_s"], ["10"])
+    write_result(tmp_path / "2026-11-20_throughput_h100.md", "NVIDIA H100", ["samples_per_s"], ["20"])
+    assert calibration(7e12, results_dir=tmp_path).mfu == pytest.approx(7e12 * 20 / 989e12)
+    write_result(tmp_path / "2026-11-25_throughput_cpu.md", "CPU (x86_64, 2 cores)", ["samples_per_s"], ["1"])
+    skipped = calibration(7e12, results_dir=tmp_path)
+    assert skipped.mfu == plan.DEFAULT_MFU and "not usable" in skipped.source
+    with pytest.raises(ValueError, match="no such file"):
+        calibration(7e12, result=tmp_path / "missing.md")
+    with pytest.raises(ValueError, match="--mfu 45"):
+        calibration(7e12, given_mfu=45)
+
+
+def test_plan_command_prints_tables_paper_target_and_assumptions(capsys, tmp_path):
+    assert main(["plan", "--gpus", "8", "--gpu", "a800", "--nodes", "2", "--mfu", "0.45", "--max-gpus", "64",
+                 "--results-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    for text in ("TFLOP", "Weak scaling", "Strong scaling: global batch 128", "| 64 | 8 |", "16 x a800 (2 nodes)",
+                 "68 h on 8 x A800", "12 h on 8 x A800", "compute MFU 45.0% (given with --mfu)", "## Assumptions"):
+        assert text in out
+    assert main(["plan", "--gpu", "tpu"]) == 2
+    assert "unknown GPU 'tpu'" in capsys.readouterr().err

@@ -1,0 +1,32 @@
+"""``jala data synth | convert | inspect`` end to end, and the loader benchmark's smoke run."""
+import json
+
+from benchmarks import data_loader
+from jala_ds.cli import main
+
+
+def test_synth_convert_inspect_from_the_command_line(tmp_path, capsys):
+    raw, mds = tmp_path / "raw", tmp_path / "mds"
+    assert main(["data", "synth", "--out", str(raw), "--lab", "4", "--wild", "5", "--seed", "2"]) == 0
+    assert main(["data", "convert", "--src", str(raw), "--out", str(mds), "--recipe", "tiny_cpu",
+                 "data.frame_size=32"]) == 0
+    report = json.loads((mds / "report.json").read_text())
+    assert report["clips_in"] == report["written"] == 9 and report["settings"]["frame_size"] == 32
+    capsys.readouterr()
+    assert main(["data", "inspect", str(mds), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["subsets"]["lab"]["clips"] == 4 and summary["subsets"]["wild"]["clips"] == 5
+    assert summary["subsets"]["lab"]["labeled"] == 4 and summary["conversion"]["rejected"] == 0
+    assert main(["data", "convert", "--src", str(raw), "--out", str(mds)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["data", "synth", "--out", str(raw), "--lab", "0", "--wild", "0"]) == 2
+
+
+def test_loader_benchmark_smoke_run_writes_its_table(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    assert data_loader.main(["--smoke", "--out", str(tmp_path)]) == 0
+    [table] = tmp_path.glob("*_data_loader_*.md")
+    header, _, *rows = ([cell.strip() for cell in line.split("|")[1:-1]]
+                        for line in table.read_text().splitlines() if line.startswith("|"))
+    assert [row[header.index("data.pack")] for row in rows] == ["True", "False"]
+    assert all(float(row[header.index("samples per CPU-s")]) > 0 and row[header.index("samples")] == "10" for row in rows)

@@ -1,0 +1,120 @@
+"""Examples -> batch: greedy packing, the attention mask the ids encode, and the pixel tensors."""
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from jala_kernels import chunk_mask
+from streaming import LocalDataset
+
+from jala_ds.config import load_config
+from jala_ds.data.collate import collate, pack_rows
+from jala_ds.data.example import ExampleBuilder
+from jala_ds.data.frames import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    decode_stored_frames,
+    normalized,
+)
+from jala_ds.data.motion_tokens import BinningTokenizer
+from jala_ds.data.sequence import SequenceBuilder
+from jala_ds.vocab import add_motion_vocab, byte_level_tokenizer
+
+
+def make_examples(tiny_corpus, count, *overrides):
+    cfg = load_config("tiny_cpu", list(overrides))
+    tok = byte_level_tokenizer()
+    vocab = add_motion_vocab(tok, cfg.motion_tokenizer.vocab_per_part)
+    seq = SequenceBuilder(cfg.data, objective=cfg.model.objective, tokenizer=tok, vocab=vocab,
+                          motion_tokenizer=BinningTokenizer(cfg.motion_tokenizer), n_image_tokens=4, seed=0)
+    builder = ExampleBuilder(seq, image_size=cfg.model.image_size, encoder_image_size=cfg.model.visual_encoder_image_size)
+    records = []
+    for subset in ("lab", "wild"):
+        dataset = LocalDataset(local=str(tiny_corpus.mds / subset))
+        records += [dataset[i] for i in range(len(dataset))]
+    picked = [records[i] for i in np.random.default_rng(0).permutation(len(records))[:count]]
+    return [builder.build(r, i, 0) for i, r in enumerate(picked)], picked, vocab, cfg
+
+
+def reference_mask(documents, rows, width, vocab):
+    """The mask contract built from each document's own tokens: causal, plus its <mot>...</mot> spans."""
+    mask = torch.zeros(len(rows), width, width, dtype=torch.bool)
+    for r, row in enumerate(rows):
+        offset = 0
+        for index in row:
+            doc = documents[index]
+            n = len(doc)
+            block = torch.ones(n, n).tril().bool()
+            if doc.bidirectional:
+                starts = np.flatnonzero(doc.input_ids == vocab.mot_start)
+                ends = np.flatnonzero(doc.input_ids == vocab.mot_end)
+                for s, e in zip(starts, ends):
+                    block[s + 1:e, s + 1:e] = True
+            mask[r, offset:offset + n, offset:offset + n] = block
+            offset += n
+    return mask
+
+
+def test_pack_rows_is_greedy_and_order_preserving():
+    assert pack_rows([5, 3, 4, 6, 2], 8) == [[0, 1], [2], [3, 4]]
+    lengths = np.random.default_rng(1).integers(1, 50, 200).tolist()
+    rows = pack_rows(lengths, 64)
+    assert [i for row in rows for i in row] == list(range(200))
+    assert all(sum(lengths[i] for i in row) <= 64 for row in rows)
+    assert all(sum(lengths[i] for i in prev) + lengths[row[0]] > 64 for prev, row in itertools.pairwise(rows))
+
+
+@pytest.mark.parametrize("pack", [True, False])
+@pytest.mark.parametrize("objective", ["mcp", "ntp"])
+def test_ids_reproduce_the_reference_mask(tiny_corpus, pack, objective):
+    extra = ["model.align=false", "model.decoupled_ema=false"] if objective == "ntp" else []
+    examples, _, vocab, cfg = make_examples(tiny_corpus, 9, f"model.objective={objective}", *extra)
+    documents = [e.document for e in examples]
+    batch = collate(examples, pack=pack, max_tokens=cfg.data.max_tokens, pad_id=vocab.pad)
+    rows = pack_rows([len(d) for d in documents], cfg.data.max_tokens) if pack else [[i] for i in range(9)]
+    assert len(rows) < 9 if pack else len(rows) == 9
+    width = batch["input_ids"].shape[1]
+    assert torch.equal(chunk_mask(batch["doc_ids"], batch["chunk_ids"]), reference_mask(documents, rows, width, vocab))
+    for r, row in enumerate(rows):
+        offset = 0
+        for d, index in enumerate(row):
+            doc, span = documents[index], slice(offset, offset + len(documents[index]))
+            assert batch["input_ids"][r, span].tolist() == doc.input_ids.tolist()
+            assert batch["labels"][r, span].tolist() == doc.labels.tolist()
+            assert batch["position_ids"][r, span].tolist() == list(range(len(doc)))
+            assert (batch["doc_ids"][r, span] == d).all()
+            offset += len(doc)
+        assert (batch["doc_ids"][r, offset:] == -1).all() and (batch["input_ids"][r, offset:] == vocab.pad).all()
+
+
+def test_chunk_tensors_line_up_with_motion_positions(tiny_corpus):
+    examples, _, vocab, cfg = make_examples(tiny_corpus, 8, "data.pack=true")
+    batch = collate(examples, pack=True, max_tokens=cfg.data.max_tokens, pad_id=vocab.pad)
+    chunks = sum(len(e.document.chunk_hand) for e in examples)
+    assert batch["chunk_frames"].shape == (chunks, 2, 3, 28, 28) and batch["pixel_values"].shape == (8, 3, 56, 56)
+    assert sorted(set(batch["motion_chunk"][batch["motion_chunk"] >= 0].tolist())) == list(range(chunks))
+    assert torch.equal(batch["chunk_frames"], normalized(torch.cat([e.chunk_frames for e in examples])))
+    assert batch["chunk_hand"].tolist() == [h for e in examples for h in e.document.chunk_hand.tolist()]
+    assert batch["chunk_labeled"].tolist() == [e.document.labeled for e in examples for _ in e.document.chunk_hand]
+    assert batch["sample_ids"] == [e.document.sample_id for e in examples]
+    in_chunk = batch["motion_chunk"] >= 0
+    assert (vocab.is_motion(batch["input_ids"][in_chunk]) | (batch["input_ids"][in_chunk] == vocab.mask)).all()
+
+
+def test_pixels_are_imagenet_normalised_decoded_frames(tiny_corpus):
+    examples, records, vocab, cfg = make_examples(tiny_corpus, 3)
+    batch = collate(examples, pack=False, max_tokens=cfg.data.max_tokens, pad_id=vocab.pad)
+    assert batch["pixel_values"].dtype == batch["chunk_frames"].dtype == torch.float32
+    for i, (example, record) in enumerate(zip(examples, records)):
+        decoded = decode_stored_frames(record, [example.document.image_frame])
+        torch.testing.assert_close(normalized(decoded) * IMAGENET_STD + IMAGENET_MEAN, decoded / 255, atol=1e-6, rtol=0)
+        restored = batch["pixel_values"][i] * IMAGENET_STD + IMAGENET_MEAN  # resized 64 -> 56 px
+        assert restored.shape == (3, 56, 56) and restored.min() > -1e-6 and restored.max() < 1 + 1e-6
+        torch.testing.assert_close(restored.mean(dim=(1, 2)), (decoded[0] / 255).mean(dim=(1, 2)), atol=0.01, rtol=0)
+
+
+def test_a_document_longer_than_max_tokens_is_an_error_naming_it(tiny_corpus):
+    examples, _, vocab, _ = make_examples(tiny_corpus, 2)
+    longest = max(examples, key=lambda e: len(e.document)).document
+    with pytest.raises(ValueError, match=f"sample {longest.sample_id}.*data.max_tokens=20"):
+        collate(examples, pack=True, max_tokens=20, pad_id=vocab.pad)

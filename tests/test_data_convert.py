@@ -1,0 +1,186 @@
+"""Raw clips -> MDS: the synthetic corpus's shape, the round trip, determinism, and every rejection reason."""
+import json
+import shutil
+
+import av
+import numpy as np
+import pytest
+from streaming import LocalDataset
+
+from jala_ds.config import load_config
+from jala_ds.data.convert import convert_corpus
+from jala_ds.data.frames import decode_stored_frames
+from jala_ds.data.raw_clips import REJECTION_REASONS
+from jala_ds.data.rot6d import ROT6D_SLICES
+from jala_ds.data.schema import HANDS, hand_poses
+from jala_ds.data.synth import synthesize_corpus
+
+
+def manifest(raw):
+    return [json.loads(line) for line in (raw / "manifest.jsonl").read_text().splitlines()]
+
+
+def records(mds, subset):
+    dataset = LocalDataset(local=str(mds / subset))
+    return {record["clip_id"]: record for record in (dataset[i] for i in range(len(dataset)))}
+
+
+def video_frames(path):
+    if path.is_dir():
+        from PIL import Image
+        return [np.asarray(Image.open(p).convert("RGB")) for p in sorted(path.iterdir())]
+    with av.open(str(path)) as container:
+        return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+
+
+def test_synthetic_corpus_has_the_shape_of_unihand_mix(tiny_corpus):
+    clips = manifest(tiny_corpus.raw)
+    lab = [c for c in clips if c["subset"] == "lab"]
+    wild = [c for c in clips if c["subset"] == "wild"]
+    assert (len(lab), len(wild)) == (24, 20)
+    assert {c["task"] for c in lab} == {c["task"] for c in wild} == {"generation", "description", "continuation"}
+    assert len({c["source"] for c in lab}) >= 3 and {c["source"] for c in wild} == {"syn-ego4d"}
+    assert all(c["mano"] for c in lab) and any(c["video"].endswith(".mp4") for c in lab)
+    assert any(not c["video"].endswith(".mp4") for c in lab), "some lab clips are folders of JPEG frames"
+    hand_sets = set()
+    for clip in lab:
+        with np.load(tiny_corpus.raw / clip["mano"]) as npz:
+            hands = tuple(h for h in HANDS if h in npz.files)
+            poses = npz[hands[0]]
+        hand_sets.add(hands)
+        assert poses.shape[0] >= 15 and poses.shape[1] == 99 and np.isfinite(poses).all()
+        rows = poses[:, ROT6D_SLICES[0]].reshape(-1, 2, 3)
+        np.testing.assert_allclose(np.linalg.norm(rows, axis=-1), 1.0, atol=1e-5)  # valid rotations
+        assert np.abs(np.diff(poses, axis=0)).max() < 0.3, "trajectories are smooth"
+    assert {("left",), ("right",), ("left", "right")} <= hand_sets
+    pseudo = [c for c in wild if c["mano"]]
+    assert 1 <= len(pseudo) <= 4
+    means = [np.load(tiny_corpus.raw / c["mano"])["confidence"].mean() for c in pseudo]
+    assert min(means) < 0.65 < max(means), "pseudo labels both above and below the confidence threshold"
+
+
+def test_synthesis_is_deterministic_per_seed(tmp_path):
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        synthesize_corpus(tmp_path / name, lab=4, wild=3, seed=seed)
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
+    assert (tmp_path / "a/manifest.jsonl").read_bytes() != (tmp_path / "c/manifest.jsonl").read_bytes()
+
+
+def test_round_trip_raw_to_mds_reproduces_the_lab_source(tiny_corpus):
+    assert tiny_corpus.report["clips_in"] == tiny_corpus.report["written"] == 44
+    stored = records(tiny_corpus.mds, "lab")
+    for clip in (c for c in manifest(tiny_corpus.raw) if c["subset"] == "lab"):
+        record = stored[clip["clip_id"]]
+        assert (record["instruction"], record["task"], record["source"]) == (clip["instruction"], clip["task"], clip["source"])
+        assert record["time_scale"] == 1.0 and record["labeled"] == 1
+        with np.load(tiny_corpus.raw / clip["mano"]) as npz:
+            for hand in HANDS:
+                expected = npz[hand] if hand in npz.files else np.zeros((0, 99), np.float32)
+                np.testing.assert_array_equal(hand_poses(record, hand), expected)
+            length = len(npz[next(h for h in HANDS if h in npz.files)])
+        chunks = length // 15
+        np.testing.assert_array_equal(record["frame_index"], np.minimum(np.arange(chunks + 1) * 15, length - 1))
+        source = video_frames(tiny_corpus.raw / clip["video"])
+        decoded = decode_stored_frames(record, list(range(chunks + 1))).permute(0, 2, 3, 1).numpy()
+        for k, index in enumerate(record["frame_index"]):
+            assert np.abs(decoded[k].astype(int) - source[index].astype(int)).mean() < 4.0
+
+
+def test_wild_clips_are_slowed_and_pseudo_labels_filtered(tiny_corpus):
+    stored = records(tiny_corpus.mds, "wild")
+    clips = [c for c in manifest(tiny_corpus.raw) if c["subset"] == "wild"]
+    kept = dropped = 0
+    for clip in clips:
+        record = stored[clip["clip_id"]]
+        assert record["time_scale"] == 2.0
+        length = len(video_frames(tiny_corpus.raw / clip["video"]))
+        slowed = 2 * (length - 1) + 1
+        assert record["frame_index"][-1] == min(slowed - 1, (slowed // 15) * 15)
+        if not clip["mano"]:
+            assert record["labeled"] == 0 and all(len(hand_poses(record, h)) == 0 for h in HANDS)
+            continue
+        with np.load(tiny_corpus.raw / clip["mano"]) as npz:
+            if npz["confidence"].mean() < 0.65:
+                dropped += 1
+                assert record["labeled"] == 0 and all(len(hand_poses(record, h)) == 0 for h in HANDS)
+                continue
+            kept += 1
+            assert record["labeled"] == 1
+            for hand in (h for h in HANDS if h in npz.files):
+                poses = hand_poses(record, hand)
+                assert poses.shape == (slowed, 99)
+                # Even slowed frames are the original frames; odd ones are interpolated valid rotations.
+                np.testing.assert_allclose(poses[::2], npz[hand], atol=1e-5)
+                rows = poses[1::2, ROT6D_SLICES[3]].reshape(-1, 2, 3)
+                np.testing.assert_allclose(np.linalg.norm(rows, axis=-1), 1.0, atol=1e-5)
+                np.testing.assert_allclose((rows[:, 0] * rows[:, 1]).sum(-1), 0.0, atol=1e-5)
+    assert kept >= 1 and dropped >= 1
+    assert tiny_corpus.report["pseudo_labels_dropped"] == dropped
+
+
+def test_parallel_conversion_writes_identical_shards(tiny_corpus, tmp_path):
+    data = load_config("tiny_cpu").data
+    report = convert_corpus(tiny_corpus.raw, tmp_path / "mds", data, workers=2, shard_bytes=1 << 16)
+    assert report["written"] == tiny_corpus.report["written"]
+    for subset in ("lab", "wild"):
+        index = (tiny_corpus.mds / subset / "index.json").read_text()
+        assert (tmp_path / "mds" / subset / "index.json").read_text() == index
+        assert len(json.loads(index)["shards"]) >= 2
+
+
+def write_bad_clips(raw):
+    """Append one clip per rejection reason (two for bad_manifest) built from the first good clip."""
+    good = manifest(raw)[0]
+    with np.load(raw / good["mano"]) as npz:
+        poses = {h: npz[h] for h in HANDS if h in npz.files}
+    length = len(next(iter(poses.values())))
+    bad_poses = {
+        "bad_pose_dims": {"left": np.zeros((length, 98), np.float32)},
+        "nonfinite_pose": {h: np.where(np.arange(99) == 5, np.nan, p) for h, p in poses.items()},
+        "pose_frame_mismatch": {h: p[:-1] for h, p in poses.items()},
+    }
+    lines = ["{not json", json.dumps({"clip_id": "no_fields", "video": good["video"]}), json.dumps(good)]
+    for reason, arrays in bad_poses.items():
+        np.savez(raw / f"mano/{reason}.npz", **arrays)
+        lines.append(json.dumps({**good, "clip_id": reason, "mano": f"mano/{reason}.npz"}))
+    (raw / "mano/unreadable_poses.npz").write_bytes(b"garbage")
+    (raw / "videos/unreadable_video.mp4").write_bytes(b"not an mp4 at all" * 20)
+    (raw / "videos/empty_video").mkdir()
+    short = video_frames(raw / good["video"])[:10]
+    from jala_ds.data.synth import write_mp4
+    write_mp4(raw / "videos/too_short.mp4", np.stack(short), 30)
+    np.savez(raw / "mano/too_short.npz", **{h: p[:10] for h, p in poses.items()})
+    lines += [
+        json.dumps({**good, "clip_id": "empty_instruction", "instruction": "   "}),
+        json.dumps({**good, "clip_id": "lab_without_poses", "mano": None}),
+        json.dumps({**good, "clip_id": "unreadable_poses", "mano": "mano/unreadable_poses.npz"}),
+        json.dumps({**good, "clip_id": "unreadable_video", "video": "videos/unreadable_video.mp4"}),
+        json.dumps({**good, "clip_id": "empty_video", "video": "videos/empty_video"}),
+        json.dumps({**good, "clip_id": "too_short", "video": "videos/too_short.mp4", "mano": "mano/too_short.npz"}),
+    ]
+    with open(raw / "manifest.jsonl", "a") as file:
+        file.write("".join(line + "\n" for line in lines))
+
+
+def test_every_rejection_reason_is_counted(tmp_path):
+    raw = tmp_path / "raw"
+    synthesize_corpus(raw, lab=3, wild=0, seed=1)
+    write_bad_clips(raw)
+    report = convert_corpus(raw, tmp_path / "mds", load_config("tiny_cpu").data)
+    assert report["rejected_by_reason"] == {reason: 2 if reason == "bad_manifest" else 1 for reason in REJECTION_REASONS}
+    assert report["clips_in"] == report["written"] + report["rejected"] == 3 + len(REJECTION_REASONS) + 1
+    assert json.loads((tmp_path / "mds/report.json").read_text()) == report
+    assert {r["clip_id"] for r in report["rejections"]} >= set(REJECTION_REASONS) - {"bad_manifest", "duplicate_clip_id"}
+    assert len(records(tmp_path / "mds", "lab")) == 3
+
+
+def test_existing_output_is_kept_unless_overwrite(tmp_path, tiny_corpus):
+    data = load_config("tiny_cpu").data
+    shutil.copytree(tiny_corpus.mds, tmp_path / "mds")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        convert_corpus(tiny_corpus.raw, tmp_path / "mds", data)
+    with pytest.raises(FileNotFoundError, match="manifest.jsonl"):
+        convert_corpus(tmp_path / "nowhere", tmp_path / "out", data)
+    report = convert_corpus(tiny_corpus.raw, tmp_path / "mds", data, overwrite=True)
+    assert report["written"] == tiny_corpus.report["written"]

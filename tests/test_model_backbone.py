@@ -1,0 +1,93 @@
+"""The backbone: published InternVL3-2B size, motion vocabulary rows, image tokens, and reloading a checkpoint."""
+from __future__ import annotations
+
+import pytest
+import torch
+from model_batches import Doc, make_batch, tiny_setup
+
+from jala_ds.model.backbone import image_token_count, internvl3_2b_on_meta, parameter_breakdown, random_backbone
+from jala_ds.model.build import build_model
+from jala_ds.vocab import add_motion_vocab, byte_level_tokenizer, load_text_tokenizer
+
+
+def test_internvl3_2b_on_meta_has_the_published_size():
+    parts = parameter_breakdown(internvl3_2b_on_meta())
+    # Published (InternVL3 report / model card): 2.09B = vision 304M + projector 9M + LM 1.54B with a 233M head.
+    published = {"vision": 304e6, "projector": 9e6, "language_model": 1.54e9, "lm_head": 233e6, "total": 2.09e9}
+    rounding = {"vision": 0.5e6, "projector": 0.5e6, "language_model": 5e6, "lm_head": 0.5e6, "total": 5e6}
+    for part, size in published.items():
+        assert abs(parts[part] - size) <= rounding[part], f"{part}: {parts[part]:,} vs published {size:,.0f}"
+    # The same numbers from the published config by hand (InternViT-300M, MLP projector, Qwen2.5-1.5B-like LM).
+    d, f, patches = 1024, 4096, (448 // 14) ** 2
+    vision_layer = 4 * (d * d + d) + 4 * d + 2 * d + 2 * d * f + f + d  # qkv+proj, 2 norms, 2 layer scales, MLP
+    vision = d + (patches + 1) * d + 3 * 14 * 14 * d + d + 24 * vision_layer
+    h, kv, ff, vocab = 1536, 256, 8960, 151674
+    lm_layer = (h * h + h) + 2 * (h * kv + kv) + h * h + 3 * h * ff + 2 * h
+    expected = {"vision": vision, "projector": 2 * 4 * d + 4 * d * h + h + h * h + h,
+                "language_model": vocab * h + 28 * lm_layer + h, "lm_head": vocab * h}
+    expected["total"] = sum(expected.values())
+    assert parts == expected
+
+
+def test_motion_rows_start_at_the_text_mean_in_embedding_and_head():
+    cfg, vocab = tiny_setup()
+    backbone = random_backbone(cfg.model, vocab)
+    for weight in (backbone.get_input_embeddings().weight, backbone.lm_head.weight):
+        assert weight.shape[0] == vocab.size
+        mean = weight[:vocab.mot_start].mean(dim=0)
+        assert torch.equal(weight[vocab.mot_start:], mean.expand(vocab.size - vocab.mot_start, -1))
+    assert backbone.config.text_config.vocab_size == vocab.size
+
+
+@pytest.mark.parametrize("side, tokens", [(56, 4), (448, 256)])
+def test_image_token_count_matches_the_vision_tower(side, tokens):
+    cfg, _ = tiny_setup(f"model.image_size={side}")
+    assert image_token_count(cfg.model) == tokens
+    if side == 56:  # the 448 px tower is checked through the published shape only (no need to run it)
+        _, vocab = tiny_setup()
+        backbone = random_backbone(cfg.model, vocab)
+        features = backbone.model.get_image_features(pixel_values=torch.randn(2, 3, side, side))
+        assert features.shape[:2] == (2, tokens)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A tiny JALA trained one step, saved the way real checkpoints come: VLM + tokenizer, visual encoder."""
+    cfg, _ = tiny_setup()
+    tok = byte_level_tokenizer()
+    vocab = add_motion_vocab(tok, cfg.motion_tokenizer.vocab_per_part)
+    torch.manual_seed(0)
+    model = build_model(cfg, vocab)
+    batch = make_batch(cfg, vocab, [[Doc()], [Doc(labeled=False)]], seed=0)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    model(batch).loss.backward()
+    optimizer.step()
+    root = tmp_path_factory.mktemp("checkpoint")
+    model.backbone.save_pretrained(root / "vlm")
+    tok.save_pretrained(root / "vlm")
+    model.visual_encoder.encoder.save_pretrained(root / "encoder")
+    return model.eval(), batch, root
+
+
+def test_saved_checkpoint_reloads_through_the_builder(saved):
+    model, batch, root = saved
+    cfg, _ = tiny_setup(f"model.pretrained={root / 'vlm'}", f"model.visual_encoder_path={root / 'encoder'}")
+    vocab = add_motion_vocab(load_text_tokenizer(cfg.model.pretrained), cfg.motion_tokenizer.vocab_per_part)
+    reloaded = build_model(cfg, vocab).eval()
+    expected = model.state_dict()
+    for name, value in reloaded.state_dict().items():
+        if name.startswith(("backbone.", "visual_encoder.")):
+            assert torch.equal(value, expected[name]), f"{name} changed through save/reload"
+    # The perceivers live in the trainer's checkpoint, not in the VLM folder.
+    reloaded.load_state_dict(expected)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(batch).loss, model(batch).loss, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("override, key", [("model.align_layer=4", "model.align_layer"),
+                                           ("model.image_size=112", "model.image_size")])
+def test_checkpoint_mismatch_names_the_recipe_key(saved, override, key):
+    _, _, root = saved
+    cfg, vocab = tiny_setup(f"model.pretrained={root / 'vlm'}", override)
+    with pytest.raises(ValueError, match=key):
+        build_model(cfg, vocab)

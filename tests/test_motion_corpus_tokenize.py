@@ -1,0 +1,99 @@
+"""`jala data tokenize`'s work: a tokenized copy of a tiny MDS corpus in the converter's column format."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from streaming import MDSWriter
+
+from jala_ds.data.schema import MDS_COLUMNS, SHARD_HASHES, array_bytes, hand_poses, hand_tokens
+from jala_ds.motion.config import TokenizerConfig
+from jala_ds.motion.corpus_tokenize import tokenize_corpus
+from jala_ds.motion.pose_corpus import open_mds
+from jala_ds.motion.synthetic import synthetic_motion
+from jala_ds.motion.tokenizer import load_grvq_tokenizer, save_tokenizer
+from jala_ds.motion.tokenizer_model import MotionTokenizerModel
+
+CFG = TokenizerConfig(groups=2, stages=2, codes_per_stage=8, latent_dim=16, conv_width=16)
+
+
+def record(clip_id: str, subset: str, left_frames: int, right_frames: int, rng) -> dict:
+    """A clip in the converter's format; frame_index lists one boundary frame per chunk (+1), frames are empty."""
+    length = max(left_frames, right_frames)
+    boundaries = np.minimum(np.arange(length // 15 + 1) * 15, max(length - 1, 0)).astype(np.int32)
+    poses = {hand: synthetic_motion(n, rng) if n else np.zeros((0, 99), np.float32)
+             for hand, n in (("left", left_frames), ("right", right_frames))}
+    return {"clip_id": clip_id, "source": "test", "subset": subset, "task": "generation",
+            "instruction": f"clip {clip_id}", "fps": 30.0, "time_scale": 1.0 if subset == "lab" else 2.0,
+            "frames": clip_id.encode(), "frame_offsets": np.arange(len(boundaries) + 1, dtype=np.int64),
+            "frame_index": boundaries, "left": array_bytes(poses["left"], "<f4"),
+            "right": array_bytes(poses["right"], "<f4"), "labeled": int(left_frames + right_frames > 0)}
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    rng = np.random.default_rng(0)
+    clips = {"lab": [record("lab_0", "lab", 47, 47, rng), record("lab_1", "lab", 0, 30, rng),
+                     record("lab_2", "lab", 16, 0, rng)],
+             "wild": [record("wild_0", "wild", 0, 61, rng), record("wild_1", "wild", 0, 0, rng)]}
+    for subset, records in clips.items():
+        with MDSWriter(out=str(tmp_path / "mds" / subset), columns=MDS_COLUMNS, hashes=SHARD_HASHES,
+                       size_limit=4096) as writer:
+            for r in records:
+                writer.write(r)
+    torch.manual_seed(0)
+    model = MotionTokenizerModel(CFG, 15, torch.zeros(99), torch.ones(99))
+    return tmp_path / "mds", save_tokenizer(model, tmp_path / "tokenizer", {"steps": 0})
+
+
+def test_tokens_are_added_and_every_other_column_is_copied(corpus, tmp_path):
+    src, checkpoint = corpus
+    report = tokenize_corpus(checkpoint, src, tmp_path / "out")
+    tok = load_grvq_tokenizer(checkpoint)
+    assert report["clips"] == 5 and report["clips_per_s"] > 0
+    assert report["tokenized_hands"] == 5            # lab_0 x2, lab_1, lab_2, wild_0
+    assert report["chunks"] == 3 + 3 + 2 + 1 + 4
+    for subset in ("lab", "wild"):
+        before, after = open_mds(src / subset), open_mds(tmp_path / "out" / subset)
+        assert len(before) == len(after)
+        for i in range(len(before)):
+            old, new = before[i], after[i]
+            for column in MDS_COLUMNS:
+                assert np.array_equal(np.asarray(new[column]), np.asarray(old[column])), column
+            for hand in ("left", "right"):
+                poses = hand_poses(old, hand)
+                chunks = poses.shape[0] // 15
+                expected = tok.encode(poses[:chunks * 15]) if chunks else np.zeros((0, tok.tokens_per_chunk))
+                stored = np.frombuffer(new[f"{hand}_tokens"], dtype="<i4").reshape(-1, tok.tokens_per_chunk)
+                assert np.array_equal(stored, expected)
+                if chunks == len(old["frame_index"]) - 1 and chunks:
+                    assert np.array_equal(hand_tokens(new, hand), expected)   # the data pipeline's reader
+        index = json.loads((tmp_path / "out" / subset / "index.json").read_text())
+        assert index["shards"][0]["hashes"] == SHARD_HASHES
+
+
+def test_refuses_to_overwrite(corpus, tmp_path):
+    src, checkpoint = corpus
+    with pytest.raises(ValueError, match="is the source corpus"):
+        tokenize_corpus(checkpoint, src, src)
+    tokenize_corpus(checkpoint, src, tmp_path / "out")
+    with pytest.raises(FileExistsError, match="choose a new --out folder"):
+        tokenize_corpus(checkpoint, src, tmp_path / "out")
+
+
+def test_the_converters_corpus_trains_a_tokenizer_and_gets_tokens_the_loader_reads(tiny_corpus, tmp_path,
+                                                                                  monkeypatch):
+    from jala_ds.cli import main as jala
+
+    monkeypatch.chdir(tmp_path)   # MLflow's store and artifacts
+    assert jala(["tokenizer", "train", "--recipe", "tiny_cpu", f"data.mds_dir={tiny_corpus.mds}",
+                 "motion_tokenizer.log_every=1", "--steps", "3", "--out", str(tmp_path / "tok")]) == 0
+    report = tokenize_corpus(tmp_path / "tok", tiny_corpus.mds, tmp_path / "out")
+    assert report["clips"] == len(open_mds(tiny_corpus.mds / "lab")) + len(open_mds(tiny_corpus.mds / "wild"))
+    assert report["tokenized_hands"] > 0
+    lab = open_mds(tmp_path / "out" / "lab")
+    for i in range(len(lab)):
+        for hand in ("left", "right"):
+            tokens = hand_tokens(lab[i], hand)
+            if hand_poses(lab[i], hand).shape[0] >= 15:
+                assert tokens.shape == (len(lab[i]["frame_index"]) - 1, 2 * 4 * 1 * 2)

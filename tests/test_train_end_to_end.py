@@ -1,0 +1,132 @@
+"""``jala train`` on 2 ranks under the deepspeed launcher (gloo, CPU, ZeRO-3 with cpu.json), across an epoch end:
+a run killed mid-way and resumed ends with exactly the weights of an uninterrupted run and continues its MLflow
+run; ``jala export`` of it loads with ``from_pretrained``, and a ZeRO-3 run can start from the export."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+from mlflow import MlflowClient
+from train_parts import gathered_state, world_of_one
+
+from jala_ds.train.checkpoint_layout import checkpoints_dir, latest_checkpoint, read_latest
+from jala_ds.train.export import HEADS_FILE, RECIPE_FILE, load_heads, merged_state_dict
+
+BIN = Path(sys.executable).parent
+STEPS = 14  # tiny_corpus: 44 samples, 11 micro-batches of 2 per rank and epoch, so the run crosses an epoch end
+
+
+def launch(tmp_path: Path, corpus: Path, out: str, port: int) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", TOKENIZERS_PARALLELISM="false",
+               MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}", PATH=f"{BIN}:{env['PATH']}")
+    cmd = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(port), str(BIN / "jala"), "train",
+           "--recipe", "tiny_cpu", f"data.mds_dir={corpus}", f"train.out_dir={tmp_path / out}",
+           f"train.max_steps={STEPS}", "train.save_every=4", "train.log_every=2", "train.keep_last=2"]
+    return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(process: subprocess.Popen) -> str:
+    output, _ = process.communicate(timeout=900)
+    assert process.returncode == 0, output[-4000:]
+    return output
+
+
+def kill_a_rank_after_first_checkpoint(process: subprocess.Popen, out: Path) -> None:
+    """SIGKILL rank 1 as soon as a checkpoint exists, as a node failure would."""
+    deadline = time.monotonic() + 600
+    while read_latest(checkpoints_dir(out)) is None:
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.2)
+    ranks = [p for p in psutil.Process(process.pid).children(recursive=True)
+             if "--local_rank=1" in " ".join(p.cmdline())]
+    assert ranks, "rank 1 not found"
+    ranks[0].send_signal(signal.SIGKILL)
+    process.communicate(timeout=300)
+    assert process.returncode != 0
+
+
+@pytest.mark.slow
+def test_killed_and_resumed_run_matches_uninterrupted_run_and_exports(tmp_path, tiny_corpus):
+    finish(launch(tmp_path, tiny_corpus.mds, "whole", 29651))
+
+    interrupted = launch(tmp_path, tiny_corpus.mds, "resumed", 29652)
+    kill_a_rank_after_first_checkpoint(interrupted, tmp_path / "resumed")
+    killed_at = latest_checkpoint(tmp_path / "resumed").name
+    assert killed_at != f"step_{STEPS:08d}"
+    log = finish(launch(tmp_path, tiny_corpus.mds, "resumed", 29653))
+    assert f"resumed from {tmp_path / 'resumed'}" in log
+
+    whole = merged_state_dict(latest_checkpoint(tmp_path / "whole"))
+    resumed = merged_state_dict(latest_checkpoint(tmp_path / "resumed"))
+    assert latest_checkpoint(tmp_path / "resumed").name == f"step_{STEPS:08d}"
+    assert whole.keys() == resumed.keys()
+    differ = {name: float((resumed[name] - whole[name]).abs().max()) for name in whole
+              if not torch.equal(resumed[name], whole[name])}
+    assert not differ, f"killed at {killed_at}, resumed weights differ: {differ}"
+    assert len([p for p in checkpoints_dir(tmp_path / "resumed").iterdir() if p.is_dir()]) == 2  # keep_last
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("jala-tiny").experiment_id])
+    assert len(runs) == 2  # one per out_dir: the resumed job continued its run
+    for run in runs:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
+        assert steps[-1] == STEPS and set(range(2, STEPS + 1, 2)) <= set(steps)
+        assert {"mcp_loss", "align_loss", "lr", "grad_norm", "samples_per_s", "tokens_per_s"} <= run.data.metrics.keys()
+        assert run.data.params["train.max_steps"] == str(STEPS)
+
+    exported = tmp_path / "export"
+    done = subprocess.run([str(BIN / "jala"), "export", "--run", str(tmp_path / "whole"), "--out", str(exported)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    check_export(exported, whole)
+    check_pretrained_load_under_zero3(exported, whole)
+
+
+def check_export(exported: Path, weights: dict[str, torch.Tensor]) -> None:
+    """The folder loads with from_pretrained and, with its heads, rebuilds the trained JalaModel exactly (bf16)."""
+    from transformers import InternVLForConditionalGeneration
+
+    from jala_ds.config import load_config
+    from jala_ds.model.build import build_model
+    from jala_ds.vocab import add_motion_vocab, load_text_tokenizer
+
+    def differing(state: dict[str, torch.Tensor], prefix: str = "") -> list[str]:
+        return [name for name, value in state.items()
+                if not torch.equal(value.to(torch.bfloat16), weights[prefix + name].to(torch.bfloat16))]
+
+    backbone = InternVLForConditionalGeneration.from_pretrained(exported, local_files_only=True)
+    assert not differing(backbone.state_dict(), "backbone.")
+    cfg = load_config(exported / RECIPE_FILE)
+    assert cfg.model.pretrained == str(exported.resolve()) and (exported / HEADS_FILE).is_file()
+    tokenizer = load_text_tokenizer(cfg.model.pretrained)
+    model = build_model(cfg, add_motion_vocab(tokenizer, cfg.motion_tokenizer.vocab_per_part))
+    load_heads(model, exported)
+    assert model.state_dict().keys() == weights.keys() and not differing(model.state_dict())
+
+
+def check_pretrained_load_under_zero3(exported: Path, weights: dict[str, torch.Tensor]) -> None:
+    """A run that starts from the export (model.pretrained) under ZeRO-3: born partitioned, weights all there."""
+    from jala_ds.config import load_config
+    from jala_ds.model.build import build_model
+    from jala_ds.train.ds_config import build_ds_config
+    from jala_ds.train.engine import model_init_context
+    from jala_ds.vocab import add_motion_vocab, load_text_tokenizer
+
+    cfg = load_config(exported / RECIPE_FILE, ["train.global_batch_size=2"])
+    vocab = add_motion_vocab(load_text_tokenizer(cfg.model.pretrained), cfg.motion_tokenizer.vocab_per_part)
+    with world_of_one():
+        with model_init_context(build_ds_config(cfg.train, world_size=1)):
+            model = build_model(cfg, vocab)
+        assert all(hasattr(p, "ds_id") for p in model.parameters())
+        loaded = gathered_state(model)
+    differ = [name for name, value in loaded.items() if name.startswith("backbone.")
+              and not torch.equal(value.to(torch.bfloat16), weights[name].to(torch.bfloat16))]
+    assert not differ, differ
