@@ -20,7 +20,6 @@ COMMAND_MODULES = (
     "jala_ds.data.commands",
     "jala_ds.motion.commands",
     "jala_ds.train.commands",
-    "jala_ds.eval.commands",
     "jala_ds.bench.commands",
 )
 
@@ -32,13 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name != name:
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 

@@ -22,6 +22,18 @@ if not torch.cuda.is_available():
         os.environ["TRITON_INTERPRET"] = _previous
 
 
+@pytest.fixture(autouse=True)
+def isolated_process_state():
+    """Each test leaves the environment and the working directory as it found them: loaders and launchers set
+    RANK, WORLD_SIZE, MLFLOW_TRACKING_URI and friends, and a leftover RANK would make the next test's
+    ``deepspeed.init_distributed`` believe it was launched."""
+    env, cwd = dict(os.environ), os.getcwd()
+    yield
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(cwd)
+
+
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory):
     """A synthetic raw corpus converted to MDS once per session: ``raw``, ``mds`` folders and the ``report``.

@@ -1,6 +1,8 @@
 """``jala train`` on 2 ranks under the deepspeed launcher (gloo, CPU, ZeRO-3 with cpu.json), across an epoch end:
 a run killed mid-way and resumed ends with exactly the weights of an uninterrupted run and continues its MLflow
-run; ``jala export`` of it loads with ``from_pretrained``, and a ZeRO-3 run can start from the export."""
+run; ``jala export`` of it loads with ``from_pretrained``, and a ZeRO-3 run can start from the export. The same
+job as two "nodes" of one process each (torchrun, each node with its own /dev/shm as on separate machines)
+ends with exactly the weights of the single-node run."""
 from __future__ import annotations
 
 import os
@@ -16,21 +18,45 @@ import torch
 from mlflow import MlflowClient
 from train_parts import gathered_state, world_of_one
 
-from jala_ds.train.checkpoint_layout import checkpoints_dir, latest_checkpoint, read_latest
+from jala_ds.train.checkpoint_layout import (
+    checkpoints_dir,
+    latest_checkpoint,
+    read_latest,
+)
 from jala_ds.train.export import HEADS_FILE, RECIPE_FILE, load_heads, merged_state_dict
 
 BIN = Path(sys.executable).parent
 STEPS = 14  # tiny_corpus: 44 samples, 11 micro-batches of 2 per rank and epoch, so the run crosses an epoch end
 
 
-def launch(tmp_path: Path, corpus: Path, out: str, port: int) -> subprocess.Popen:
+def job_env(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT")}
     env.update(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", TOKENIZERS_PARALLELISM="false",
                MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}", PATH=f"{BIN}:{env['PATH']}")
-    cmd = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(port), str(BIN / "jala"), "train",
-           "--recipe", "tiny_cpu", f"data.mds_dir={corpus}", f"train.out_dir={tmp_path / out}",
-           f"train.max_steps={STEPS}", "train.save_every=4", "train.log_every=2", "train.keep_last=2"]
-    return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return env
+
+
+def train_args(tmp_path: Path, corpus: Path, out: str) -> list[str]:
+    return [str(BIN / "jala"), "train", "--recipe", "tiny_cpu", f"data.mds_dir={corpus}",
+            f"train.out_dir={tmp_path / out}", f"train.max_steps={STEPS}", "train.save_every=4",
+            "train.log_every=2", "train.keep_last=2"]
+
+
+def launch(tmp_path: Path, corpus: Path, out: str, port: int) -> subprocess.Popen:
+    cmd = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(port), *train_args(tmp_path, corpus, out)]
+    return subprocess.Popen(cmd, cwd=tmp_path, env=job_env(tmp_path), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def launch_node(tmp_path: Path, corpus: Path, out: str, port: int, node_rank: int) -> subprocess.Popen:
+    """One of two single-process "nodes" on this machine. Each gets a private /dev/shm (a mount namespace with
+    its own tmpfs), as separate machines have: streaming's per-node shared memory must not be shared."""
+    torchrun = [str(BIN / "torchrun"), "--nnodes", "2", "--nproc_per_node", "1", "--node_rank", str(node_rank),
+                "--master_addr", "127.0.0.1", "--master_port", str(port)]
+    job = [*torchrun, *train_args(tmp_path, corpus, out), "tracking.enabled=false"]
+    cmd = ["unshare", "--mount", "sh", "-c", 'mount -t tmpfs tmpfs /dev/shm && exec "$@"', "node", *job]
+    return subprocess.Popen(cmd, cwd=tmp_path, env=job_env(tmp_path), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
 
 
 def finish(process: subprocess.Popen) -> str:
@@ -53,9 +79,29 @@ def kill_a_rank_after_first_checkpoint(process: subprocess.Popen, out: Path) -> 
     assert process.returncode != 0
 
 
-@pytest.mark.slow
-def test_killed_and_resumed_run_matches_uninterrupted_run_and_exports(tmp_path, tiny_corpus):
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, tiny_corpus) -> Path:
+    """Where the uninterrupted single-node run (the reference of every test here) has trained."""
+    tmp_path = tmp_path_factory.mktemp("end_to_end")
     finish(launch(tmp_path, tiny_corpus.mds, "whole", 29651))
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_two_single_process_nodes_end_with_the_weights_of_the_single_node_run(workdir, tiny_corpus):
+    nodes = [launch_node(workdir, tiny_corpus.mds, "two_nodes", 29654, rank) for rank in (0, 1)]
+    for node in nodes:
+        finish(node)
+    whole = merged_state_dict(latest_checkpoint(workdir / "whole"))
+    two_nodes = merged_state_dict(latest_checkpoint(workdir / "two_nodes"))
+    assert latest_checkpoint(workdir / "two_nodes").name == f"step_{STEPS:08d}"
+    differ = [name for name in whole if not torch.equal(two_nodes[name], whole[name])]
+    assert whole.keys() == two_nodes.keys() and not differ, differ
+
+
+@pytest.mark.slow
+def test_killed_and_resumed_run_matches_uninterrupted_run_and_exports(workdir, tiny_corpus):
+    tmp_path = workdir
 
     interrupted = launch(tmp_path, tiny_corpus.mds, "resumed", 29652)
     kill_a_rank_after_first_checkpoint(interrupted, tmp_path / "resumed")

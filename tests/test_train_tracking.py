@@ -16,12 +16,15 @@ def tracker_warnings(caplog) -> list[str]:
             if r.name == "jala_ds.train.tracking" and r.levelno >= logging.WARNING]
 
 
-def test_uri_comes_from_config_then_environment_then_mlflow_default(monkeypatch):
+def test_uri_comes_from_config_then_environment_then_mlflow_default(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert tracking_uri(TrackingConfig()) == DEFAULT_URI == "sqlite:///mlflow.db"
+    assert DEFAULT_URI == "sqlite:///mlflow.db"
+    assert tracking_uri(TrackingConfig()) == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
     assert tracking_uri(TrackingConfig()) == "http://tracking.example:5000"
-    assert tracking_uri(TrackingConfig(uri="sqlite:///elsewhere.db")) == "sqlite:///elsewhere.db"
+    assert tracking_uri(TrackingConfig(uri="sqlite:////data/elsewhere.db")) == "sqlite:////data/elsewhere.db"
+    assert tracking_uri(TrackingConfig(uri="sqlite:///elsewhere.db")) == f"sqlite:///{tmp_path.resolve() / 'elsewhere.db'}"
 
 
 def test_rank_zero_logs_to_sqlite_in_the_working_dir_and_a_resumed_job_continues_the_run(tmp_path, monkeypatch):

@@ -11,7 +11,6 @@ Medians, because the first logged values include start-up and compilation.
 from __future__ import annotations
 
 import csv
-import os
 import re
 import statistics
 import time
@@ -19,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jala_ds.bench.tables import markdown_table
+from jala_ds.train.tracking import resolve_uri
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 """MLflow's own default store: ``mlflow.db`` in the working directory."""
 THROUGHPUT_METRICS = ("samples_per_s", "tokens_per_s", "mfu")
 
@@ -44,11 +43,6 @@ class MetricSpec:
 class Comparison:
     rows: list[dict[str, object]]
     paths: dict[str, Path]
-
-
-def resolve_tracking_uri(flag: str | None = None) -> str:
-    """The ``--tracking-uri`` flag, else ``MLFLOW_TRACKING_URI``, else MLflow's default sqlite store."""
-    return flag or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
 def _check_store_exists(uri: str) -> None:
@@ -150,7 +144,7 @@ def compare_runs(experiment: str, run_ids: list[str] | tuple[str, ...] = (), met
     """Compare the runs of ``experiment`` in the store at ``tracking_uri`` and write the table and curves."""
     from mlflow import MlflowClient
 
-    uri = resolve_tracking_uri(tracking_uri)
+    uri = resolve_uri(tracking_uri)
     _check_store_exists(uri)
     specs = [MetricSpec.parse(text) for text in metrics]
     client = MlflowClient(tracking_uri=uri)

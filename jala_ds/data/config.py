@@ -50,6 +50,10 @@ class DataConfig:
     """Shuffle samples (streaming's deterministic shuffle, seeded by train.seed)."""
     validate_hashes: bool = True
     """Check each shard's hash when it is opened; a corrupted shard fails with its name."""
+    num_canonical_nodes: int | None = None
+    """Streaming's canonical node count, which fixes the global sample order and each rank's share of it; null
+    takes the node count of the run's first launch. Set it to run on a different node count (a divisor or a
+    multiple of it) with exactly the same samples on the same ranks."""
 
     def validate(self) -> None:
         require(self.lab_proportion is None or 0.0 <= self.lab_proportion <= 1.0, "data.lab_proportion",
@@ -62,6 +66,8 @@ class DataConfig:
                 "need 0 < mask_ratio_min <= mask_ratio_max <= 1")
         require(0.0 <= self.later_chunk_mask_prob <= 1.0, "data.later_chunk_mask_prob", "must lie in [0, 1]")
         require(self.max_tokens > 0, "data.max_tokens", "must be positive")
+        require(self.num_canonical_nodes is None or self.num_canonical_nodes > 0, "data.num_canonical_nodes",
+                "must be positive, or null for the node count of the first launch")
         require(self.num_workers >= 0, "data.num_workers", "must be >= 0")
         require(self.frame_size >= 16, "data.frame_size", "must be at least 16 pixels")
         require(self.max_text_tokens > 0, "data.max_text_tokens", "must be positive")

@@ -17,9 +17,9 @@ deepspeed launcher). One epoch's global order is split so that rank ``r`` takes 
 sample: ranks are disjoint and together cover the epoch; when the epoch does not divide evenly, streaming
 repeats at most ``world_size - 1`` samples so that every rank runs the same number of steps. On one node
 (two ranks, say) the ranks share the epoch's partition through shared memory, created by local rank 0.
-Across nodes every node runs the same arithmetic: the partition is over ``num_canonical_nodes`` (the number
-of nodes of the first run, kept in the state), so a run resumed on another node count (a divisor or
-multiple) keeps the same sample order. ``mds_dir`` must be readable at the same path on every node.
+Across nodes every node runs the same arithmetic: the partition is over ``num_canonical_nodes``
+(``data.num_canonical_nodes``, else the number of nodes of the first run; kept in the state), so a run
+resumed on another node count (a divisor or multiple) keeps the same sample order. ``mds_dir`` must be readable at the same path on every node.
 
 Resume: the state is (epoch, samples consumed by all ranks so far). Every micro-batch consumes exactly
 ``train.micro_batch_size`` samples on every rank (packing changes rows, not samples), so the count is
@@ -184,6 +184,6 @@ def build_loader(cfg: JalaConfig, tokenizer: PreTrainedTokenizerBase, vocab: Mot
     dataset = ExampleStream(examples=examples, validate_hashes=cfg.data.validate_hashes,
                             streams=subset_streams(cfg.data), batch_size=cfg.train.micro_batch_size,
                             shuffle=cfg.data.shuffle, shuffle_seed=cfg.train.seed,
-                            num_canonical_nodes=world_size // per_node)
+                            num_canonical_nodes=cfg.data.num_canonical_nodes or world_size // per_node)
     return JalaLoader(dataset, cfg.data, batch_size=cfg.train.micro_batch_size, pad_id=vocab.pad, epoch=epoch,
                       world_size=world_size, num_nodes=world_size // per_node)

@@ -46,7 +46,7 @@ def train(plan: RunPlan) -> None:
     init_distributed()
     rank, world_size = dist.get_rank(), dist.get_world_size()
     seed_everything(train_cfg.seed)
-    clean_stale_shared_memory()  # a crashed job's shared memory would confuse the new loaders
+    clean_stale_shared_memory()  # a crashed job's shared memory would confuse the new loaders (local rank 0 cleans)
 
     tokenizer = load_text_tokenizer(cfg.model.pretrained)
     vocab = add_motion_vocab(tokenizer, cfg.motion_tokenizer.vocab_per_part)
