@@ -19,7 +19,6 @@ INSTALL_REQUIRES = [
     "mosaicml-streaming==0.13.0",
     "mlflow==3.17.2",
     "pyyaml>=6.0",
-    "einops>=0.8",
     "av>=14",
     "pillow>=10",
     "numpy>=1.26",
@@ -37,7 +36,7 @@ setup(
     package_data={"jala_ds": ["recipes/*.yaml"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6"],
+        "dev": ["pytest>=8", "ruff>=0.6", "psutil>=5.9", "py-spy>=0.4"],
         # CUDA-only packages: never needed for the CPU tests.
         "gpu": ["flash-attn>=2.7", "vector-quantize-pytorch>=1.20"],
     },

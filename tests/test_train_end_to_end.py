@@ -53,7 +53,8 @@ def launch_node(tmp_path: Path, corpus: Path, out: str, port: int, node_rank: in
     its own tmpfs), as separate machines have: streaming's per-node shared memory must not be shared."""
     torchrun = [str(BIN / "torchrun"), "--nnodes", "2", "--nproc_per_node", "1", "--node_rank", str(node_rank),
                 "--master_addr", "127.0.0.1", "--master_port", str(port)]
-    job = [*torchrun, *train_args(tmp_path, corpus, out), "tracking.enabled=false"]
+    # The same canonical node count as the single-node run: the same samples on the same ranks.
+    job = [*torchrun, *train_args(tmp_path, corpus, out), "data.num_canonical_nodes=1", "tracking.enabled=false"]
     cmd = ["unshare", "--mount", "sh", "-c", 'mount -t tmpfs tmpfs /dev/shm && exec "$@"', "node", *job]
     return subprocess.Popen(cmd, cwd=tmp_path, env=job_env(tmp_path), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from dataclasses import dataclass
 from typing import Literal
 
@@ -79,9 +80,9 @@ class ModelConfig:
         require(not self.decoupled_ema or (self.align and self.lsp_context), "model.decoupled_ema",
                 "the decoupled EMA pairs LAP with LSP: set model.decoupled_ema=false when model.align or "
                 "model.lsp_context is false")
-        require(self.attention != "triton" or _triton_kernel_available(), "model.attention",
-                "triton needs jala_kernels.chunk_attention, which is not importable here: "
-                "use model.attention=flex (GPU) or reference")
+        require(self.attention != "triton" or importlib.util.find_spec("triton") is not None, "model.attention",
+                "triton needs the triton package (it comes with CUDA builds of torch): install it, or use "
+                "model.attention=reference")
         encoder_class = VISUAL_ENCODER_CLASSES[self.visual_encoder]
         require(self.visual_encoder == "dinov2" or _transformers_has(encoder_class), "model.visual_encoder",
                 f"{self.visual_encoder} needs transformers.{encoder_class}, which this transformers version lacks: "
@@ -92,13 +93,6 @@ class ModelConfig:
         require(tokens_per_chunk % self.perceiver_queries == 0, "model.perceiver_queries",
                 f"{self.perceiver_queries} does not divide the {tokens_per_chunk} motion tokens of a chunk: "
                 f"pick a divisor of {tokens_per_chunk}")
-
-
-def _triton_kernel_available() -> bool:
-    try:
-        return hasattr(importlib.import_module("jala_kernels"), "chunk_attention")
-    except ImportError:
-        return False
 
 
 def _transformers_has(class_name: str) -> bool:
