@@ -6,7 +6,7 @@ export OMP_NUM_THREADS ?= 1
 export DS_ACCELERATOR ?= cpu
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench lint clean
 
 $(STAMP): setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -27,6 +27,9 @@ test-fast: install
 
 bench: install
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m benchmarks.run_all
+
+lint: install
+	$(VENV)/bin/ruff check jala_ds kernels benchmarks tests
 
 clean:
 	rm -rf demo_out runs mlflow.db .pytest_cache

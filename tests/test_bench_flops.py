@@ -10,7 +10,6 @@ import dataclasses
 import pytest
 import torch
 import transformers
-from jala_kernels import chunk_mask
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
@@ -22,6 +21,7 @@ from jala_ds.config import load_config
 from jala_ds.model.backbone import INTERNVL3_2B_TEXT_VOCAB, backbone_config, internvl3_2b_on_meta, parameter_breakdown
 from jala_ds.model.perceiver import Perceiver
 from jala_ds.model.visual_encoder import FrozenFrameEncoder
+from jala_kernels import chunk_mask
 
 
 @pytest.fixture(scope="module")

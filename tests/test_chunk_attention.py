@@ -7,8 +7,8 @@ kernel's dtype, plus a small floor for errors near zero.
 """
 import pytest
 import torch
-
 from chunk_layouts import packed_rows, random_rows
+
 from jala_kernels import chunk_attention, chunk_attention_reference
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,8 +1,8 @@
 """The O(N) visibility intervals of the chunk mask against the dense mask of the contract."""
 import pytest
 import torch
-
 from chunk_layouts import packed_rows, random_rows
+
 from jala_kernels import chunk_attention_bounds, chunk_mask
 from jala_kernels.chunk_attention_bounds import visible_pairs
 

@@ -4,7 +4,6 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from jala_kernels import chunk_mask
 from streaming import LocalDataset
 
 from jala_ds.config import load_config
@@ -19,6 +18,7 @@ from jala_ds.data.frames import (
 from jala_ds.data.motion_tokens import BinningTokenizer
 from jala_ds.data.sequence import SequenceBuilder
 from jala_ds.vocab import add_motion_vocab, byte_level_tokenizer
+from jala_kernels import chunk_mask
 
 
 def make_examples(tiny_corpus, count, *overrides):

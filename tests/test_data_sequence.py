@@ -157,7 +157,8 @@ def test_ntp_objective_is_causal_with_next_motion_token_labels(corpus_records):
 def test_same_seed_epoch_and_index_give_the_same_document(corpus_records):
     seq, _, _, _ = builder("data.max_chunks=1")
     records = [r for r in corpus_records if r["labeled"] and len(r["frame_index"]) > 3]
-    docs = lambda epoch: [seq.build(r, i, epoch) for i, r in enumerate(records)]
+    def docs(epoch):
+        return [seq.build(r, i, epoch) for i, r in enumerate(records)]
     first, again, other = docs(0), docs(0), docs(1)
     assert all((a.input_ids == b.input_ids).all() and a.sample_id == b.sample_id for a, b in zip(first, again))
     assert any(a.sample_id != b.sample_id or (a.input_ids != b.input_ids).any() for a, b in zip(first, other))

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import copy
 
-import jala_kernels
 import pytest
 import torch
 from model_batches import Doc, make_batch, tiny_setup, to_device
 
+import jala_kernels
 from jala_ds.model import chunk_mask_attention
 from jala_ds.model.build import build_model
 from jala_ds.model.chunk_mask_attention import attention_implementation, flex_chunk_attention, reference_attention

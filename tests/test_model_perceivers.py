@@ -1,11 +1,11 @@
 """Visual encoders feeding the perceivers, the Perceiver's two-hand head and frame order, and model config checks."""
 from __future__ import annotations
 
-import jala_kernels
 import pytest
 import torch
 from model_batches import Doc, make_batch, tiny_setup
 
+import jala_kernels
 from jala_ds.config_checks import ConfigError
 from jala_ds.model.build import build_model
 from jala_ds.model.perceiver import Perceiver

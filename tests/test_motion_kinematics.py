@@ -4,8 +4,14 @@ import pytest
 import torch
 
 from jala_ds.motion.kinematics import PARENTS, HandKinematics, forward_kinematics, template_rest_joints
-from jala_ds.motion.mano import (IDENTITY_ROT6D, axis_angle_to_matrix, join_frames, matrix_to_rot6d, rot6d_to_matrix,
-                                 split_frames)
+from jala_ds.motion.mano import (
+    IDENTITY_ROT6D,
+    axis_angle_to_matrix,
+    join_frames,
+    matrix_to_rot6d,
+    rot6d_to_matrix,
+    split_frames,
+)
 from jala_ds.motion.synthetic import synthetic_motion
 
 

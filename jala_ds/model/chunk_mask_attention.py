@@ -20,12 +20,13 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
-import jala_kernels
 import torch
 import torch.nn.functional as F
-from jala_kernels import chunk_mask
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 from transformers import AttentionInterface
+
+import jala_kernels
+from jala_kernels import chunk_mask
 
 IMPLEMENTATIONS = {"reference": "jala_chunk_reference", "flex": "jala_chunk_flex", "triton": "jala_chunk_triton"}
 """transformers attention-implementation name of each ``model.attention`` backend."""
