@@ -1,11 +1,12 @@
 """Visual encoders feeding the perceivers, the Perceiver's two-hand head and frame order, and model config checks."""
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 from model_batches import Doc, make_batch, tiny_setup
 
-import jala_kernels
 from jala_ds.config_checks import ConfigError
 from jala_ds.model.build import build_model
 from jala_ds.model.perceiver import Perceiver
@@ -72,7 +73,8 @@ def test_inconsistent_model_settings_are_refused_by_key(overrides, key):
         tiny_setup(*overrides)
 
 
-def test_triton_attention_is_refused_without_the_kernel(monkeypatch):
-    monkeypatch.delattr(jala_kernels, "chunk_attention", raising=False)
-    with pytest.raises(ConfigError, match="model.attention: triton needs jala_kernels.chunk_attention"):
+def test_triton_attention_is_refused_without_the_triton_package(monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "triton" else real_find_spec(name, *a))
+    with pytest.raises(ConfigError, match="model.attention: triton needs the triton package"):
         tiny_setup("model.attention=triton")

@@ -119,6 +119,10 @@ def test_killed_and_resumed_run_matches_uninterrupted_run_and_exports(workdir, t
               if not torch.equal(resumed[name], whole[name])}
     assert not differ, f"killed at {killed_at}, resumed weights differ: {differ}"
     assert len([p for p in checkpoints_dir(tmp_path / "resumed").iterdir() if p.is_dir()]) == 2  # keep_last
+    for rank in (0, 1):  # the resumed loader ends where the uninterrupted one does: each sample consumed once
+        states = [torch.load(latest_checkpoint(tmp_path / run) / f"jala_rank_{rank:05d}.pt", weights_only=True)
+                  for run in ("whole", "resumed")]
+        assert states[0]["loader"] == states[1]["loader"]
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("jala-tiny").experiment_id])
