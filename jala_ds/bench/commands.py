@@ -1,13 +1,16 @@
-"""``jala plan`` (how long an epoch takes on N GPUs) and ``jala compare`` (MLflow runs side by side).
+"""``jala plan`` (how long an epoch takes on N GPUs), ``jala compare`` (MLflow runs side by side) and
+``jala bench throughput`` (real training steps, timed).
 
     jala plan --gpus 8 --gpu a800                       # 8 x A800, the paper's recipe, scaling tables to 512 GPUs
     jala plan --gpus 8 --gpu h100 --nodes 4 --mfu 0.45  # a given compute MFU instead of a measured one
     jala plan --calibrate benchmarks/results/2026-11-26_throughput_nvidia-h100-80gb-hbm3.md
     jala compare --experiment jala-tiny --metric loss align_loss --out compare_tiny
+    jala bench throughput --recipe tiny_cpu --steps 6 train.global_batch_size=2
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -49,6 +52,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="MLflow store (default MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     compare.add_argument("--out", default=None, help="output folder (default compare_<experiment>/)")
     compare.set_defaults(handler=run_compare)
+
+    bench = subparsers.add_parser("bench", help="measured benchmarks of the training system")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
+    throughput = bench_sub.add_parser(
+        "throughput", help="time real training steps: data, forward, backward, step; samples/s, MFU, memory",
+        description="Runs --warmup + --steps training steps of the recipe through the trainer's code and "
+                    "writes a dated markdown result (+ PNG) that `jala plan` calibrates from. Works as one "
+                    "process or under torchrun / the deepspeed launcher (rank 0 writes).")
+    throughput.add_argument("--recipe", required=True, help="recipe name or YAML path")
+    throughput.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides, section.key=value")
+    throughput.add_argument("--steps", type=int, default=10, help="measured optimiser steps (default 10)")
+    throughput.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+    throughput.add_argument("--out", default=None, help="results folder (default benchmarks/results/)")
+    throughput.set_defaults(handler=run_throughput)
 
 
 def run_plan(args: argparse.Namespace) -> int:
@@ -93,6 +110,24 @@ def run_compare(args: argparse.Namespace) -> int:
     print(markdown_table(result.rows))
     for kind, path in result.paths.items():
         print(f"{kind}: {path}")
+    return 0
+
+
+def run_throughput(args: argparse.Namespace) -> int:
+    if args.steps < 1 or args.warmup < 0:
+        return _fail("bench throughput", f"--steps {args.steps} --warmup {args.warmup}: give --steps >= 1 and "
+                                         "--warmup >= 0")
+    from jala_ds.train.preflight import check_run
+
+    # The schedule spans exactly the steps run, so the learning rate warms up and decays as a real run would.
+    plan = check_run(args.recipe, [*args.overrides, f"train.max_steps={args.warmup + args.steps}"])
+    from jala_ds.bench.throughput import measure_throughput
+    from jala_ds.bench.throughput_report import benchmark_report, summary, write_throughput_result
+
+    result = measure_throughput(plan, args.steps, args.warmup, benchmark_report().device_name)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(summary(result, args.recipe), end="")
+        print(f"result: {write_throughput_result(result, args.recipe, args.out)}")
     return 0
 
 

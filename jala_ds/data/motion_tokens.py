@@ -18,11 +18,10 @@ import numpy as np
 
 from jala_ds.data.schema import POSE_DIMS
 from jala_ds.motion.config import TokenizerConfig
+from jala_ds.motion.mano import PART_SLICES
 
 CHUNK_FRAMES = 15
 """Frames per motion chunk that every tokenizer is built for (padded to 16 inside the tokenizer)."""
-PART_SLICES = (slice(0, 9), slice(9, POSE_DIMS))
-"""Wrist part (rot6d + translation), then finger part (15 joints x rot6d)."""
 
 
 @runtime_checkable
@@ -67,7 +66,7 @@ class BinningTokenizer:
         self.vocab_per_part = cfg.vocab_per_part
         self.frames_per_step = (CHUNK_FRAMES + 1) // self.steps
         # Feature groups are fixed slices of each part's dims (np.array_split keeps them contiguous).
-        self.group_dims = [np.array_split(np.arange(part.stop - part.start), self.groups) for part in PART_SLICES]
+        self.group_dims = [np.array_split(np.arange(part.stop - part.start), self.groups) for part in PART_SLICES.values()]
         if any(len(dims) == 0 for part in self.group_dims for dims in part):
             raise ValueError(f"motion_tokenizer.groups={self.groups} exceeds the 9 wrist dims: use at most 9 groups")
 
@@ -76,7 +75,7 @@ class BinningTokenizer:
         x = poses.reshape(chunks, CHUNK_FRAMES, POSE_DIMS).astype(np.float64)
         x = np.concatenate([x, x[:, -1:]], axis=1)  # 15 -> 16 frames, as GRVQ pads
         steps = x.reshape(chunks, self.steps, self.frames_per_step, POSE_DIMS).mean(axis=2)
-        parts = [self._encode_part(steps[..., part], dims) for part, dims in zip(PART_SLICES, self.group_dims)]
+        parts = [self._encode_part(steps[..., part], dims) for part, dims in zip(PART_SLICES.values(), self.group_dims)]
         return np.concatenate(parts, axis=1).astype(np.int32)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
@@ -87,7 +86,7 @@ class BinningTokenizer:
             raise ValueError(f"codes must lie in [0, {self.vocab_per_part}) (they are per-part codes, not token ids)")
         chunks = codes.shape[0]
         steps = np.zeros((chunks, self.steps, POSE_DIMS))
-        for p, (part, dims) in enumerate(zip(PART_SLICES, self.group_dims)):
+        for p, (part, dims) in enumerate(zip(PART_SLICES.values(), self.group_dims)):
             part_codes = codes[:, p * self.tokens_per_part:(p + 1) * self.tokens_per_part]
             values = self._dequantize(part_codes.reshape(chunks, self.steps, self.groups, self.stages))
             for g, group in enumerate(dims):

@@ -29,7 +29,11 @@ def free_port() -> int:
 
 def init_distributed() -> None:
     """Join the launcher's process group (deepspeed, torchrun, srun+torchrun), or make a one-rank group."""
-    if "RANK" not in os.environ:
+    launched = all(name in os.environ for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
+    if not launched:
+        if int(os.environ.get("WORLD_SIZE", "1")) != 1:
+            raise RuntimeError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but RANK, MASTER_ADDR or MASTER_PORT is not set: "
+                               "start the job with the deepspeed launcher, torchrun or srun + torchrun")
         # A plain `jala train`: a world of one, so the same ZeRO code path runs without a launcher.
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=os.environ.get("MASTER_PORT", str(free_port())))

@@ -14,6 +14,7 @@ import json
 import logging
 import random
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,16 +47,8 @@ def train(plan: RunPlan) -> None:
     init_distributed()
     rank, world_size = dist.get_rank(), dist.get_world_size()
     seed_everything(train_cfg.seed)
-    clean_stale_shared_memory()  # a crashed job's shared memory would confuse the new loaders (local rank 0 cleans)
-
-    tokenizer = load_text_tokenizer(cfg.model.pretrained)
-    vocab = add_motion_vocab(tokenizer, cfg.motion_tokenizer.vocab_per_part)
-    with model_init_context(plan.ds_config):
-        model = build_model(cfg, vocab)
-    loader = build_loader(cfg, tokenizer, vocab, image_token_count(cfg.model), rank=rank, world_size=world_size)
-    total_steps = train_cfg.max_steps or steps_per_epoch(len(loader), train_cfg.grad_accum_steps)
-    engine = build_engine(model, plan.ds_config, train_cfg, total_steps)
-    ema = ShardedEMA(engine.module, model.ema_pairs(), cfg.model.ema_tau)
+    parts = build_training(plan, rank, world_size)
+    engine, ema, loader, total_steps = parts.engine, parts.ema, parts.loader, parts.total_steps
 
     step, run_id = 0, None
     if plan.resume_from is not None:
@@ -100,6 +93,36 @@ def train(plan: RunPlan) -> None:
     progress.close()
     tracker.close()
     dist.barrier()
+
+
+@dataclass(frozen=True)
+class TrainingParts:
+    """What a training step needs, built in the order ZeRO-3 requires (``build_training``)."""
+
+    engine: Any
+    """The DeepSpeed engine around the JALA model."""
+    ema: ShardedEMA
+    """LAP's EMA trunk, updated after each optimiser step."""
+    loader: Any
+    """This rank's streaming loader."""
+    total_steps: int
+    """Optimiser steps of the run: ``train.max_steps``, or one epoch when it is 0."""
+
+
+def build_training(plan: RunPlan, rank: int, world_size: int) -> TrainingParts:
+    """Tokenizer and vocabulary, the model (partitioned at birth under ZeRO-3), this rank's loader, the engine
+    and the EMA. The process group must exist (``init_distributed``); ``jala bench throughput`` shares this."""
+    cfg, train_cfg = plan.cfg, plan.cfg.train
+    clean_stale_shared_memory()  # a crashed job's shared memory would confuse the new loaders (local rank 0 cleans)
+    tokenizer = load_text_tokenizer(cfg.model.pretrained)
+    vocab = add_motion_vocab(tokenizer, cfg.motion_tokenizer.vocab_per_part)
+    with model_init_context(plan.ds_config):
+        model = build_model(cfg, vocab)
+    loader = build_loader(cfg, tokenizer, vocab, image_token_count(cfg.model), rank=rank, world_size=world_size)
+    total_steps = train_cfg.max_steps or steps_per_epoch(len(loader), train_cfg.grad_accum_steps)
+    engine = build_engine(model, plan.ds_config, train_cfg, total_steps)
+    ema = ShardedEMA(engine.module, model.ema_pairs(), cfg.model.ema_tau)
+    return TrainingParts(engine=engine, ema=ema, loader=loader, total_steps=total_steps)
 
 
 def steps_per_epoch(micro_batches: int, grad_accum_steps: int) -> int:

@@ -1,0 +1,171 @@
+"""``jala bench throughput``: real training steps of a recipe, timed phase by phase, on every rank.
+
+    jala bench throughput --recipe tiny_cpu --steps 6 train.global_batch_size=2          # one CPU process
+    torchrun --nproc_per_node 8 $(which jala) bench throughput --recipe pretrain_internvl3_2b --steps 20
+
+The model, loader, engine and EMA come from the trainer's own set-up (``jala_ds.train.loop.build_training``),
+and a step is the trainer's step: ``grad_accum_steps`` micro-batches of {batch, forward, backward, engine step},
+then the EMA update. Each phase is timed with the device synchronised at its edges, so asynchronous GPU work
+is charged to the phase that queued it and the phases add up to the step. ZeRO-3's collectives run inside
+forward (parameter gathers), backward (reduce-scatter) and the engine step; they are not timed apart.
+Nothing is checkpointed. ``throughput_report.py`` turns the result into the markdown, chart and MLflow run.
+"""
+from __future__ import annotations
+
+import contextlib
+import resource
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+PHASES = ("data", "forward", "backward", "step")
+"""Parts of a step: waiting for the batch (and copying it over), forward, backward, optimiser step + EMA."""
+
+
+@dataclass(frozen=True)
+class ThroughputResult:
+    """Per-step averages over the measured steps (after warm-up), each rank's figures averaged over ranks."""
+
+    device: str
+    world_size: int
+    micro_batch_size: int
+    grad_accum_steps: int
+    steps: int
+    """Measured optimiser steps (warm-up steps excluded)."""
+    warmup: int
+    phase_seconds: dict[str, float]
+    """Seconds per step in each of ``PHASES``."""
+    step_seconds: float
+    """Seconds per step, measured around the whole step."""
+    samples_per_s_per_rank: float
+    tokens_per_s_per_rank: float
+    """Non-padding tokens of the language model per second."""
+    flops_per_sample: float
+    """Model training FLOPs of the recipe's average sample (``recipe_flops``)."""
+    peak_flops: float | None
+    """The card's dense bf16 peak FLOP/s; None on a CPU or an unknown card (then no MFU)."""
+    peak_memory_gb: float
+    """CUDA max allocated on a GPU, the process's peak resident set on a CPU (largest over ranks)."""
+
+    @property
+    def achieved_tflops_per_rank(self) -> float:
+        return self.flops_per_sample * self.samples_per_s_per_rank / 1e12
+
+    @property
+    def mfu(self) -> float | None:
+        return None if self.peak_flops is None else self.achieved_tflops_per_rank * 1e12 / self.peak_flops
+
+    def epoch_hours(self, samples: int, gpus: int) -> float:
+        """Hours for ``samples`` samples on ``gpus`` GPUs, each at the measured per-rank rate."""
+        return samples / (gpus * self.samples_per_s_per_rank) / 3600
+
+
+class PhaseClock:
+    """Wall seconds per phase; the device is synchronised at each edge (``sync``) so that work is charged to
+    the phase that launched it rather than to whichever later call happens to wait for it."""
+
+    def __init__(self, sync: Callable[[], None]):
+        self.sync = sync
+        self.reset()
+
+    def reset(self) -> None:
+        self.totals = dict.fromkeys(PHASES, 0.0)
+
+    def now(self) -> float:
+        self.sync()
+        return time.perf_counter()
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        started = self.now()
+        yield
+        self.totals[name] += self.now() - started
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """CUDA max allocated on ``device``; else this process's peak RSS (Linux reports KiB, macOS bytes)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 1e9 if sys.platform == "darwin" else rss * 1024 / 1e9
+
+
+def card_peak_flops(device_name: str, device: torch.device) -> float | None:
+    """The detected card's dense bf16 peak (``cards.card``), None on a CPU or a card the table lacks."""
+    from jala_ds.bench import cards
+
+    if device.type != "cuda":
+        return None
+    try:
+        return cards.card(device_name).bf16_tflops * 1e12
+    except ValueError:
+        return None
+
+
+def measure_throughput(plan, steps: int, warmup: int, name_device: Callable[[], str]) -> ThroughputResult:
+    """Run ``warmup + steps`` training steps of ``plan`` (a ``check_run`` result) and time the last ``steps``.
+
+    ``name_device`` names the accelerator (``benchmarks.report.device_name``); it is called once this rank's
+    device is set, so that asking does not open a CUDA context on GPU 0 from every rank. Every rank runs this
+    (it is collective); every rank gets the same result.
+    """
+    import torch.distributed as dist
+    from deepspeed.accelerator import get_accelerator
+
+    from jala_ds.bench.flops import recipe_flops
+    from jala_ds.train.engine import init_distributed
+    from jala_ds.train.loop import build_training, endless, seed_everything, to_device
+
+    cfg, train_cfg = plan.cfg, plan.cfg.train
+    init_distributed()
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    device_name = name_device()
+    seed_everything(train_cfg.seed)
+    parts = build_training(plan, rank, world_size)
+    engine, ema = parts.engine, parts.ema
+    if engine.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(engine.device)
+    batches = endless(parts.loader)
+    compute_dtype = torch.bfloat16 if train_cfg.dtype == "bf16" else torch.float32
+    clock = PhaseClock(get_accelerator().synchronize)
+    # step seconds, samples, tokens over the measured steps
+    totals = torch.zeros(3, dtype=torch.float64)
+
+    for index in range(warmup + steps):
+        if index == warmup:
+            clock.reset()
+            totals.zero_()
+        started = clock.now()
+        for _ in range(train_cfg.grad_accum_steps):
+            with clock.phase("data"):
+                batch = next(batches)
+                totals[1] += len(batch["sample_ids"])
+                totals[2] += int((batch["doc_ids"] >= 0).sum())
+                batch = to_device(batch, engine.device, compute_dtype)
+            with clock.phase("forward"):
+                out = engine(batch)
+            with clock.phase("backward"):
+                engine.backward(out.loss)
+            with clock.phase("step"):
+                engine.step()  # the optimiser moves only at the accumulation boundary, as in training
+        with clock.phase("step"):
+            ema.update()
+        totals[0] += clock.now() - started
+
+    # Average over ranks: one all-reduce of every rank's sums (on the engine's device, as NCCL requires).
+    summed = torch.tensor([clock.totals[name] for name in PHASES] + totals.tolist(), dtype=torch.float64,
+                          device=engine.device)
+    dist.all_reduce(summed)
+    memory = torch.tensor([peak_memory_gb(engine.device)], dtype=torch.float64, device=engine.device)
+    dist.all_reduce(memory, op=dist.ReduceOp.MAX)
+    *phase_totals, step_total, samples, tokens = (value / world_size for value in summed.tolist())
+    return ThroughputResult(
+        device=device_name, world_size=world_size, micro_batch_size=train_cfg.micro_batch_size,
+        grad_accum_steps=train_cfg.grad_accum_steps, steps=steps, warmup=warmup,
+        phase_seconds={name: total / steps for name, total in zip(PHASES, phase_totals)},
+        step_seconds=step_total / steps, samples_per_s_per_rank=samples / step_total,
+        tokens_per_s_per_rank=tokens / step_total, flops_per_sample=recipe_flops(cfg).per_sample,
+        peak_flops=card_peak_flops(device_name, engine.device), peak_memory_gb=memory.item())

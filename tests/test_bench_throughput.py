@@ -1,0 +1,105 @@
+"""``jala bench throughput`` on the tiny CPU recipe: real ZeRO-3 steps in one process, a result file whose
+columns are all there and positive, phases that add up to the measured step, and a table ``jala plan`` reads.
+
+The command runs in a subprocess started outside the checkout (as the console script would be), with its
+MLflow store in tmp_path."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jala_ds.bench.calibrate import read_throughput_result
+from jala_ds.bench.flops import mfu, recipe_flops
+from jala_ds.config import load_config
+
+JALA = str(Path(sys.executable).with_name("jala"))
+TIME_COLUMNS = ("data wait ms", "forward ms", "backward ms", "optimizer step ms")
+POSITIVE_COLUMNS = ("gpus", "micro batch", "grad accum", "step ms", *TIME_COLUMNS, "samples/s",
+                    "samples/s per rank", "tokens/s per rank", "GFLOP per sample", "TFLOP/s per rank",
+                    "peak memory GB", "epoch h on 8 GPUs")
+
+
+@pytest.fixture(scope="module")
+def smoke_result(tiny_corpus, tmp_path_factory):
+    """The markdown and printed output of ``jala bench throughput --recipe tiny_cpu --steps 6``."""
+    tmp = tmp_path_factory.mktemp("throughput")
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", TOKENIZERS_PARALLELISM="false",
+               MLFLOW_TRACKING_URI=f"sqlite:///{tmp / 'mlflow.db'}")
+    done = subprocess.run([JALA, "bench", "throughput", "--recipe", "tiny_cpu", "--steps", "6", "--warmup", "2",
+                           "--out", str(tmp / "results"), "train.global_batch_size=2",
+                           f"data.mds_dir={tiny_corpus.mds}"],
+                          cwd=tmp, env=env, capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = sorted((tmp / "results").glob("*_throughput_*.md"))
+    assert len(results) == 1, list((tmp / "results").iterdir())
+    return results[0], done.stdout
+
+
+def result_row(path: Path) -> dict[str, str]:
+    """The result's one table row: column name as written -> cell text."""
+    table = [[cell.strip() for cell in line.strip("|").split("|")] for line in path.read_text().splitlines()
+             if line.startswith("|")]
+    assert len(table) == 3, table  # header, rule, one row
+    return dict(zip(table[0], table[2]))
+
+
+def number(row: dict[str, str], column: str) -> float:
+    return float(row[column])
+
+
+def test_result_holds_every_column_with_a_positive_number(smoke_result):
+    path, _ = smoke_result
+    row = result_row(path)
+    for column in POSITIVE_COLUMNS:
+        assert number(row, column) > 0, f"{column}: {row[column]!r}"
+    assert row["mfu"] == "n/a"  # a CPU has no bf16 tensor-core peak
+    assert number(row, "gpus") == 1 and number(row, "micro batch") == 2
+    assert number(row, "samples/s") == pytest.approx(number(row, "samples/s per rank"), rel=1e-3)
+    assert path.with_suffix(".png").is_file()
+
+
+def test_step_time_parts_add_up_to_the_measured_step(smoke_result):
+    path, _ = smoke_result
+    row = result_row(path)
+    parts = sum(number(row, column) for column in TIME_COLUMNS)
+    # Only the clock reads and the loop itself lie between the phases.
+    assert parts == pytest.approx(number(row, "step ms"), rel=0.05)
+
+
+def test_rates_and_projection_follow_from_the_step_time(smoke_result):
+    path, stdout = smoke_result
+    row = result_row(path)
+    samples_per_step = number(row, "micro batch") * number(row, "grad accum")
+    rate = number(row, "samples/s per rank")
+    assert rate == pytest.approx(samples_per_step / (number(row, "step ms") / 1e3), rel=0.01)
+    flops = recipe_flops(load_config("tiny_cpu")).per_sample
+    assert number(row, "GFLOP per sample") == pytest.approx(flops / 1e9, rel=1e-3)
+    assert number(row, "TFLOP/s per rank") == pytest.approx(flops * rate / 1e12, rel=0.01)
+    assert number(row, "epoch h on 8 GPUs") == pytest.approx(7.5e6 / (8 * rate) / 3600, rel=0.01)
+    assert "paper: 68 h on 8 x A800" in stdout and "target: 12 h" in stdout
+
+
+def test_plan_calibrates_from_the_table_on_a_gpu_and_refuses_a_cpu(smoke_result, tmp_path):
+    path, _ = smoke_result
+    with pytest.raises(ValueError, match="unknown GPU 'CPU"):
+        read_throughput_result(path, flops_per_sample=1e12)
+    # The same table under a GPU's device line: the planner's MFU is the samples/s column on `gpus` such cards.
+    on_gpu = tmp_path / "2026-01-01_throughput_h100.md"
+    on_gpu.write_text(re.sub(r"^- device: .*$", "- device: NVIDIA H100 80GB HBM3", path.read_text(), flags=re.M))
+    row = result_row(path)
+    calibration = read_throughput_result(on_gpu, flops_per_sample=1e12)
+    assert calibration.mfu == pytest.approx(mfu(1e12, number(row, "samples/s"), int(number(row, "gpus")), "h100"))
+
+
+def test_bad_step_counts_fail_in_one_line():
+    done = subprocess.run([JALA, "bench", "throughput", "--recipe", "tiny_cpu", "--steps", "0"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "--steps 0" in done.stderr and len(done.stderr.strip().splitlines()) == 1
