@@ -17,7 +17,7 @@ import triton.language as tl
 
 from jala_kernels.chunk_attention_bounds import ChunkBounds
 from jala_kernels.chunk_attention_forward import dot_precision
-from jala_kernels.chunk_attention_tiles import INTERPRETED, tile_configs, visible_tile_range
+from jala_kernels.chunk_attention_tiles import INTERPRETED, load_key_tile, tile_configs, visible_tile_range
 
 # Chosen as the forward's: at head dim 128 every dK/dV tile spills some registers on sm_90 (dK and dV
 # accumulate in registers next to K and V); these spill least (under 256 bytes per thread).
@@ -129,17 +129,8 @@ def _dq_key_tiles(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, k
                   tile_hi, n_ctx, qk_scale, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
                   INPUT_PRECISION: tl.constexpr):
     """Add to one query tile's dQ the key tiles in ``[tile_lo, tile_hi)``."""
-    offs_d = tl.arange(0, HEAD_DIM)
     for n0 in range(tile_lo, tile_hi, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        k_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d[None, :]
-        v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :]
-        if MASKED:
-            k = tl.load(k_ptrs, mask=(offs_n < n_ctx)[:, None], other=0.0)
-            v = tl.load(v_ptrs, mask=(offs_n < n_ctx)[:, None], other=0.0)
-        else:
-            k = tl.load(k_ptrs)
-            v = tl.load(v_ptrs)
+        k, v, offs_n = load_key_tile(k_base, v_base, stride_kn, stride_vn, n0, n_ctx, HEAD_DIM, BLOCK_N, MASKED)
         p = tl.math.exp2(tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale - lse[:, None])
         if MASKED:
             visible = (offs_n[None, :] >= key_start[:, None]) & (offs_n[None, :] < key_stop[:, None])

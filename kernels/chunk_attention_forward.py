@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from jala_kernels.chunk_attention_bounds import ChunkBounds
-from jala_kernels.chunk_attention_tiles import tile_configs, visible_tile_range
+from jala_kernels.chunk_attention_tiles import load_key_tile, tile_configs, visible_tile_range
 
 FORWARD_CONFIGS = tile_configs(
     # (BLOCK_M, BLOCK_N, warps, stages) that compile for sm_90 without register spills at head dims 64 and 128
@@ -28,17 +28,8 @@ def _attend_key_tiles(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, ke
                       tile_lo, tile_hi, n_ctx, qk_scale, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
                       MASKED: tl.constexpr, INPUT_PRECISION: tl.constexpr):
     """Online-softmax update of one query tile with the key tiles starting in ``[tile_lo, tile_hi)``."""
-    offs_d = tl.arange(0, HEAD_DIM)
     for n0 in range(tile_lo, tile_hi, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        k_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d[None, :]
-        v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :]
-        if MASKED:
-            k = tl.load(k_ptrs, mask=(offs_n < n_ctx)[:, None], other=0.0)
-            v = tl.load(v_ptrs, mask=(offs_n < n_ctx)[:, None], other=0.0)
-        else:
-            k = tl.load(k_ptrs)
-            v = tl.load(v_ptrs)
+        k, v, offs_n = load_key_tile(k_base, v_base, stride_kn, stride_vn, n0, n_ctx, HEAD_DIM, BLOCK_N, MASKED)
         s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale
         if MASKED:
             visible = (offs_n[None, :] >= key_start[:, None]) & (offs_n[None, :] < key_stop[:, None])

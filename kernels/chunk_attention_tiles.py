@@ -34,6 +34,24 @@ INTERPRETED = isinstance(visible_tile_range, InterpretedFunction)
 """Whether the kernels were built for Triton's CPU interpreter (``TRITON_INTERPRET=1`` when first imported)."""
 
 
+@triton.jit
+def load_key_tile(k_base, v_base, stride_kn, stride_vn, n0, n_ctx, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
+                  MASKED: tl.constexpr):
+    """Keys and values of the tile starting at ``n0`` and their positions; only a masked (edge) tile checks
+    ``n_ctx``, since the fully visible tiles lie inside the row by construction."""
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    k_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d[None, :]
+    v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :]
+    if MASKED:
+        k = tl.load(k_ptrs, mask=(offs_n < n_ctx)[:, None], other=0.0)
+        v = tl.load(v_ptrs, mask=(offs_n < n_ctx)[:, None], other=0.0)
+    else:
+        k = tl.load(k_ptrs)
+        v = tl.load(v_ptrs)
+    return k, v, offs_n
+
+
 def tile_configs(choices: list[tuple[int, int, int, int]],
                  interpreter_blocks: tuple[int, int]) -> list[triton.Config]:
     """Autotune configs from ``(BLOCK_M, BLOCK_N, num_warps, num_stages)`` choices for Hopper-class GPUs.
