@@ -253,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.attention", description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny rows and few repeats (seconds, any device)")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
+    parser.add_argument("--seq-lens", type=int, nargs="+", default=SEQ_LENS, help="GPU sequence lengths (default: "
+                        f"{' '.join(map(str, SEQ_LENS))})")
     args = parser.parse_args(argv)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -264,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         if device == "cpu":
             parser.error("the full benchmark needs a CUDA GPU; on CPU run --smoke")
         dtype, sample, repeats = torch.bfloat16, SampleShape(), 3
-        plan = [(n, heads, TOKENS_PER_BATCH) for heads in HEADS for n in SEQ_LENS]
+        plan = [(n, heads, TOKENS_PER_BATCH) for heads in HEADS for n in args.seq_lens]
 
     rows = []
     for n, heads, tokens in plan:

@@ -154,10 +154,9 @@ def measure(op: str, contenders: dict[str, Callable | str], arg: torch.Tensor, s
     return rows
 
 
-def benchmark_kernels(cuda: bool, dtype: torch.dtype) -> list[dict]:
-    """Every contender on every shape: the paper's sizes on a GPU, the smoke sizes on CPU."""
+def benchmark_kernels(cuda: bool, dtype: torch.dtype, shapes: dict) -> list[dict]:
+    """Every contender on every shape of ``shapes`` (``FULL_SHAPES`` on a GPU, ``SMOKE_SHAPES`` on a CPU)."""
     device = "cuda" if cuda else "cpu"
-    shapes = FULL_SHAPES if cuda else SMOKE_SHAPES
     d, groups, stages = shapes["d"], shapes["groups"], shapes["stages"]
     gen = torch.Generator(device).manual_seed(0)
     rows = []
@@ -222,8 +221,10 @@ def figure(rows: list[dict]):
     return fig
 
 
-def run(smoke: bool = False, dtype: str = "bf16", out_dir: Path | None = None) -> tuple[Path, list[dict]]:
-    """Run the benchmark and write the results; returns the markdown file and the table's rows.
+def run(smoke: bool = False, dtype: str = "bf16", out_dir: Path | None = None,
+        sizes: dict[str, tuple[int, ...]] | None = None, corpus: bool = True) -> tuple[Path, list[dict]]:
+    """Run the benchmark and write the results; returns the markdown file and the table's rows. ``sizes`` narrows
+    the GPU shapes (``{"n": (...), "k": (...)}``) when a lease is short.
 
     Without a GPU (or with ``smoke``) the kernels run at the smoke sizes in fp32, Triton in the interpreter
     (its bf16 dot is broken); the tokenizer's corpus throughput uses the paper's tokenizer sizes unless ``smoke``.
@@ -231,9 +232,10 @@ def run(smoke: bool = False, dtype: str = "bf16", out_dir: Path | None = None) -
     cuda = torch.cuda.is_available() and not smoke
     torch_dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype] if cuda else torch.float32
     with tf32_matmuls(torch_dtype == torch.float32 and cuda):
-        rows = benchmark_kernels(cuda, torch_dtype)
-    rows.append(tokenizer_throughput(smoke))
-    shapes = FULL_SHAPES if cuda else SMOKE_SHAPES
+        shapes = {**FULL_SHAPES, **(sizes or {})} if cuda else SMOKE_SHAPES
+        rows = benchmark_kernels(cuda, torch_dtype, shapes)
+    if corpus:
+        rows.append(tokenizer_throughput(smoke))
     device = device_name()
     peak = peak_bandwidth(device)
     if peak:
@@ -248,7 +250,7 @@ def run(smoke: bool = False, dtype: str = "bf16", out_dir: Path | None = None) -
     if not cuda:
         notes.append("CPU run: Triton runs in the interpreter, so kernel timings say nothing about GPU speed")
     metrics = {f"{r['op']}_{r['impl']}_N{r['N']}_K{r['K']}_ms": r["ms"] for r in rows if "ms" in r}
-    metrics["tokenize_clips_per_s"] = next(r["clips/s"] for r in rows if r["op"] == "tokenize_corpus")
+    metrics.update({"tokenize_clips_per_s": r["clips/s"] for r in rows if r["op"] == "tokenize_corpus"})
     title = "GRVQ encode / decode" + ("" if cuda else " (CPU smoke sizes)")
     md = write_results("grvq", rows, title=title, device=device, notes=notes, figure=figure(rows),
                        out_dir=out_dir, mlflow_metrics=metrics)
@@ -260,8 +262,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny CPU configuration (what the tests run)")
     parser.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16", help="input and codebook dtype")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
+    parser.add_argument("--n", type=int, nargs="+", default=None, help="GPU vector counts (default: all)")
+    parser.add_argument("--k", type=int, nargs="+", default=None, help="GPU codebook sizes (default: all)")
+    parser.add_argument("--kernels-only", action="store_true", help="leave out the corpus tokenization row")
     args = parser.parse_args(argv)
-    print(f"results: {run(args.smoke, args.dtype, args.out)[0]}")
+    sizes = {key: tuple(value) for key, value in (("n", args.n), ("k", args.k)) if value}
+    print(f"results: {run(args.smoke, args.dtype, args.out, sizes, corpus=not args.kernels_only)[0]}")
     return 0
 
 

@@ -21,9 +21,12 @@ import yaml
 
 from jala_ds.config_checks import ConfigError, require  # noqa: F401  (re-exported)
 from jala_ds.data.config import DataConfig
+from jala_ds.data.robot_config import RobotDataConfig
+from jala_ds.model.action_head_config import ActionHeadConfig
 from jala_ds.model.config import ModelConfig
 from jala_ds.motion.config import TokenizerConfig
 from jala_ds.train.config import TrackingConfig, TrainConfig
+from jala_ds.train.posttrain_config import PosttrainConfig
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
@@ -37,9 +40,16 @@ class JalaConfig:
     motion_tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    robot: RobotDataConfig = field(default_factory=RobotDataConfig)
+    """The robot dataset of post-training (``jala posttrain``); unused by pretraining."""
+    action_head: ActionHeadConfig = field(default_factory=ActionHeadConfig)
+    """The flow-matching DiT of post-training (``jala posttrain``); unused by pretraining."""
+    posttrain: PosttrainConfig = field(default_factory=PosttrainConfig)
+    """Where post-training starts from and what it trains; unused by pretraining."""
 
     def validate(self) -> None:
-        for section in (self.data, self.model, self.motion_tokenizer, self.train, self.tracking):
+        for section in (self.data, self.model, self.motion_tokenizer, self.train, self.tracking, self.robot,
+                        self.action_head, self.posttrain):
             section.validate()
         self.model.check_tokens_per_chunk(self.motion_tokenizer.tokens_per_chunk)
 

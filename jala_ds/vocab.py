@@ -20,6 +20,10 @@ IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
 MOT_START, MOT_END, MASK = "<mot>", "</mot>", "[MASK]"
 PAD = "<|endoftext|>"
 PARTS = ("wrist", "finger")
+PUBLISHED_TEXT_VOCAB = {"internvl3_2b": 151674}
+"""Embedding rows of each published backbone's tokenizer (InternVL3-2B: Qwen2.5 plus InternVL's image and box
+tokens). A random-weight run of that shape pads the byte-level tokenizer to it, so that the embedding and LM
+head it trains, and so its memory and FLOPs, are the real model's."""
 
 
 @dataclass(frozen=True)
@@ -49,10 +53,19 @@ class MotionVocab:
         return (ids - self.motion_base) % self.vocab_per_part
 
 
-def byte_level_tokenizer() -> PreTrainedTokenizerFast:
-    """A 256-symbol byte-level tokenizer with InternVL's image tokens: real HF classes, nothing downloaded."""
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {symbol: i for i, symbol in enumerate(sorted(alphabet))}
+def byte_level_tokenizer(size: int | None = None) -> PreTrainedTokenizerFast:
+    """A 256-symbol byte-level tokenizer with InternVL's image tokens: real HF classes, nothing downloaded.
+
+    ``size`` pads the vocabulary to that many tokens with symbols no text ever produces (``<unused_i>``), ahead of
+    the special tokens, so a random backbone built over it has a published model's embedding shape.
+    """
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    specials = 4  # PAD and the three image tokens, added below
+    if size is not None and size < len(alphabet) + specials:
+        raise ValueError(f"a byte-level vocabulary of {size} tokens is too small: it needs at least "
+                         f"{len(alphabet) + specials}")
+    fillers = [f"<unused_{i}>" for i in range(0 if size is None else size - len(alphabet) - specials)]
+    vocab = {symbol: i for i, symbol in enumerate(alphabet + fillers)}
     core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
@@ -61,10 +74,11 @@ def byte_level_tokenizer() -> PreTrainedTokenizerFast:
     return tok
 
 
-def load_text_tokenizer(pretrained: str | None) -> PreTrainedTokenizerBase:
-    """The checkpoint's tokenizer from a local folder, or the byte-level one when there is no checkpoint."""
+def load_text_tokenizer(pretrained: str | None, arch: str | None = None) -> PreTrainedTokenizerBase:
+    """The checkpoint's tokenizer from a local folder; without a checkpoint, the byte-level one, padded to the
+    published vocabulary of ``arch`` (``model.arch``) when it has one."""
     if pretrained is None:
-        return byte_level_tokenizer()
+        return byte_level_tokenizer(PUBLISHED_TEXT_VOCAB.get(arch))
     tok = AutoTokenizer.from_pretrained(pretrained, local_files_only=True, trust_remote_code=False)
     missing = [t for t in (IMG_START, IMG_END, IMG_CONTEXT) if t not in tok.get_vocab()]
     if missing:

@@ -17,7 +17,13 @@ import triton.language as tl
 
 from jala_kernels.chunk_attention_bounds import ChunkBounds
 from jala_kernels.chunk_attention_forward import dot_precision
-from jala_kernels.chunk_attention_tiles import INTERPRETED, load_key_tile, tile_configs, visible_tile_range
+from jala_kernels.chunk_attention_tiles import (
+    INTERPRETED,
+    autotune_bucket,
+    load_key_tile,
+    tile_configs,
+    visible_tile_range,
+)
 
 # Chosen as the forward's: at head dim 128 every dK/dV tile spills some registers on sm_90 (dK and dV
 # accumulate in registers next to K and V); these spill least (under 256 bytes per thread).
@@ -79,13 +85,13 @@ def _dkdv_query_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, strid
     return dk, dv
 
 
-@triton.autotune(configs=DKDV_CONFIGS, key=["N_CTX", "HEAD_DIM", "GROUP"])
+@triton.autotune(configs=DKDV_CONFIGS, key=["N_BUCKET", "HEAD_DIM", "GROUP"])
 @triton.jit
 def chunk_attention_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, QUERY_START, QUERY_STOP,
                                 stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
                                 stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_don,
                                 stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
-                                scale, qk_scale, N_CTX, H_KV, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
+                                scale, qk_scale, N_CTX, H_KV, N_BUCKET, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
                                 INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """dK and dV of one key tile of one KV head, summed over the GROUP query heads that share it."""
     pid_bh = tl.program_id(1)
@@ -141,12 +147,12 @@ def _dq_key_tiles(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, k
     return dq
 
 
-@triton.autotune(configs=DQ_CONFIGS, key=["N_CTX", "HEAD_DIM", "GROUP"])
+@triton.autotune(configs=DQ_CONFIGS, key=["N_BUCKET", "HEAD_DIM", "GROUP"])
 @triton.jit
 def chunk_attention_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, KEY_START, KEY_STOP,
                               stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
                               stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_don,
-                              stride_dqb, stride_dqh, stride_dqn, scale, qk_scale, N_CTX, H_Q,
+                              stride_dqb, stride_dqh, stride_dqn, scale, qk_scale, N_CTX, H_Q, N_BUCKET,
                               GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, INPUT_PRECISION: tl.constexpr,
                               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """dQ of one query tile of one query head."""
@@ -200,13 +206,14 @@ def chunk_attention_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
     chunk_attention_dkdv_kernel[dkdv_grid](
         q, k, v, do, dk, dv, lse, delta, bounds.query_start, bounds.query_stop, *strides,
         dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
-        scale, qk_scale, n_ctx, heads_kv, GROUP=group, HEAD_DIM=head_dim, INPUT_PRECISION=precision)
+        scale, qk_scale, n_ctx, heads_kv, autotune_bucket(n_ctx), GROUP=group, HEAD_DIM=head_dim,
+        INPUT_PRECISION=precision)
 
     def dq_grid(meta):
         return triton.cdiv(n_ctx, meta["BLOCK_M"]), batch * heads_q
 
     chunk_attention_dq_kernel[dq_grid](
         q, k, v, do, dq, lse, delta, bounds.key_start, bounds.key_stop, *strides,
-        dq.stride(0), dq.stride(1), dq.stride(2), scale, qk_scale, n_ctx, heads_q,
+        dq.stride(0), dq.stride(1), dq.stride(2), scale, qk_scale, n_ctx, heads_q, autotune_bucket(n_ctx),
         GROUP=group, HEAD_DIM=head_dim, INPUT_PRECISION=precision)
     return dq, dk, dv

@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from jala_kernels.chunk_attention_bounds import ChunkBounds
-from jala_kernels.chunk_attention_tiles import load_key_tile, tile_configs, visible_tile_range
+from jala_kernels.chunk_attention_tiles import autotune_bucket, load_key_tile, tile_configs, visible_tile_range
 
 FORWARD_CONFIGS = tile_configs(
     # (BLOCK_M, BLOCK_N, warps, stages) that compile for sm_90 without register spills at head dims 64 and 128
@@ -48,12 +48,12 @@ def _attend_key_tiles(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, ke
     return acc, l_i, m_i
 
 
-@triton.autotune(configs=FORWARD_CONFIGS, key=["N_CTX", "HEAD_DIM", "GROUP"])
+@triton.autotune(configs=FORWARD_CONFIGS, key=["N_BUCKET", "HEAD_DIM", "GROUP"])
 @triton.jit
 def chunk_attention_forward_kernel(Q, K, V, O, LSE, KEY_START, KEY_STOP,
                                    stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
                                    stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
-                                   qk_scale, N_CTX, H_Q,
+                                   qk_scale, N_CTX, H_Q, N_BUCKET,
                                    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, INPUT_PRECISION: tl.constexpr,
                                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """O and LSE of one query tile; LSE is ``[B, H_Q, N]``, +inf where nothing is seen."""
@@ -118,6 +118,6 @@ def chunk_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, b
         q, k, v, out, lse, bounds.key_start, bounds.key_stop,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-        scale * math.log2(math.e), n_ctx, heads_q,
+        scale * math.log2(math.e), n_ctx, heads_q, autotune_bucket(n_ctx),
         GROUP=heads_q // k.shape[1], HEAD_DIM=head_dim, INPUT_PRECISION=dot_precision(q.dtype))
     return out, lse

@@ -52,6 +52,12 @@ def load_key_tile(k_base, v_base, stride_kn, stride_vn, n0, n_ctx, HEAD_DIM: tl.
     return k, v, offs_n
 
 
+def autotune_bucket(n_ctx: int) -> int:
+    """The autotuner's key for a sequence length: the next power of two. Packed batches change length at every
+    step; keyed on the exact length, each new one would re-benchmark every config (seconds per kernel)."""
+    return triton.next_power_of_2(n_ctx)
+
+
 def tile_configs(choices: list[tuple[int, int, int, int]],
                  interpreter_blocks: tuple[int, int]) -> list[triton.Config]:
     """Autotune configs from ``(BLOCK_M, BLOCK_N, num_warps, num_stages)`` choices for Hopper-class GPUs.

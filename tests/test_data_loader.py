@@ -1,15 +1,11 @@
 """The streaming loader: whole epochs, exact mid-epoch resume, stream mixing, hash checks, two ranks."""
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from streaming.base.util import clean_stale_shared_memory
+from two_ranks import run_two_ranks
 
 from jala_ds.config import load_config
 from jala_ds.data.loader import build_loader
@@ -157,16 +153,7 @@ dist.destroy_process_group()
 @pytest.mark.slow
 def test_two_ranks_see_disjoint_samples_that_cover_the_epoch(tiny_corpus, tmp_path):
     """2 ranks on one node, separate processes (gloo), as under torchrun or the deepspeed launcher."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    procs = []
-    for rank in range(2):
-        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "2",
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-        procs.append(subprocess.Popen([sys.executable, "-c", RANK_SCRIPT, str(tiny_corpus.mds), str(tmp_path)], env=env))
-    assert [p.wait(timeout=300) for p in procs] == [0, 0]
-    results = [json.loads(Path(tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    results = run_two_ranks(RANK_SCRIPT, [str(tiny_corpus.mds)], tmp_path)
     ranks = [[s.split("@")[0] for s in r["samples"]] for r in results]
     assert set(ranks[0]).isdisjoint(ranks[1])
     assert sorted(ranks[0] + ranks[1]) == corpus_clip_ids(tiny_corpus)

@@ -91,3 +91,14 @@ def test_checkpoint_mismatch_names_the_recipe_key(saved, override, key):
     cfg, vocab = tiny_setup(f"model.pretrained={root / 'vlm'}", override)
     with pytest.raises(ValueError, match=key):
         build_model(cfg, vocab)
+
+
+def test_without_a_checkpoint_a_published_arch_gets_its_vocabulary_size():
+    """A random-weight InternVL3-2B has the real embedding and LM head shapes (memory and FLOPs as published)."""
+    from jala_ds.model.backbone import INTERNVL3_2B_TEXT_VOCAB
+
+    padded, plain = load_text_tokenizer(None, "internvl3_2b"), load_text_tokenizer(None, "tiny")
+    assert len(padded) == INTERNVL3_2B_TEXT_VOCAB and len(plain) == 260
+    text = "pick up the red cup"
+    assert padded(text)["input_ids"] == plain(text)["input_ids"]  # fillers are never produced by text
+    assert padded.convert_tokens_to_ids("<IMG_CONTEXT>") == INTERNVL3_2B_TEXT_VOCAB - 1

@@ -209,13 +209,12 @@ def model_dims(cfg: JalaConfig) -> ModelDims:
     ``internvl3_2b`` and the tiny random one for ``tiny``.
     """
     from jala_ds.model import backbone, visual_encoder
-    from jala_ds.vocab import byte_level_tokenizer
+    from jala_ds.vocab import PUBLISHED_TEXT_VOCAB, byte_level_tokenizer
 
     model = cfg.model
     internvl = _local_config(model.pretrained)
     if internvl is None:
-        text_vocab = (backbone.INTERNVL3_2B_TEXT_VOCAB if model.arch == "internvl3_2b"
-                      else len(byte_level_tokenizer()))
+        text_vocab = PUBLISHED_TEXT_VOCAB.get(model.arch) or len(byte_level_tokenizer())
         internvl = backbone.backbone_config(model.arch, model.image_size, text_vocab, image_token_id=0)
     encoder = _local_config(model.visual_encoder_path)
     if encoder is None:

@@ -7,7 +7,8 @@ count), spread over as many rows as they need. Rows are padded to the longest ro
 
 Within a row, ``doc_ids`` number the documents and ``chunk_ids`` the bidirectional motion chunks;
 ``motion_chunk`` numbers every chunk of the whole batch, indexing ``chunk_frames``, ``chunk_hand`` and
-``chunk_labeled``. Images and chunks appear in row-major document order.
+``chunk_labeled``. Images and chunks appear in row-major document order. An example's ``extras`` (a robot
+sample's state and actions) are stacked in the same order under their own keys.
 """
 from __future__ import annotations
 
@@ -74,11 +75,12 @@ def collate(examples: list[Example], *, pack: bool, max_tokens: int, pad_id: int
         "position_ids": torch.from_numpy(position_ids),
         "doc_ids": torch.from_numpy(doc_ids),
         "chunk_ids": torch.from_numpy(chunk_ids),
-        "pixel_values": normalized(torch.stack([examples[i].pixel_values for i in order])),
+        "pixel_values": normalized(torch.cat([examples[i].pixel_values for i in order])),
         "motion_chunk": torch.from_numpy(motion_chunk),
         "chunk_frames": normalized(torch.cat([examples[i].chunk_frames for i in order])),
         "chunk_hand": torch.from_numpy(np.concatenate([documents[i].chunk_hand for i in order])),
         "chunk_labeled": torch.tensor([documents[i].labeled for i in order for _ in documents[i].chunk_hand],
                                       dtype=torch.bool),
         "sample_ids": [documents[i].sample_id for i in order],
+        **{key: torch.from_numpy(np.stack([examples[i].extras[key] for i in order])) for key in examples[0].extras},
     }

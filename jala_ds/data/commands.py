@@ -3,6 +3,8 @@ add GRVQ motion tokens.
 
     jala data synth --out demo_out/raw --lab 24 --wild 16 --seed 0
     jala data convert --src demo_out/raw --out demo_out/mds --workers 2 --recipe tiny_cpu
+    jala data synth --format lerobot --out demo_out/lerobot --episodes 6 --cameras 2
+    jala data convert --format lerobot --src demo_out/lerobot --out demo_out/robot_mds --horizon 16
     jala data inspect demo_out/mds
     jala data tokenize --tokenizer demo_out/tokenizer --src demo_out/mds --out demo_out/mds_tok
 """
@@ -11,22 +13,38 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from jala_ds.config import JalaConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     data = subparsers.add_parser("data", help="synthesise, convert and inspect training corpora")
     commands = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
 
-    synth = commands.add_parser("synth", help="write a synthetic raw corpus shaped like UniHand-Mix")
-    synth.add_argument("--out", required=True, help="folder for manifest.jsonl, videos/ and mano/")
-    synth.add_argument("--lab", type=int, required=True, help="number of lab clips (MANO labelled)")
-    synth.add_argument("--wild", type=int, required=True, help="number of in-the-wild clips (~10%% pseudo-labelled)")
+    synth = commands.add_parser("synth", help="write a synthetic raw corpus shaped like UniHand-Mix, or a synthetic "
+                                "robot dataset in the LeRobot v2.1 layout (--format lerobot)")
+    synth.add_argument("--format", choices=("clips", "lerobot"), default="clips",
+                       help="clips: raw hand clips (--lab, --wild); lerobot: toy-arm episodes (--episodes, --cameras)")
+    synth.add_argument("--out", required=True, help="folder for manifest.jsonl, videos/ and mano/ (or the LeRobot "
+                       "meta/, data/, videos/)")
+    synth.add_argument("--lab", type=int, help="number of lab clips (MANO labelled)")
+    synth.add_argument("--wild", type=int, help="number of in-the-wild clips (~10%% pseudo-labelled)")
+    synth.add_argument("--episodes", type=int, help="--format lerobot: number of episodes")
+    synth.add_argument("--cameras", type=int, default=2, help="--format lerobot: 1 or 2 cameras (default 2)")
     synth.add_argument("--seed", type=int, default=0, help="the same seed writes the same corpus (default 0)")
     synth.add_argument("--frame-size", type=int, default=64, help="video side in pixels, even (default 64)")
     synth.set_defaults(handler=run_synth)
 
-    convert = commands.add_parser("convert", help="raw clips -> MDS shards (<out>/lab, <out>/wild, report.json)")
-    convert.add_argument("--src", required=True, help="raw corpus folder with manifest.jsonl")
+    convert = commands.add_parser("convert", help="raw clips -> MDS shards (<out>/lab, <out>/wild, report.json); "
+                                  "--format lerobot: a LeRobot dataset -> robot MDS shards")
+    convert.add_argument("--format", choices=("clips", "lerobot"), default="clips",
+                         help="clips: raw hand clips (manifest.jsonl); lerobot: a LeRobot v2.x robot dataset")
+    convert.add_argument("--src", required=True, help="raw corpus folder with manifest.jsonl, or a LeRobot folder")
+    convert.add_argument("--horizon", type=int, default=16,
+                         help="--format lerobot: actions stored per frame (default 16)")
+    convert.add_argument("--cameras", help="--format lerobot: comma-separated camera keys to keep (default all)")
     convert.add_argument("--out", required=True, help="output folder")
     convert.add_argument("--workers", type=int, default=1, help="decoding processes (default 1)")
     convert.add_argument("--recipe", default="tiny_cpu",
@@ -51,8 +69,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_synth(args: argparse.Namespace) -> int:
+    if args.format == "lerobot":
+        return run_synth_lerobot(args)
     from jala_ds.data.synth import synthesize_corpus
 
+    if args.lab is None or args.wild is None:
+        return fail("synth", ValueError("--format clips needs --lab and --wild (clip counts)"))
     try:
         manifest = synthesize_corpus(args.out, lab=args.lab, wild=args.wild, seed=args.seed, frame_size=args.frame_size)
     except ValueError as err:
@@ -61,11 +83,27 @@ def run_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_synth_lerobot(args: argparse.Namespace) -> int:
+    from jala_ds.data.lerobot_synth import synthesize_lerobot
+
+    if args.episodes is None:
+        return fail("synth", ValueError("--format lerobot needs --episodes N"))
+    try:
+        out = synthesize_lerobot(args.out, episodes=args.episodes, cameras=args.cameras, seed=args.seed,
+                                 frame_size=args.frame_size)
+    except (ValueError, FileExistsError) as err:
+        return fail("synth", err)
+    print(f"wrote {args.episodes} toy-arm episodes ({args.cameras} camera(s)) in the LeRobot v2.1 layout: {out}")
+    return 0
+
+
 def run_convert(args: argparse.Namespace) -> int:
     from jala_ds.config import load_config
     from jala_ds.data.convert import convert_corpus
 
     cfg = load_config(args.recipe, args.overrides)
+    if args.format == "lerobot":
+        return run_convert_lerobot(args, cfg)
     data = cfg.data
     print(f"converting with data.frame_size={data.frame_size} data.chunk_frames={data.chunk_frames} "
           f"data.wild_slowdown={data.wild_slowdown} data.min_pseudo_confidence={data.min_pseudo_confidence} "
@@ -79,6 +117,25 @@ def run_convert(args: argparse.Namespace) -> int:
     print(f"{report['clips_in']} clips in = {report['written']} written {report['written_by_subset']} + "
           f"{report['rejected']} rejected ({reasons}); pseudo labels dropped: {report['pseudo_labels_dropped']}")
     print(f"report: {args.out}/report.json")
+    return 0
+
+
+def run_convert_lerobot(args: argparse.Namespace, cfg: JalaConfig) -> int:
+    from jala_ds.data.lerobot_convert import convert_lerobot
+
+    cameras = [c.strip() for c in args.cameras.split(",") if c.strip()] if args.cameras else None
+    print(f"converting with --horizon {args.horizon}, data.frame_size={cfg.data.frame_size}, "
+          f"robot.norm_mode={cfg.robot.norm_mode} (recipe {args.recipe})")
+    try:
+        report = convert_lerobot(args.src, args.out, action_horizon=args.horizon, cameras=cameras,
+                                 frame_size=cfg.data.frame_size, norm_mode=cfg.robot.norm_mode,
+                                 shard_bytes=args.shard_mb << 20, overwrite=args.overwrite)
+    except (FileNotFoundError, FileExistsError, ValueError) as err:
+        return fail("convert", err)
+    reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(report["rejected_by_reason"].items())) or "none"
+    print(f"{report['episodes_in']} episodes ({report['frames_in']} frames) in = {report['episodes_written']} "
+          f"written ({report['frames_written']} frames) + {report['episodes_rejected']} rejected ({reasons})")
+    print(f"report: {args.out}/report.json; statistics: {args.out}/norm_stats.json")
     return 0
 
 

@@ -28,6 +28,10 @@ class DataConfig:
     """In-the-wild clips are slowed in time by this factor so their motion speed matches lab data."""
     min_pseudo_confidence: float = 0.65
     """Wild pseudo labels with a mean confidence below this are dropped (the clip stays, as video-only)."""
+    heldout_fraction: float = 0.05
+    """Share of labelled clips (lab, and wild with trusted pseudo labels) that ``jala data convert`` writes to
+    ``<mds_dir>/heldout/<subset>`` instead of the training streams, chosen by a hash of the clip id (the same
+    clips for any worker count or manifest order); ``jala eval motion`` scores them. 0 holds nothing out."""
     frame_size: int = 224
     """Side of the square JPEG frames stored in the shards (resized again to each encoder's input size)."""
     mask_ratio_min: float = 0.3
@@ -62,6 +66,8 @@ class DataConfig:
         require(self.max_chunks > 0, "data.max_chunks", "must be at least 1")
         require(self.wild_slowdown >= 1.0, "data.wild_slowdown", "must be >= 1 (1 disables the slow-down)")
         require(0.0 <= self.min_pseudo_confidence <= 1.0, "data.min_pseudo_confidence", "must lie in [0, 1]")
+        require(0.0 <= self.heldout_fraction < 1.0, "data.heldout_fraction",
+                "must lie in [0, 1) (0 holds no clip out; 0.05 holds out about 5% of the labelled clips)")
         require(0.0 < self.mask_ratio_min <= self.mask_ratio_max <= 1.0, "data.mask_ratio_min",
                 "need 0 < mask_ratio_min <= mask_ratio_max <= 1")
         require(0.0 <= self.later_chunk_mask_prob <= 1.0, "data.later_chunk_mask_prob", "must lie in [0, 1]")

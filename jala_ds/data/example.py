@@ -7,8 +7,9 @@ stay uint8 here; the collated batch normalises them.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from jala_ds.data.frames import decode_stored_frames, resized
@@ -19,9 +20,13 @@ from jala_ds.data.sequence import Document, SequenceBuilder
 class Example:
     document: Document
     pixel_values: torch.Tensor
-    """uint8 ``[3, S, S]``: the document's image at ``model.image_size``."""
+    """uint8 ``[images, 3, S, S]``: the document's images at ``model.image_size``, in the order of its
+    ``<IMG_CONTEXT>`` runs (one for a clip, one per camera for a robot observation)."""
     chunk_frames: torch.Tensor
     """uint8 ``[c, 2, 3, s, s]``: boundary frames of each chunk at ``model.visual_encoder_image_size``."""
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
+    """Per-sample arrays the batch stacks under the same keys (a robot sample's ``state``, ``actions``,
+    ``action_valid``); empty in pretraining."""
 
 
 class ExampleBuilder:
@@ -30,10 +35,13 @@ class ExampleBuilder:
         self.image_size, self.encoder_image_size = image_size, encoder_image_size
 
     def build(self, record: Mapping, sample_index: int, epoch: int) -> Example:
-        document = self.sequences.build(record, sample_index, epoch)
+        return self.with_pixels(record, self.sequences.build(record, sample_index, epoch))
+
+    def with_pixels(self, record: Mapping, document: Document) -> Example:
+        """``document`` (of ``record``) with its frames: training's documents, and generation's (``jala_ds.eval``)."""
         used = sorted({document.image_frame, *document.chunk_frames.ravel().tolist()})
         position = {frame: i for i, frame in enumerate(used)}
         frames = decode_stored_frames(record, used)
-        image = resized(frames[position[document.image_frame]], self.image_size)
+        image = resized(frames[position[document.image_frame]], self.image_size)[None]
         pairs = torch.tensor([[position[a], position[b]] for a, b in document.chunk_frames.tolist()])
         return Example(document, image, resized(frames, self.encoder_image_size)[pairs])

@@ -34,10 +34,10 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from streaming import Stream, StreamingDataset
@@ -55,10 +55,16 @@ from jala_ds.data.shard_check import verify_shard
 from jala_ds.vocab import MotionVocab
 
 
+class BuildsExamples(Protocol):
+    """Turns a record into an :class:`Example` (pretraining's :class:`ExampleBuilder`, the robot loader's)."""
+
+    def build(self, record: Mapping, sample_index: int, epoch: int) -> Example: ...
+
+
 class ExampleStream(StreamingDataset):
     """A StreamingDataset whose items are training examples; shards are hash-checked on first use."""
 
-    def __init__(self, *, examples: ExampleBuilder, validate_hashes: bool, **kwargs: Any) -> None:
+    def __init__(self, *, examples: BuildsExamples, validate_hashes: bool, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.examples, self.validate_hashes = examples, validate_hashes
         self.epoch = 0
@@ -76,15 +82,14 @@ class ExampleStream(StreamingDataset):
 class JalaLoader:
     """One rank's batches, epoch after epoch, with an exact mid-epoch ``state_dict``."""
 
-    def __init__(self, dataset: ExampleStream, data: DataConfig, *, batch_size: int, pad_id: int, epoch: int,
-                 world_size: int, num_nodes: int) -> None:
+    def __init__(self, dataset: ExampleStream, *, batch_size: int, collate_fn: Callable[[list[Example]], dict],
+                 num_workers: int, prefetch_factor: int, epoch: int, world_size: int, num_nodes: int) -> None:
         self.dataset, self.batch_size, self.world_size = dataset, batch_size, world_size
         self.epoch, self.sample_in_epoch = epoch, 0
         self.num_canonical_nodes, self.initial_physical_nodes = dataset.num_canonical_nodes, num_nodes
         self.shuffle_seed = dataset.shuffle_seed
-        workers = {"prefetch_factor": data.prefetch_factor} if data.num_workers else {}
-        self.loader = DataLoader(dataset, batch_size=batch_size, num_workers=data.num_workers,
-                                 collate_fn=partial(collate, pack=data.pack, max_tokens=data.max_tokens, pad_id=pad_id),
+        workers = {"prefetch_factor": prefetch_factor} if num_workers else {}
+        self.loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_fn,
                                  pin_memory=torch.cuda.is_available(), **workers)
 
     @property
@@ -185,5 +190,7 @@ def build_loader(cfg: JalaConfig, tokenizer: PreTrainedTokenizerBase, vocab: Mot
                             streams=subset_streams(cfg.data), batch_size=cfg.train.micro_batch_size,
                             shuffle=cfg.data.shuffle, shuffle_seed=cfg.train.seed,
                             num_canonical_nodes=cfg.data.num_canonical_nodes or world_size // per_node)
-    return JalaLoader(dataset, cfg.data, batch_size=cfg.train.micro_batch_size, pad_id=vocab.pad, epoch=epoch,
+    batches = partial(collate, pack=cfg.data.pack, max_tokens=cfg.data.max_tokens, pad_id=vocab.pad)
+    return JalaLoader(dataset, batch_size=cfg.train.micro_batch_size, collate_fn=batches,
+                      num_workers=cfg.data.num_workers, prefetch_factor=cfg.data.prefetch_factor, epoch=epoch,
                       world_size=world_size, num_nodes=world_size // per_node)

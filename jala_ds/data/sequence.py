@@ -21,7 +21,7 @@ sample index), so a resumed run builds exactly the documents the uninterrupted o
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,29 +85,59 @@ class SequenceBuilder:
         if motion_tokenizer.vocab_per_part != vocab.vocab_per_part:
             raise ValueError(f"the motion tokenizer has {motion_tokenizer.vocab_per_part} codes per part, the vocabulary "
                              f"{vocab.vocab_per_part}: build the vocabulary with add_motion_vocab(tok, {motion_tokenizer.vocab_per_part})")
-        if n_image_tokens < 1:
-            raise ValueError(f"n_image_tokens={n_image_tokens}: an image needs at least one <IMG_CONTEXT> token")
         self.data, self.objective, self.seed = data, objective, seed
         self.tokenizer, self.vocab, self.motion_tokenizer = tokenizer, vocab, motion_tokenizer
         self.tokens_per_chunk = motion_tokenizer.tokens_per_chunk
-        img_start, img_end = tokenizer.convert_tokens_to_ids([IMG_START, IMG_END])
-        self.image_block = np.array([img_start] + [vocab.img_context] * n_image_tokens + [img_end], np.int64)
+        self.image_block = image_block(tokenizer, vocab, n_image_tokens)
         half = self.tokens_per_chunk // 2
         # Token id of code 0 at each position of a chunk: the wrist part's codes first, then the finger part's.
         self.code_base = vocab.motion_base + np.repeat([0, vocab.vocab_per_part], half).astype(np.int64)
         self.video_only_hands = [0, 1] if data.video_only_hands == "both" else [1]
 
     def build(self, record: Mapping, sample_index: int, epoch: int) -> Document:
+        """The training document: a random window, hybrid masking (see the module docstring)."""
         rng = np.random.default_rng([self.seed, epoch, sample_index])
         chunks = len(record["frame_index"]) - 1
-        poses = {hand: hand_poses(record, hand) for hand in HANDS}
-        present = [h for h, hand in enumerate(HANDS) if len(poses[hand])]
         labeled = bool(record["labeled"]) and not (self.data.pseudo_labels_as_unlabeled and record["subset"] == "wild")
-        hands = present or self.video_only_hands
         width = min(self.data.max_chunks, chunks)
         start = int(rng.integers(chunks - width + 1))
-        order = [(j, h) for j in range(width) for h in hands]  # interleaved along time: L1 R1 L2 R2
         describe = record["task"] == "description"
+        hybrid = labeled and not describe and self.objective == "mcp"
+
+        def masking(order: list[tuple[int, int]]) -> np.ndarray:
+            return hybrid_mask(rng, len(order), self.tokens_per_chunk, self.data.mask_ratio_min,
+                               self.data.mask_ratio_max, self.data.later_chunk_mask_prob)
+
+        return self.assemble(record, start, width, labeled=labeled, describe=describe,
+                             masking=masking if hybrid else None)
+
+    def build_for_generation(self, record: Mapping, *, start: int = 0, shown_steps: int = 0) -> Document:
+        """The document MCP decoding starts from (``jala_ds.eval``): the window of ``data.max_chunks`` chunks
+        from chunk ``start``, laid out as a generation task (image, instruction, motion) whatever the record's
+        task, its first ``shown_steps`` time steps intact (continuation context) and every later chunk all
+        ``[MASK]``, with the true codes as labels there. Needs motion labels (pseudo labels count) to score."""
+        chunks = len(record["frame_index"]) - 1
+        if not record["labeled"]:
+            raise ValueError(f"clip {record['clip_id']} has no motion labels: generation can only be scored "
+                             "on labelled (or trusted pseudo-labelled) clips")
+        if not 0 <= start < chunks:
+            raise ValueError(f"clip {record['clip_id']} has {chunks} chunks: start={start} is outside [0, {chunks})")
+        width = min(self.data.max_chunks, chunks - start)
+
+        def masking(order: list[tuple[int, int]]) -> np.ndarray:
+            steps = np.array([j for j, _ in order])
+            return np.repeat((steps >= shown_steps)[:, None], self.tokens_per_chunk, axis=1)
+
+        return self.assemble(record, start, width, labeled=True, describe=False, masking=masking)
+
+    def assemble(self, record: Mapping, start: int, width: int, *, labeled: bool, describe: bool,
+                 masking: Callable[[list[tuple[int, int]]], np.ndarray] | None) -> Document:
+        """The document of the window ``[start, start + width)``; ``masking(order)`` gives the masked
+        positions ``[chunks, tokens_per_chunk]`` of a labelled document's chunks, in sequence order."""
+        poses = {hand: hand_poses(record, hand) for hand in HANDS}
+        present = [h for h, hand in enumerate(HANDS) if len(poses[hand])]
+        hands = present or self.video_only_hands
+        order = [(j, h) for j in range(width) for h in hands]  # interleaved along time: L1 R1 L2 R2
 
         if labeled:
             codes = {h: self.window_codes(record, poses, h, start, width) for h in hands}
@@ -115,24 +145,13 @@ class SequenceBuilder:
         else:
             truth = np.full((len(order), self.tokens_per_chunk), self.vocab.mask, np.int64)
         shown, targets = truth, np.full_like(truth, IGNORE)
-        if labeled and not describe and self.objective == "mcp":
-            masked = hybrid_mask(rng, len(order), self.tokens_per_chunk, self.data.mask_ratio_min,
-                                 self.data.mask_ratio_max, self.data.later_chunk_mask_prob)
+        if masking is not None:
+            masked = masking(order)
             shown, targets = np.where(masked, self.vocab.mask, truth), np.where(masked, truth, IGNORE)
 
-        chunk_len = self.tokens_per_chunk + 2
-        motion = np.empty((len(order), chunk_len), np.int64)
-        motion[:, 0], motion[:, 1:-1], motion[:, -1] = self.vocab.mot_start, shown, self.vocab.mot_end
-        motion_labels = np.full_like(motion, IGNORE)
-        motion_labels[:, 1:-1] = targets
-        motion_chunk = np.full_like(motion, -1)
-        motion_chunk[:, 1:-1] = np.arange(len(order))[:, None]
-
-        text = np.asarray(self.tokenizer(record["instruction"], add_special_tokens=False)["input_ids"]
-                          [:self.data.max_text_tokens], np.int64)
-        image_seg = (self.image_block, no_label(len(self.image_block)), no_label(len(self.image_block), -1))
-        text_seg = (text, no_label(len(text)), no_label(len(text), -1))
-        motion_seg = (motion.ravel(), motion_labels.ravel(), motion_chunk.ravel())
+        text = instruction_tokens(self.tokenizer, record["instruction"], self.data.max_text_tokens)
+        image_seg, text_seg = plain_segment(self.image_block), plain_segment(text)
+        motion_seg = motion_segment(shown, targets, self.vocab)
         segments = [image_seg, motion_seg, text_seg] if describe else [image_seg, text_seg, motion_seg]
         input_ids, labels, chunk_index = (np.concatenate(parts) for parts in zip(*segments))
 
@@ -165,6 +184,53 @@ class SequenceBuilder:
         return codes.astype(np.int64) + self.code_base
 
 
-
 def no_label(length: int, fill: int = IGNORE) -> np.ndarray:
     return np.full(length, fill, np.int64)
+
+
+Segment = tuple[np.ndarray, np.ndarray, np.ndarray]
+"""``(input_ids, labels, motion_chunk)`` of one stretch of a document."""
+
+
+def image_block(tokenizer: PreTrainedTokenizerBase, vocab: MotionVocab, n_image_tokens: int) -> np.ndarray:
+    """``<img> <IMG_CONTEXT> x n_image_tokens </img>`` as token ids."""
+    if n_image_tokens < 1:
+        raise ValueError(f"n_image_tokens={n_image_tokens}: an image needs at least one <IMG_CONTEXT> token")
+    img_start, img_end = tokenizer.convert_tokens_to_ids([IMG_START, IMG_END])
+    return np.array([img_start] + [vocab.img_context] * n_image_tokens + [img_end], np.int64)
+
+
+def instruction_tokens(tokenizer: PreTrainedTokenizerBase, text: str, limit: int) -> np.ndarray:
+    """The instruction's token ids, truncated to ``limit``."""
+    return np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"][:limit], np.int64)
+
+
+def plain_segment(ids: np.ndarray) -> Segment:
+    """Tokens outside any chunk and without labels (images, an instruction that is not a target)."""
+    return ids, no_label(len(ids)), no_label(len(ids), -1)
+
+
+def motion_segment(shown: np.ndarray, targets: np.ndarray, vocab: MotionVocab) -> Segment:
+    """``<mot> codes </mot>`` per chunk from the shown ids and labels ``[chunks, tokens_per_chunk]``."""
+    chunks, tokens_per_chunk = shown.shape
+    motion = np.empty((chunks, tokens_per_chunk + 2), np.int64)
+    motion[:, 0], motion[:, 1:-1], motion[:, -1] = vocab.mot_start, shown, vocab.mot_end
+    motion_labels = np.full_like(motion, IGNORE)
+    motion_labels[:, 1:-1] = targets
+    motion_chunk = np.full_like(motion, -1)
+    motion_chunk[:, 1:-1] = np.arange(chunks)[:, None]
+    return motion.ravel(), motion_labels.ravel(), motion_chunk.ravel()
+
+
+def masked_chunk_document(*, sample_id: str, image_block: np.ndarray, images: int, text: np.ndarray, hand: int,
+                          tokens_per_chunk: int, vocab: MotionVocab) -> Document:
+    """A robot observation's document (post-training and the policy): one image block per camera, the
+    instruction, and one motion chunk of ``hand``, all ``[MASK]`` and without labels. The backbone's predictive
+    embeddings at that chunk condition the action head; its LSP context reads the first camera's frame."""
+    masked = np.full((1, tokens_per_chunk), vocab.mask, np.int64)
+    segments = [plain_segment(image_block)] * images + [plain_segment(text),
+                                                         motion_segment(masked, np.full_like(masked, IGNORE), vocab)]
+    input_ids, labels, chunk_index = (np.concatenate(parts) for parts in zip(*segments))
+    return Document(sample_id=sample_id, input_ids=input_ids, labels=labels, motion_chunk=chunk_index,
+                    bidirectional=True, chunk_hand=np.array([hand], np.int64), chunk_frames=np.zeros((1, 2), np.int64),
+                    image_frame=0, labeled=False)

@@ -16,14 +16,13 @@ from transformers.models.internvl.configuration_internvl import InternVLVisionCo
 
 from jala_ds.model.config import ModelConfig
 from jala_ds.model.zero_gather import gathered_for_edit
-from jala_ds.vocab import MotionVocab
+from jala_ds.vocab import PUBLISHED_TEXT_VOCAB, MotionVocab
 
 PATCH = 14
 """InternViT patch side in pixels."""
 DOWNSAMPLE = 0.5
 """InternVL pixel shuffle: 2 x 2 patches become one image token."""
-INTERNVL3_2B_TEXT_VOCAB = 151674
-"""Rows of InternVL3-2B's embedding: the Qwen2.5 tokenizer plus InternVL's image and box tokens."""
+INTERNVL3_2B_TEXT_VOCAB = PUBLISHED_TEXT_VOCAB["internvl3_2b"]
 INTERNVL3_2B_IMAGE_TOKEN = 151667
 """Id of ``<IMG_CONTEXT>`` in InternVL3-2B's tokenizer."""
 

@@ -1,7 +1,7 @@
 """build_model: the one constructor of JalaModel, used by training, evaluation and tests alike.
 
     cfg = load_config("tiny_cpu")
-    tok = load_text_tokenizer(cfg.model.pretrained)
+    tok = load_text_tokenizer(cfg.model.pretrained, cfg.model.arch)
     vocab = add_motion_vocab(tok, cfg.motion_tokenizer.vocab_per_part)
     model = build_model(cfg, vocab)
 

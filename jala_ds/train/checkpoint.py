@@ -27,8 +27,9 @@ def install_safe_engine(engine: Any) -> None:
 
 
 def save_checkpoint(engine: Any, out_dir: str | Path, step: int, run_state: dict[str, Any],
-                    rank_state: dict[str, Any], keep_last: int) -> Path:
-    """Collective: every rank calls it. Returns the checkpoint folder once ``latest`` points at it."""
+                    rank_state: dict[str, Any], keep_last: int, extra_files: tuple[Path, ...] = ()) -> Path:
+    """Collective: every rank calls it. Returns the checkpoint folder once ``latest`` points at it.
+    ``extra_files`` are copied in by rank 0 before ``latest`` moves (a checkpoint carries its norm stats)."""
     root = layout.checkpoints_dir(out_dir)
     tag = layout.tag_for(step)
     folder = root / tag
@@ -40,6 +41,9 @@ def save_checkpoint(engine: Any, out_dir: str | Path, step: int, run_state: dict
     dist.barrier()
     engine.save_checkpoint(str(root), tag=tag, client_state=run_state, save_latest=False)
     save_plain(rank_state, str(folder / layout.rank_file(rank)))
+    if rank == 0:
+        for path in extra_files:
+            shutil.copy2(path, folder / Path(path).name)
     dist.barrier()  # every rank has written everything: only now may 'latest' move
     if rank == 0:
         layout.publish_latest(root, tag)

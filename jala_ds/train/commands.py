@@ -1,9 +1,11 @@
-"""``jala train`` and ``jala export``. Registration is cheap: DeepSpeed, torch and MLflow load in the handlers.
+"""``jala train``, ``jala posttrain`` and ``jala export``. Registration is cheap: DeepSpeed, torch and MLflow load
+in the handlers.
 
     jala train --recipe tiny_cpu train.max_steps=20                       # one process
     deepspeed --num_gpus 2 $(which jala) train --recipe tiny_cpu          # the deepspeed launcher
     torchrun --nproc_per_node 2 $(which jala) train --recipe tiny_cpu     # torchrun
     jala export --run demo_out/run --out demo_out/export                  # a Hugging Face folder
+    jala posttrain --recipe posttrain_tiny_cpu --init demo_out/export     # robot post-training (deepspeed too)
 """
 from __future__ import annotations
 
@@ -19,6 +21,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. train.lr=3e-4 data.mds_dir=data/mds")
     train.set_defaults(handler=run_train)
 
+    posttrain = subparsers.add_parser(
+        "posttrain", help="post-train a pretrained JALA with a flow-matching action head on robot data",
+        description="Post-train from a recipe (posttrain_libero, posttrain_tiny_cpu, ...); overrides are "
+                    "section.key=value.")
+    posttrain.add_argument("--recipe", required=True, help="recipe name or YAML path")
+    posttrain.add_argument("--init", default=None,
+                           help="pretrained JALA: a `jala export` folder or a pretraining run's train.out_dir "
+                                "(default: the recipe's posttrain.init)")
+    posttrain.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. robot.mds_dir=data/libero_mds")
+    posttrain.set_defaults(handler=run_posttrain)
+
     export = subparsers.add_parser("export", help="a Hugging Face folder from a run's latest checkpoint")
     export.add_argument("--run", required=True, help="the run's train.out_dir")
     export.add_argument("--out", default=None, help="output folder (default: <run>/export)")
@@ -26,16 +39,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.set_defaults(handler=run_export)
 
 
+def log_from_rank_0() -> None:
+    """INFO lines from rank 0, only warnings from the others, each line tagged with its rank."""
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s")
+
+
 def run_train(args: argparse.Namespace) -> int:
     from jala_ds.train.preflight import check_run
 
     plan = check_run(args.recipe, args.overrides)  # a ConfigError here is one line and exit code 2
-    rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s")
+    log_from_rank_0()
     from jala_ds.train.loop import train
 
     train(plan)
+    return 0
+
+
+def run_posttrain(args: argparse.Namespace) -> int:
+    from jala_ds.train.posttrain import check_posttrain
+
+    plan = check_posttrain(args.recipe, args.overrides, args.init)  # a ConfigError here is one line and exit code 2
+    log_from_rank_0()
+    from jala_ds.train.posttrain import posttrain
+
+    posttrain(plan)
     return 0
 
 

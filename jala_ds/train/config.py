@@ -45,6 +45,12 @@ class TrainConfig:
     """Log metrics every this many steps."""
     seed: int = 1234
     """Seed of model init, data order and masking."""
+    eval_every: int = 0
+    """Every this many steps, generate motion for ``eval_limit`` clips of each held-out split
+    (``<data.mds_dir>/heldout``) and log the Table-1 metrics as ``eval_<split>_<hand>_<metric>``; 0 = never.
+    Every rank decodes the same clips (under ZeRO-3 each forward is a collective); rank 0 logs."""
+    eval_limit: int = 4
+    """Held-out clips per split that the periodic evaluation decodes."""
 
     def __post_init__(self) -> None:
         if self.betas is None:
@@ -64,6 +70,8 @@ class TrainConfig:
         require(0.0 <= self.warmup_frac < 1.0, "train.warmup_frac", "must lie in [0, 1)")
         require(self.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables clipping)")
         require(self.max_steps >= 0, "train.max_steps", "must be >= 0 (0 = one epoch)")
+        require(self.eval_every >= 0, "train.eval_every", "must be >= 0 (0 = no periodic evaluation)")
+        require(self.eval_limit > 0, "train.eval_limit", "must be positive")
         require(self.save_every > 0, "train.save_every", "must be positive")
         require(self.keep_last > 0, "train.keep_last", "must keep at least one checkpoint")
 

@@ -7,44 +7,40 @@ The ZeRO shards are merged offline by DeepSpeed's ``zero_to_fp32`` (after every 
     config.json, model.safetensors        the InternVL3 backbone: InternVLForConditionalGeneration.from_pretrained
     tokenizer files                       the text tokenizer with the motion vocabulary (<mot>, </mot>, [MASK], codes)
     jala_heads.safetensors                LAP, LSP and the frozen frame encoder, under their JalaModel names
+                                          (a post-training run: LSP, frame encoder and the action head)
     jala_recipe.yaml                      the recipe, with model.pretrained pointing at this folder
+    norm_stats.json, robot_meta.json      a post-training run only: the statistics its checkpoint carries
 
 so ``build_model(load_config(out / "jala_recipe.yaml"), vocab)`` rebuilds the backbone from the folder and
 ``load_heads`` completes it. JalaModel has no ``save_pretrained`` of its own (yet): this is the split it gets.
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from jala_ds.config import load_config
+from jala_ds.config import JalaConfig, load_config
+from jala_ds.data.robot_norm import NORM_STATS_FILE
+from jala_ds.data.robot_schema import ROBOT_META_FILE
 from jala_ds.train.checkpoint_layout import latest_checkpoint
 from jala_ds.train.safe_checkpoint_engine import load_plain
 
 HEADS_FILE = "jala_heads.safetensors"
 RECIPE_FILE = "jala_recipe.yaml"
 BACKBONE_PREFIX = "backbone."
+POLICY_FILES = (NORM_STATS_FILE, ROBOT_META_FILE)
+"""What a post-training checkpoint carries besides weights (``posttrain.py``); exports copy them."""
 
 
 def export_run(run_dir: str | Path, out: str | Path | None = None, *, dtype: str = "bf16") -> Path:
-    from jala_ds.model.build import build_model
-    from jala_ds.vocab import add_motion_vocab, load_text_tokenizer
-
     run_dir = Path(run_dir)
     out = Path(out) if out else run_dir / "export"
-    recipe = run_dir / "config.yaml"
-    checkpoint = latest_checkpoint(run_dir)
-    if not recipe.is_file() or checkpoint is None:
-        raise FileNotFoundError(f"{run_dir} is not a finished run (no config.yaml or checkpoints/latest): pass the "
-                                "train.out_dir of a run that saved a checkpoint")
     # The attention backend does not change the weights; the reference one imports anywhere (no Triton needed).
-    cfg = load_config(recipe, ["model.attention=reference"])
-    tokenizer = load_text_tokenizer(cfg.model.pretrained)
-    vocab = add_motion_vocab(tokenizer, cfg.motion_tokenizer.vocab_per_part)
-    model = build_model(cfg, vocab)
-    model.load_state_dict(merged_state_dict(checkpoint), strict=True)
+    cfg, tokenizer, model, checkpoint = load_run(run_dir, ["model.attention=reference"])
     model.to(torch.bfloat16 if dtype == "bf16" else torch.float32)
 
     out.mkdir(parents=True, exist_ok=True)
@@ -52,9 +48,35 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, *, dtype: str
     tokenizer.save_pretrained(out)
     heads = {name: t.contiguous() for name, t in model.state_dict().items() if not name.startswith(BACKBONE_PREFIX)}
     save_file(heads, str(out / HEADS_FILE))
+    for name in POLICY_FILES:
+        if (checkpoint / name).is_file():
+            shutil.copy2(checkpoint / name, out / name)
     cfg.model.pretrained = str(out.resolve())
+    cfg.posttrain.init = None  # the export holds every weight
     cfg.dump(out / RECIPE_FILE)
     return out
+
+
+def load_run(run_dir: Path, overrides: list[str] = ()) -> tuple[JalaConfig, Any, torch.nn.Module, Path]:
+    """(recipe, tokenizer, model with the latest checkpoint's weights, checkpoint folder) of a training run:
+    a ``JalaModel`` for pretraining, a ``JalaPolicyModel`` when the checkpoint holds an action head."""
+    from jala_ds.model.build import build_model
+    from jala_ds.model.policy_model import ACTION_HEAD_PREFIX, build_policy_model
+    from jala_ds.vocab import add_motion_vocab, load_text_tokenizer
+
+    recipe = run_dir / "config.yaml"
+    checkpoint = latest_checkpoint(run_dir)
+    if not recipe.is_file() or checkpoint is None:
+        raise FileNotFoundError(f"{run_dir} is not a finished run (no config.yaml or checkpoints/latest): pass the "
+                                "train.out_dir of a run that saved a checkpoint")
+    cfg = load_config(recipe, overrides)
+    tokenizer = load_text_tokenizer(cfg.model.pretrained, cfg.model.arch)
+    vocab = add_motion_vocab(tokenizer, cfg.motion_tokenizer.vocab_per_part)
+    state = merged_state_dict(checkpoint)
+    is_policy = any(name.startswith(ACTION_HEAD_PREFIX) for name in state)
+    model = build_policy_model(cfg, vocab, init=None) if is_policy else build_model(cfg, vocab)
+    model.load_state_dict(state, strict=True)
+    return cfg, tokenizer, model, checkpoint
 
 
 def merged_state_dict(checkpoint: Path) -> dict[str, torch.Tensor]:

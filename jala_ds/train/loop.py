@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from jala_ds.model.build import build_model
 from jala_ds.train.checkpoint import load_checkpoint, save_checkpoint
 from jala_ds.train.engine import build_engine, init_distributed, model_init_context
 from jala_ds.train.flops import device_peak_flops, flops_per_sample
-from jala_ds.train.metrics import StepMetrics
+from jala_ds.train.metrics import LOSSES, StepMetrics
 from jala_ds.train.optim import follow_recipe_schedule
 from jala_ds.train.preflight import RunPlan
 from jala_ds.train.progress import Progress
@@ -41,13 +41,17 @@ from jala_ds.vocab import add_motion_vocab, load_text_tokenizer
 log = logging.getLogger(__name__)
 
 
-def train(plan: RunPlan) -> None:
-    """Pretrain ``plan.cfg`` to ``train.max_steps`` (0: one epoch), resuming from ``plan.resume_from``."""
+def train(plan: RunPlan, build: Callable[[RunPlan, int, int], TrainingParts] | None = None) -> None:
+    """Train ``plan.cfg`` to ``train.max_steps`` (0: one epoch), resuming from ``plan.resume_from``.
+
+    ``build`` makes the model, loader, engine and EMA: pretraining's ``build_training`` by default;
+    ``jala posttrain`` passes its own (``posttrain.build_posttraining``) and the rest of the loop is shared.
+    """
     cfg, train_cfg = plan.cfg, plan.cfg.train
     init_distributed()
     rank, world_size = dist.get_rank(), dist.get_world_size()
     seed_everything(train_cfg.seed)
-    parts = build_training(plan, rank, world_size)
+    parts = (build or build_training)(plan, rank, world_size)
     engine, ema, loader, total_steps = parts.engine, parts.ema, parts.loader, parts.total_steps
 
     step, run_id = 0, None
@@ -64,7 +68,8 @@ def train(plan: RunPlan) -> None:
     if rank == 0:
         record_run(plan, tracker)
     progress = Progress(total_steps, step, enabled=rank == 0)
-    metrics = StepMetrics(engine.device, flops_per_sample=flops_per_sample(cfg), peak_flops=device_peak_flops())
+    metrics = StepMetrics(engine.device, losses=parts.losses, flops_per_sample=parts.flops_per_sample,
+                          peak_flops=device_peak_flops())
     batches = endless(loader)
     compute_dtype = torch.bfloat16 if train_cfg.dtype == "bf16" else torch.float32
 
@@ -84,12 +89,16 @@ def train(plan: RunPlan) -> None:
             shown = metrics.flush(lr=lr, grad_norm=engine.get_global_grad_norm())
             tracker.log_metrics(shown, step=step)
         progress.update(step, shown)
+        if train_cfg.eval_every and step % train_cfg.eval_every == 0:
+            from jala_ds.eval.motion_eval import evaluate_in_training  # eval imports this module
+
+            tracker.log_metrics(evaluate_in_training(engine.module, cfg, engine.device), step=step)
         if step % train_cfg.save_every == 0 or step == total_steps:
             save_checkpoint(engine, train_cfg.out_dir, step,
                             run_state={"step": step, "config": cfg.to_dict(), "mlflow_run_id": tracker.run_id},
                             rank_state={"loader": loader.state_dict(), "rng": capture_rng_state(),
                                         "ema": ema.state_dict()},
-                            keep_last=train_cfg.keep_last)
+                            keep_last=train_cfg.keep_last, extra_files=parts.checkpoint_files)
     progress.close()
     tracker.close()
     dist.barrier()
@@ -107,6 +116,12 @@ class TrainingParts:
     """This rank's streaming loader."""
     total_steps: int
     """Optimiser steps of the run: ``train.max_steps``, or one epoch when it is 0."""
+    losses: tuple[str, ...] = LOSSES
+    """Loss fields of the model's output that the metrics average and log."""
+    flops_per_sample: float | None = None
+    """Training FLOPs of an average sample, for MFU; None when no analytic count exists for the model."""
+    checkpoint_files: tuple[Path, ...] = ()
+    """Files copied into every checkpoint folder (post-training: the dataset's normalisation statistics)."""
 
 
 def build_training(plan: RunPlan, rank: int, world_size: int) -> TrainingParts:
@@ -114,7 +129,7 @@ def build_training(plan: RunPlan, rank: int, world_size: int) -> TrainingParts:
     and the EMA. The process group must exist (``init_distributed``); ``jala bench throughput`` shares this."""
     cfg, train_cfg = plan.cfg, plan.cfg.train
     clean_stale_shared_memory()  # a crashed job's shared memory would confuse the new loaders (local rank 0 cleans)
-    tokenizer = load_text_tokenizer(cfg.model.pretrained)
+    tokenizer = load_text_tokenizer(cfg.model.pretrained, cfg.model.arch)
     vocab = add_motion_vocab(tokenizer, cfg.motion_tokenizer.vocab_per_part)
     with model_init_context(plan.ds_config):
         model = build_model(cfg, vocab)
@@ -122,7 +137,8 @@ def build_training(plan: RunPlan, rank: int, world_size: int) -> TrainingParts:
     total_steps = train_cfg.max_steps or steps_per_epoch(len(loader), train_cfg.grad_accum_steps)
     engine = build_engine(model, plan.ds_config, train_cfg, total_steps)
     ema = ShardedEMA(engine.module, model.ema_pairs(), cfg.model.ema_tau)
-    return TrainingParts(engine=engine, ema=ema, loader=loader, total_steps=total_steps)
+    return TrainingParts(engine=engine, ema=ema, loader=loader, total_steps=total_steps,
+                         flops_per_sample=flops_per_sample(cfg))
 
 
 def steps_per_epoch(micro_batches: int, grad_accum_steps: int) -> int:

@@ -17,20 +17,22 @@ LOSSES = ("loss", "mcp_loss", "align_loss")
 class StepMetrics:
     """Accumulates micro-batches; ``flush`` returns the window's metrics (a collective: every rank calls it)."""
 
-    def __init__(self, device: torch.device, *, flops_per_sample: float, peak_flops: float | None):
+    def __init__(self, device: torch.device, *, losses: tuple[str, ...] = LOSSES, flops_per_sample: float | None,
+                 peak_flops: float | None):
         self.device = device
+        self.losses = losses
         self.flops_per_sample = flops_per_sample
         self.peak_flops = peak_flops
         self.reset()
 
     def reset(self) -> None:
-        # loss, mcp_loss, align_loss, micro-batches, tokens, samples
-        self.sums = torch.zeros(len(LOSSES) + 3, dtype=torch.float64, device=self.device)
+        # each loss, micro-batches, tokens, samples
+        self.sums = torch.zeros(len(self.losses) + 3, dtype=torch.float64, device=self.device)
         self.started = time.perf_counter()
 
     def add(self, out: Any, batch: dict[str, Any]) -> None:
-        """One micro-batch: the model's output (``JalaOutput``) and the batch it saw."""
-        losses = [getattr(out, name).detach().double() for name in LOSSES]
+        """One micro-batch: the model's output (``JalaOutput`` or ``PolicyOutput``) and the batch it saw."""
+        losses = [getattr(out, name).detach().double() for name in self.losses]
         tokens = (batch["doc_ids"] >= 0).sum().double()
         one = torch.ones((), dtype=torch.float64, device=self.device)
         self.sums += torch.stack([*losses, one, tokens, one * len(batch["sample_ids"])])
@@ -39,13 +41,15 @@ class StepMetrics:
         dist.all_reduce(self.sums)
         elapsed = time.perf_counter() - self.started
         *loss_sums, micro_batches, tokens, samples = self.sums.tolist()
-        metrics = {name: total / micro_batches for name, total in zip(LOSSES, loss_sums)}
+        metrics = {name: total / micro_batches for name, total in zip(self.losses, loss_sums)}
         metrics.update(lr=lr, samples_per_s=samples / elapsed, tokens_per_s=tokens / elapsed)
         if grad_norm is not None:
             metrics["grad_norm"] = float(grad_norm)
+        self.reset()
+        if self.flops_per_sample is None:
+            return metrics
         flops_per_s = self.flops_per_sample * samples / elapsed / dist.get_world_size()
         metrics["tflops_per_device"] = flops_per_s / 1e12
         if self.peak_flops:
             metrics["mfu"] = flops_per_s / self.peak_flops
-        self.reset()
         return metrics

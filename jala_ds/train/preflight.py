@@ -45,5 +45,10 @@ def check_run(recipe: str, overrides: list[str]) -> RunPlan:
     if not Path(cfg.data.mds_dir).is_dir():
         raise ConfigError(f"data.mds_dir: folder '{cfg.data.mds_dir}' not found: run `jala data convert --out "
                           f"{cfg.data.mds_dir}` first, or point data.mds_dir at a converted corpus")
+    return plan_for(cfg, world_size, ds_config)
+
+
+def plan_for(cfg: JalaConfig, world_size: int, ds_config: dict[str, Any]) -> RunPlan:
+    """The plan of a checked config (``jala posttrain`` checks its own data before calling it)."""
     return RunPlan(cfg=cfg, ds_config=ds_config, world_size=world_size,
                    resume_from=resume_target(cfg.train.resume, cfg.train.out_dir))

@@ -16,9 +16,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import mlflow
-from mlflow.exceptions import MlflowException
-
 from jala_ds.train.config import TrackingConfig
 
 log = logging.getLogger(__name__)
@@ -54,6 +51,8 @@ class Tracker:
         self._call(self._start, cfg.experiment, run_name, resume_run_id)
 
     def _start(self, experiment: str, run_name: str, resume_run_id: str | None) -> None:
+        import mlflow  # here, not at the top: a disabled tracker (and every rank but 0) never needs MLflow
+
         for key, value in HTTP_LIMITS.items():
             os.environ.setdefault(key, value)
         # urllib3 logs every retry as a warning; the tracker's own single warning says what matters.
@@ -71,6 +70,9 @@ class Tracker:
     @staticmethod
     def _run_exists(run_id: str) -> bool:
         """Whether the store knows ``run_id``; an unreachable store raises (one warning, then tracking is off)."""
+        import mlflow
+        from mlflow.exceptions import MlflowException
+
         try:
             mlflow.get_run(run_id)
         except MlflowException as err:
@@ -96,6 +98,8 @@ class Tracker:
         """Mark a started run as failed (best effort) so its system-metrics thread stops with it."""
         if self.run_id is None:
             return
+        import mlflow
+
         try:
             mlflow.end_run(status="FAILED")
         except Exception:  # noqa: BLE001  (the backend is already known to be failing; stay quiet)
@@ -106,6 +110,8 @@ class Tracker:
         self._call(self._log_params, params)
 
     def _log_params(self, params: dict[str, Any]) -> None:
+        import mlflow
+
         logged = mlflow.get_run(self.run_id).data.params
         changed = sorted(k for k, v in params.items() if k in logged and logged[k] != str(v))
         if changed:
@@ -113,11 +119,17 @@ class Tracker:
         mlflow.log_params({k: v for k, v in params.items() if k not in logged})
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        self._call(mlflow.log_metrics, {k: float(v) for k, v in metrics.items()}, step=step)
+        self._call(self._mlflow_call, "log_metrics", {k: float(v) for k, v in metrics.items()}, step=step)
 
     def log_artifact(self, path: str | Path) -> None:
-        self._call(mlflow.log_artifact, str(path))
+        self._call(self._mlflow_call, "log_artifact", str(path))
 
     def close(self, status: str = "FINISHED") -> None:
-        self._call(mlflow.end_run, status=status)
+        self._call(self._mlflow_call, "end_run", status=status)
         self.active = False
+
+    @staticmethod
+    def _mlflow_call(name: str, *args: Any, **kwargs: Any) -> None:
+        import mlflow
+
+        getattr(mlflow, name)(*args, **kwargs)

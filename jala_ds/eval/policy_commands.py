@@ -1,0 +1,34 @@
+"""``jala serve``: a post-trained policy behind a local HTTP server (``policy_server.py``).
+
+    jala serve --ckpt runs/libero/export                        # http://127.0.0.1:8000, loopback only
+    jala serve --ckpt runs/libero --host 0.0.0.0 --port 9000    # a run's latest checkpoint, reachable remotely
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    serve = subparsers.add_parser("serve", help="serve a post-trained policy over HTTP (POST /predict, GET /health)",
+                                  description="Load a post-trained JALA policy and answer predictions over HTTP.")
+    serve.add_argument("--ckpt", required=True, help="a `jala export` folder or a post-training run's out_dir")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    serve.add_argument("--port", type=int, default=8000, help="port (0 picks a free one)")
+    serve.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    serve.set_defaults(handler=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from jala_ds.eval.policy import JalaPolicy
+    from jala_ds.eval.policy_server import make_server
+
+    server = make_server(JalaPolicy.from_checkpoint(args.ckpt, device=args.device), args.host, args.port)
+    host, port = server.server_address[:2]
+    print(f"serving {args.ckpt} on http://{host}:{port} (GET /health, POST /predict); Ctrl-C stops", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0

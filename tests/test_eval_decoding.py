@@ -1,0 +1,116 @@
+"""MCP decoding on the tiny model (untrained: decoding mechanics do not need a good model): each pass fixes exactly
+ceil(fraction * tokens) masked tokens, only valid codes are ever chosen, a seed reproduces the motion, and the
+MANO-space ensemble returns valid rotations."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from streaming import LocalDataset
+
+from jala_ds.config import load_config
+from jala_ds.data.motion_tokens import build_motion_tokenizer
+from jala_ds.eval.mcp_decoding import (
+    Decoding,
+    MotionGenerator,
+    candidate_ids,
+    ensemble_poses,
+    positions_to_fix,
+)
+from jala_ds.model.build import build_model
+from jala_ds.motion.mano import split_frames
+from jala_ds.vocab import add_motion_vocab, load_text_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_corpus):
+    torch.manual_seed(0)
+    cfg = load_config("tiny_cpu")
+    tokenizer = load_text_tokenizer(None)
+    vocab = add_motion_vocab(tokenizer, cfg.motion_tokenizer.vocab_per_part)
+    model = build_model(cfg, vocab).eval()
+    lab = LocalDataset(local=str(tiny_corpus.mds / "lab"))
+    return cfg, model, tokenizer, vocab, [lab[i] for i in range(3)]
+
+
+def generator(tiny, **decoding) -> MotionGenerator:
+    cfg, model, tokenizer, vocab, _ = tiny
+    return MotionGenerator(cfg, model, tokenizer, vocab, decoding=Decoding(**decoding))
+
+
+@pytest.mark.parametrize("fraction", [0.05, 0.2, 0.3])
+def test_each_pass_fixes_exactly_the_configured_number_of_tokens(tiny, fraction):
+    gen = generator(tiny, fraction=fraction, ensemble=2)
+    per_pass = math.ceil(fraction * gen.tokens_per_chunk)
+    _, batch, streams = gen.prepare(tiny[4])
+    still_masked = [masked.sum(dim=1) for masked in gen.fill(batch, streams)]
+    rows = batch["input_ids"].shape[0]
+    # chunk after chunk: the mask count of every row being filled falls by per_pass each pass, to zero
+    expected = [max(gen.tokens_per_chunk - per_pass * p, 0) for p in range(1, gen.passes_per_chunk + 1)]
+    counts = [int(c[0]) for c in still_masked]
+    assert counts[:len(expected)] == expected and len(counts) % len(expected) == 0
+    assert all(len(c) <= rows and bool((c == c[0]).all()) for c in still_masked)
+    assert not (batch["input_ids"] == tiny[3].mask).any()
+
+
+def test_only_codes_the_tokenizer_can_decode_are_chosen(tiny):
+    cfg, *_ = tiny
+    clips = generator(tiny, fraction=0.25, ensemble=2).generate(tiny[4])
+    tokenizer = build_motion_tokenizer(cfg.motion_tokenizer)
+    for clip in clips:
+        for motion in clip.hands.values():
+            for codes in motion.member_codes:
+                assert tokenizer.decode(codes).shape == motion.true.shape
+            assert motion.predicted.shape == motion.true.shape and np.isfinite(motion.predicted).all()
+
+
+def test_candidates_are_the_parts_codes_within_each_stage(tiny):
+    cfg, _, _, vocab, _ = tiny
+    tok = cfg.motion_tokenizer
+    ids = candidate_ids(vocab, tok)
+    assert ids.shape == (tok.tokens_per_chunk, tok.codes_per_stage)
+    codes, part = vocab.codes(ids), (ids - vocab.motion_base) // vocab.vocab_per_part
+    assert bool((part[:tok.tokens_per_part] == 0).all()) and bool((part[tok.tokens_per_part:] == 1).all())
+    stage = torch.arange(tok.tokens_per_chunk)[:, None] % tok.stages
+    assert torch.equal(codes // tok.codes_per_stage, stage.expand_as(codes))
+
+
+def test_a_seed_reproduces_the_motion(tiny):
+    first = generator(tiny, fraction=0.25, ensemble=2, seed=7).generate(tiny[4])
+    again = generator(tiny, fraction=0.25, ensemble=2, seed=7).generate(tiny[4])
+    for a, b in zip(first, again):
+        for hand in a.hands:
+            assert np.array_equal(a.hands[hand].member_codes, b.hands[hand].member_codes)
+            assert np.array_equal(a.hands[hand].predicted, b.hands[hand].predicted)
+
+
+def test_positions_follow_confidence_and_the_seed_changes_the_order():
+    masked = torch.ones(1, 16, dtype=torch.bool)
+    masked[0, :4] = False
+    confidence = torch.linspace(0.1, 0.9, 16)[None]
+    sure = positions_to_fix(masked, confidence, 3, torch.rand(1, 16), temperature=1e-4)
+    assert sure[0].nonzero().squeeze(1).tolist() == [13, 14, 15]
+    flat = torch.full((1, 16), 0.5)
+    draws = {tuple(positions_to_fix(masked, flat, 3, torch.rand(1, 16, generator=torch.Generator().manual_seed(s)),
+                                    1.0)[0].nonzero().squeeze(1).tolist()) for s in range(5)}
+    assert len(draws) > 1 and all(len(d) == 3 and min(d) >= 4 for d in draws)
+    assert int(positions_to_fix(masked, flat, 20, torch.rand(1, 16), 1.0).sum()) == 12  # never more than masked
+
+
+def test_mano_ensemble_averages_translations_and_keeps_rotations_valid():
+    rng = np.random.default_rng(0)
+    member = rng.normal(size=(1, 5, 99)).astype(np.float32)
+    wrist, _, fingers = split_frames(torch.from_numpy(member).double())
+    valid = torch.cat([wrist.flatten(-2)[..., :6], torch.from_numpy(member[..., 6:9]).double(),
+                       fingers[..., :2, :].flatten(-2).flatten(-2)], dim=-1).float().numpy()
+    assert np.allclose(ensemble_poses(np.repeat(valid, 3, axis=0)), valid[0], atol=1e-5)
+    other = valid.copy()
+    other[..., 6:9] += 1.0
+    mean = ensemble_poses(np.concatenate([valid, other, rng.normal(size=(1, 5, 99)).astype(np.float32)]))
+    rotations = torch.cat([split_frames(torch.from_numpy(mean).double())[0][:, None],
+                           split_frames(torch.from_numpy(mean).double())[2]], dim=1)
+    eye = torch.eye(3, dtype=torch.float64).expand_as(rotations)
+    assert torch.allclose(rotations @ rotations.transpose(-1, -2), eye, atol=1e-5)
+    assert torch.allclose(torch.linalg.det(rotations), torch.ones(rotations.shape[:-2], dtype=torch.float64))

@@ -1,0 +1,215 @@
+"""Post-training: the policy model's trainable set and batch contract (1 process), the preflight's refusals, the
+policy server's array encoding, and the whole path on 2 ranks: a tiny JALA pretrained and exported, then
+``jala posttrain`` (deepspeed launcher, ZeRO-3, gloo, CPU) on a synthetic LeRobot dataset, ``jala export``, and
+``JalaPolicy`` answering through the HTTP server."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from jala_ds.config import ConfigError, load_config
+from jala_ds.data.robot_norm import NORM_STATS_FILE, NormStats
+from jala_ds.data.robot_schema import ROBOT_META_FILE, RobotSample
+from jala_ds.eval.policy import JalaPolicy, ObservationError, PolicyLoadError
+from jala_ds.eval.policy_server import PolicyClient, decode_array, encode_array, make_server
+from jala_ds.train.posttrain import check_posttrain
+
+BIN = Path(sys.executable).parent
+RECIPE = "posttrain_tiny_cpu"
+HORIZON = 8  # posttrain_tiny_cpu's action_head.action_horizon
+
+
+@pytest.fixture(scope="module")
+def robot_mds(tmp_path_factory) -> Path:
+    """4 synthetic episodes of the toy arm (2 cameras, 100 frames) in the LeRobot layout, converted to MDS."""
+    from jala_ds.data.lerobot_convert import convert_lerobot
+    from jala_ds.data.lerobot_synth import synthesize_lerobot
+
+    root = tmp_path_factory.mktemp("robot")
+    synthesize_lerobot(root / "lerobot", episodes=4, cameras=2, seed=0)
+    convert_lerobot(root / "lerobot", root / "mds", action_horizon=HORIZON, frame_size=64)
+    return root / "mds"
+
+
+def live_observation(batch: int, seed: int = 0) -> dict:
+    """Camera frames of a size the dataset never had (the policy resizes), raw states, one instruction each."""
+    rng = np.random.default_rng(seed)
+    return {"images": {"observation.images.image": rng.integers(0, 256, (batch, 48, 80, 3), dtype=np.uint8),
+                       "observation.images.wrist_image": rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)},
+            "state": rng.normal(size=(batch, 8)).astype(np.float32),
+            "instruction": [f"pick up the red cube {i}" for i in range(batch)]}
+
+
+def test_gradients_reach_only_the_trainable_parts_and_sampling_has_the_chunk_shape(robot_mds):
+    from jala_ds.data.robot_loader import robot_batch
+    from jala_ds.model.backbone import image_token_count
+    from jala_ds.model.policy_model import build_policy_model
+    from jala_ds.vocab import add_motion_vocab, load_text_tokenizer
+
+    cfg = load_config(RECIPE, [f"robot.mds_dir={robot_mds}"])
+    tokenizer = load_text_tokenizer(None)
+    vocab = add_motion_vocab(tokenizer, cfg.motion_tokenizer.vocab_per_part)
+    torch.manual_seed(0)
+    model = build_policy_model(cfg, vocab, init=None)
+    assert model.lap is None and model.ema_pairs() == []
+    norm = NormStats.load(robot_mds / NORM_STATS_FILE)
+    rng = np.random.default_rng(0)
+    samples = [RobotSample(images=rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8),
+                           state=rng.normal(size=8).astype(np.float32),
+                           actions=rng.normal(size=(HORIZON, 7)).astype(np.float32),
+                           action_valid=np.arange(HORIZON) < HORIZON - i, instruction="lift the cube")
+               for i in range(3)]
+    batch = robot_batch(samples, cfg, tokenizer, vocab, image_token_count(cfg.model), norm)
+
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    # The DiT's zero-initialised gates block every gradient upstream of them at step 0: one step opens them.
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    for _ in range(2):
+        optimizer.zero_grad(set_to_none=False)
+        out = model(batch)
+        out.loss.backward()
+        optimizer.step()
+    assert out.predictive.shape == (3, cfg.motion_tokenizer.tokens_per_chunk, 64)
+    trained = {name for name, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert trained == trainable  # every trainable parameter learns; nothing else has a gradient
+    align_layer = cfg.model.align_layer
+    lm = "backbone.model.language_model."
+    assert {n for n in trainable if n.startswith("action_head.")} == {
+        n for n, _ in model.named_parameters() if n.startswith("action_head.")}
+    assert any(n.startswith(f"{lm}layers.{align_layer - 1}.") for n in trainable)
+    assert f"{lm}embed_tokens.weight" in trainable
+    frozen_prefixes = ("backbone.model.vision_tower.", "backbone.model.multi_modal_projector.", "lsp.",
+                       "visual_encoder.", "backbone.lm_head.", f"{lm}norm.", f"{lm}layers.{align_layer}.")
+    assert not [n for n in trainable if n.startswith(frozen_prefixes)]
+
+    actions = model.predict_actions(batch, steps=3, generator=torch.Generator().manual_seed(0))
+    again = model.predict_actions(batch, steps=3, generator=torch.Generator().manual_seed(0))
+    assert actions.shape == (3, HORIZON, 7) and torch.equal(actions, again)
+
+
+def test_trainable_parts_are_checked():
+    with pytest.raises(ConfigError, match="posttrain.trainable: unknown part"):
+        load_config(RECIPE, ["posttrain.trainable=[language_model, vision, action_head]"])
+    with pytest.raises(ConfigError, match="must include action_head"):
+        load_config(RECIPE, ["posttrain.trainable=[language_model]"])
+    assert load_config(RECIPE, ["posttrain.trainable=[vision_tower, lsp, action_head]"]).posttrain.trainable
+
+
+def test_preflight_refuses_data_without_statistics_or_with_other_dims(robot_mds, tmp_path):
+    stripped = tmp_path / "no_stats"
+    shutil.copytree(robot_mds, stripped)
+    (stripped / NORM_STATS_FILE).unlink()
+    with pytest.raises(ConfigError, match=f"robot.mds_dir: .*{NORM_STATS_FILE} not found: re-run `jala data convert"):
+        check_posttrain(RECIPE, [f"robot.mds_dir={stripped}"], init=None)
+    with pytest.raises(ConfigError, match="action_head.action_dim: 6 but .* set action_head.action_dim=7"):
+        check_posttrain(RECIPE, [f"robot.mds_dir={robot_mds}", "action_head.action_dim=6"], init=None)
+    with pytest.raises(ConfigError, match="posttrain.init: .* is neither a `jala export` folder"):
+        check_posttrain(RECIPE, [f"robot.mds_dir={robot_mds}"], init=str(tmp_path))
+
+
+def test_arrays_cross_the_wire_exactly_and_bad_ones_are_named():
+    for array in (np.arange(24, dtype=np.uint8).reshape(2, 3, 4), np.linspace(-1, 1, 6, dtype=np.float32)):
+        back = decode_array(json.loads(json.dumps(encode_array(array))), "x")
+        assert back.dtype == array.dtype and np.array_equal(back, array)
+    good = encode_array(np.zeros((2, 2), dtype=np.float32))
+    with pytest.raises(ObservationError, match="state: dtype 'object' is not accepted"):
+        decode_array({**good, "dtype": "object"}, "state")
+    with pytest.raises(ObservationError, match=r"state: 16 bytes do not make a float32 array of shape \[3, 2\]"):
+        decode_array({**good, "shape": [3, 2]}, "state")
+    with pytest.raises(ValueError, match="cannot send a object array"):
+        encode_array(np.array([{}], dtype=object))
+
+
+def job_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", TOKENIZERS_PARALLELISM="false",
+               MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}", PATH=f"{BIN}:{env['PATH']}")
+    return env
+
+
+def run(cmd: list[str], tmp_path: Path) -> str:
+    done = subprocess.run(cmd, cwd=tmp_path, env=job_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    return done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_posttrain_on_two_ranks_exports_a_policy_that_answers_through_the_server(tiny_corpus, robot_mds, tmp_path):
+    from mlflow import MlflowClient
+
+    from jala_ds.train.checkpoint_layout import latest_checkpoint
+
+    # A pretrained tiny JALA, as `make demo` leaves it (a few steps: the weights only have to be JALA's).
+    run([str(BIN / "jala"), "train", "--recipe", "tiny_cpu", f"data.mds_dir={tiny_corpus.mds}",
+         f"train.out_dir={tmp_path / 'pretrain'}", "train.max_steps=2", "train.global_batch_size=2",
+         "tracking.enabled=false"], tmp_path)
+    run([str(BIN / "jala"), "export", "--run", str(tmp_path / "pretrain"), "--out", str(tmp_path / "pretrained")],
+        tmp_path)
+
+    steps = 30
+    run([str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", "29671", str(BIN / "jala"), "posttrain",
+         "--recipe", RECIPE, "--init", str(tmp_path / "pretrained"), f"robot.mds_dir={robot_mds}",
+         f"train.out_dir={tmp_path / 'posttrain'}", f"train.max_steps={steps}", "train.save_every=15",
+         "train.log_every=5"], tmp_path)
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (mlflow_run,) = client.search_runs([client.get_experiment_by_name("jala-tiny-posttrain").experiment_id])
+    losses = [m.value for m in sorted(client.get_metric_history(mlflow_run.info.run_id, "loss"), key=lambda m: m.step)]
+    assert len(losses) == steps // 5 and np.mean(losses[-2:]) < 0.85 * losses[0], losses
+
+    checkpoint = latest_checkpoint(tmp_path / "posttrain")
+    assert checkpoint.name == f"step_{steps:08d}"
+    for name in (NORM_STATS_FILE, ROBOT_META_FILE):
+        assert (checkpoint / name).read_bytes() == (robot_mds / name).read_bytes()
+
+    export = tmp_path / "policy"
+    run([str(BIN / "jala"), "export", "--run", str(tmp_path / "posttrain"), "--out", str(export), "--dtype", "fp32"],
+        tmp_path)
+    policy = JalaPolicy.from_checkpoint(export, device="cpu")
+    server = make_server(policy, port=0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        client = PolicyClient(f"http://127.0.0.1:{server.server_address[1]}")
+        health = client.health()
+        assert health["cameras"] == ["observation.images.image", "observation.images.wrist_image"]
+        assert (health["state_dim"], health["action_dim"], health["action_horizon"]) == (8, 7, HORIZON)
+        actions = client.predict(live_observation(3))
+        one = live_observation(1)
+        single = client.predict({"images": {camera: frames[0] for camera, frames in one["images"].items()},
+                                 "state": one["state"][0], "instruction": one["instruction"][0]})
+        with pytest.raises(ObservationError, match=r"'state' must be numbers of shape \[B, 8\]"):
+            client.predict({**live_observation(2), "state": np.zeros((2, 5), dtype=np.float32)})
+        with pytest.raises(ObservationError, match="'images' must map every camera"):
+            client.predict({**live_observation(2), "images": {"observation.images.image": np.zeros((2, 8, 8, 3),
+                                                                                                 np.uint8)}})
+    finally:
+        server.shutdown()
+        server.server_close()
+    stats = policy.norm.action
+    span = stats.max - stats.min
+    assert actions.shape == (3, HORIZON, 7) and actions.dtype == np.float32 and single.shape == (HORIZON, 7)
+    assert np.isfinite(actions).all()
+    assert ((actions >= stats.min - span) & (actions <= stats.max + span)).all()  # robot units, not [-1, 1]
+
+    broken = tmp_path / "policy_without_stats"
+    shutil.copytree(export, broken)
+    (broken / NORM_STATS_FILE).unlink()
+    with pytest.raises(PolicyLoadError, match=f"has no {NORM_STATS_FILE}.*copy {NORM_STATS_FILE}"):
+        JalaPolicy.from_checkpoint(broken, device="cpu")
+    other = NormStats.load(export / NORM_STATS_FILE)
+    other = dataclasses.replace(other, state=dataclasses.replace(other.state, **{
+        field: getattr(other.state, field)[:5] for field in ("mean", "std", "q01", "q99", "min", "max")}))
+    other.save(broken / NORM_STATS_FILE)
+    with pytest.raises(PolicyLoadError, match=r"state/action dims \(5, 7\) but the action head was trained for"):
+        JalaPolicy.from_checkpoint(broken, device="cpu")
