@@ -65,7 +65,7 @@ throughput_args() {  # VARIANT STEPS [OVERRIDES...]
 phase env 20 python3 -c "import sys, torch, triton, transformers, deepspeed, streaming
 print(sys.version, 'torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__,
       'deepspeed', deepspeed.__version__, 'streaming', streaming.__version__, torch.cuda.get_device_name())"
-phase throughput_base 170 $(throughput_args base 8)
+phase throughput_base 170 $(throughput_args base 8 --profile "$RESULTS/base/profile")
 phase kernel_tests 90 python3 -m pytest -q -p no:cacheprovider tests/test_chunk_attention.py tests/test_grvq_kernels.py \
   -k "bfloat16 or grvq or deterministic"
 phase throughput_no_ckpt 75 $(throughput_args no_ckpt 5 model.gradient_checkpointing=false)

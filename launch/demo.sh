@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# `make demo`: the whole JALA pipeline, tiny, on a laptop CPU (2 cores, no GPU), in a few minutes:
-# synthesize a UniHand-Mix-shaped corpus -> MDS shards with a held-out split -> 2-rank DeepSpeed ZeRO-3
-# pretraining through the `deepspeed` launcher -> a Hugging Face export -> hand-motion evaluation (MCP decoding,
-# Table-1 metrics, pictures, the latent space) -> post-training a flow-matching policy on a LeRobot-format
-# robot dataset -> the exported policy answering one observation -> where to look in MLflow.
+# `make demo`: the whole JALA pipeline, tiny, on a laptop CPU (2 cores, no GPU), in about five minutes:
+# a UniHand-Mix-shaped corpus -> MDS shards with a held-out split -> a GRVQ motion tokenizer and the corpus's
+# motion tokens -> 2-rank DeepSpeed ZeRO-3 pretraining through the `deepspeed` launcher -> a Hugging Face export
+# -> hand-motion evaluation (MCP decoding, Table-1 metrics, pictures, the latent space) -> post-training a
+# flow-matching policy on a LeRobot-format robot dataset -> the exported policy answering one observation.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
@@ -13,13 +13,16 @@ RECIPE=tiny_cpu
 jala data synth --out "$OUT/raw" --lab 48 --wild 24 --seed 0
 jala data convert --src "$OUT/raw" --out "$OUT/mds" --recipe "$RECIPE" data.heldout_fraction=0.15
 jala data inspect "$OUT/mds"
+jala tokenizer train --recipe "$RECIPE" --out "$OUT/tokenizer" data.mds_dir="$OUT/mds"
+jala data tokenize --tokenizer "$OUT/tokenizer" --src "$OUT/mds" --out "$OUT/mds_tokens"
 
 deepspeed --num_gpus 2 --master_port "${MASTER_PORT:-29533}" "$(command -v jala)" train --recipe "$RECIPE" \
-  data.mds_dir="$OUT/mds" train.out_dir="$OUT/run"
+  data.mds_dir="$OUT/mds_tokens" motion_tokenizer.kind=grvq motion_tokenizer.checkpoint="$OUT/tokenizer" \
+  train.out_dir="$OUT/run"
 
 jala export --run "$OUT/run" --out "$OUT/export"
-jala eval motion --ckpt "$OUT/run" --data "$OUT/mds" --split lab --limit 4 --ensemble 2 --out "$OUT/eval/motion"
-jala eval latents --ckpt "$OUT/run" --data "$OUT/mds" --limit 12 --out "$OUT/eval/latents"
+jala eval motion --ckpt "$OUT/run" --data "$OUT/mds_tokens" --split lab --limit 4 --ensemble 2 --out "$OUT/eval/motion"
+jala eval latents --ckpt "$OUT/run" --data "$OUT/mds_tokens" --limit 12 --out "$OUT/eval/latents"
 
 jala data synth --format lerobot --out "$OUT/lerobot" --episodes 6 --cameras 2
 jala data convert --format lerobot --src "$OUT/lerobot" --out "$OUT/robot_mds" --horizon 8

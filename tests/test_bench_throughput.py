@@ -5,6 +5,7 @@ The command runs in a subprocess started outside the checkout (as the console sc
 MLflow store in tmp_path."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -33,7 +34,7 @@ def smoke_result(tiny_corpus, tmp_path_factory):
     env.update(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", TOKENIZERS_PARALLELISM="false",
                MLFLOW_TRACKING_URI=f"sqlite:///{tmp / 'mlflow.db'}")
     done = subprocess.run([JALA, "bench", "throughput", "--recipe", "tiny_cpu", "--steps", "6", "--warmup", "2",
-                           "--out", str(tmp / "results"), "train.global_batch_size=2",
+                           "--out", str(tmp / "results"), "--profile", str(tmp / "profile"), "train.global_batch_size=2",
                            f"data.mds_dir={tiny_corpus.mds}"],
                           cwd=tmp, env=env, capture_output=True, text=True, timeout=90)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -103,3 +104,14 @@ def test_bad_step_counts_fail_in_one_line():
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "--steps 0" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_profile_writes_a_trace_and_the_costliest_operators(smoke_result):
+    """``--profile``: steps after the timed ones, recorded by torch.profiler, one trace and table per rank."""
+    path, _ = smoke_result
+    profile = path.parent.parent / "profile"
+    trace = json.loads((profile / "trace_rank0.json").read_text())
+    names = {event.get("name", "") for event in trace["traceEvents"]}
+    assert any(name.startswith("aten::mm") or name.startswith("aten::addmm") for name in names)
+    table = (profile / "top_ops_rank0.txt").read_text()
+    assert "Self CPU" in table and "aten::" in table

@@ -33,9 +33,9 @@ def record(clip_id: str, subset: str, left_frames: int, right_frames: int, rng) 
 @pytest.fixture
 def corpus(tmp_path):
     rng = np.random.default_rng(0)
-    clips = {"lab": [record("lab_0", "lab", 47, 47, rng), record("lab_1", "lab", 0, 30, rng),
-                     record("lab_2", "lab", 16, 0, rng)],
-             "wild": [record("wild_0", "wild", 0, 61, rng), record("wild_1", "wild", 0, 0, rng)]}
+    clips = {"lab": [record("lab_0", "lab", 47, 47, rng), record("lab_1", "lab", 0, 30, rng)],
+             "wild": [record("wild_0", "wild", 0, 61, rng), record("wild_1", "wild", 0, 0, rng)],
+             "heldout/lab": [record("lab_2", "lab", 16, 0, rng)]}  # the converter's held-out split, for eval
     for subset, records in clips.items():
         with MDSWriter(out=str(tmp_path / "mds" / subset), columns=MDS_COLUMNS, hashes=SHARD_HASHES,
                        size_limit=4096) as writer:
@@ -53,7 +53,7 @@ def test_tokens_are_added_and_every_other_column_is_copied(corpus, tmp_path):
     assert report["clips"] == 5 and report["clips_per_s"] > 0
     assert report["tokenized_hands"] == 5            # lab_0 x2, lab_1, lab_2, wild_0
     assert report["chunks"] == 3 + 3 + 2 + 1 + 4
-    for subset in ("lab", "wild"):
+    for subset in ("lab", "wild", "heldout/lab"):
         before, after = open_mds(src / subset), open_mds(tmp_path / "out" / subset)
         assert len(before) == len(after)
         for i in range(len(before)):

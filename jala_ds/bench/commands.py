@@ -65,6 +65,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     throughput.add_argument("--steps", type=int, default=10, help="measured optimiser steps (default 10)")
     throughput.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
     throughput.add_argument("--out", default=None, help="results folder (default benchmarks/results/)")
+    throughput.add_argument("--profile", default=None, metavar="DIR",
+                            help="after the timed steps, profile two more and write each rank's Chrome trace and "
+                                 "top-operator table to DIR")
     throughput.set_defaults(handler=run_throughput)
 
 
@@ -124,7 +127,7 @@ def run_throughput(args: argparse.Namespace) -> int:
     from jala_ds.bench.throughput import measure_throughput
     from jala_ds.bench.throughput_report import benchmark_report, summary, write_throughput_result
 
-    result = measure_throughput(plan, args.steps, args.warmup, benchmark_report().device_name)
+    result = measure_throughput(plan, args.steps, args.warmup, benchmark_report().device_name, args.profile)
     if int(os.environ.get("RANK", "0")) == 0:
         print(summary(result, args.recipe), end="")
         print(f"result: {write_throughput_result(result, args.recipe, args.out)}")

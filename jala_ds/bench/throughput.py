@@ -18,10 +18,13 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 PHASES = ("data", "forward", "backward", "step")
+PROFILED_STEPS = 2
+"""Steps ``--profile`` records after the timed ones: one is enough for the table, two show step-to-step drift."""
 """Parts of a step: waiting for the batch (and copying it over), forward, backward, optimiser step + EMA."""
 
 
@@ -105,8 +108,10 @@ def card_peak_flops(device_name: str, device: torch.device) -> float | None:
         return None
 
 
-def measure_throughput(plan, steps: int, warmup: int, name_device: Callable[[], str]) -> ThroughputResult:
-    """Run ``warmup + steps`` training steps of ``plan`` (a ``check_run`` result) and time the last ``steps``.
+def measure_throughput(plan, steps: int, warmup: int, name_device: Callable[[], str],
+                       profile_dir: str | Path | None = None) -> ThroughputResult:
+    """Run ``warmup + steps`` training steps of ``plan`` (a ``check_run`` result) and time the last ``steps``;
+    with ``profile_dir``, then profile ``PROFILED_STEPS`` more (``profile_steps``).
 
     ``name_device`` names the accelerator (``benchmarks.report.device_name``); it is called once this rank's
     device is set, so that asking does not open a CUDA context on GPU 0 from every rank. Every rank runs this
@@ -134,11 +139,8 @@ def measure_throughput(plan, steps: int, warmup: int, name_device: Callable[[], 
     # step seconds, samples, tokens over the measured steps
     totals = torch.zeros(3, dtype=torch.float64)
 
-    for index in range(warmup + steps):
-        if index == warmup:
-            clock.reset()
-            totals.zero_()
-        started = clock.now()
+    def step() -> None:
+        """One optimiser step as the trainer takes it, each phase on the clock; counts samples and tokens."""
         for _ in range(train_cfg.grad_accum_steps):
             with clock.phase("data"):
                 batch = next(batches)
@@ -153,7 +155,18 @@ def measure_throughput(plan, steps: int, warmup: int, name_device: Callable[[], 
                 engine.step()  # the optimiser moves only at the accumulation boundary, as in training
         with clock.phase("step"):
             ema.update()
+
+    for index in range(warmup + steps):
+        if index == warmup:
+            clock.reset()
+            totals.zero_()
+        started = clock.now()
+        step()
         totals[0] += clock.now() - started
+    measured = (clock.totals.copy(), totals.clone())
+    if profile_dir is not None:  # after the timed steps, so the profiler's overhead never enters the figures
+        profile_steps(step, PROFILED_STEPS, Path(profile_dir), rank, engine.device)
+    (clock.totals, totals) = measured
 
     # Average over ranks: one all-reduce of every rank's sums (on the engine's device, as NCCL requires).
     summed = torch.tensor([clock.totals[name] for name in PHASES] + totals.tolist(), dtype=torch.float64,
@@ -169,3 +182,21 @@ def measure_throughput(plan, steps: int, warmup: int, name_device: Callable[[], 
         step_seconds=step_total / steps, samples_per_s_per_rank=samples / step_total,
         tokens_per_s_per_rank=tokens / step_total, flops_per_sample=recipe_flops(cfg).per_sample,
         peak_flops=card_peak_flops(device_name, engine.device), peak_memory_gb=memory.item())
+
+
+def profile_steps(step: Callable[[], None], count: int, out_dir: Path, rank: int, device: torch.device) -> Path:
+    """Run ``step`` ``count`` times under ``torch.profiler`` and write this rank's Chrome trace
+    (``trace_rank<r>.json``, for chrome://tracing or Perfetto) and its 30 costliest operators by self time
+    (``top_ops_rank<r>.txt``, device time on a GPU); returns the table's path."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities, record_shapes=True) as prof:
+        for _ in range(count):
+            step()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prof.export_chrome_trace(str(out_dir / f"trace_rank{rank}.json"))
+    sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    table = out_dir / f"top_ops_rank{rank}.txt"
+    table.write_text(prof.key_averages().table(sort_by=sort_by, row_limit=30) + "\n")
+    return table

@@ -3,8 +3,8 @@
     report = tokenize_corpus("runs/grvq_tokenizer", "data/mds", "data/mds_tokens")
     # {"clips": 7500000, "tokenized_hands": ..., "chunks": ..., "seconds": ..., "clips_per_s": ..., ...}
 
-Every record of ``<src>/lab`` and ``<src>/wild`` is copied column for column into ``<out>/<subset>`` with the
-same shard settings (hashes, compression, size limit), plus ``left_tokens``/``right_tokens``
+Every record of ``<src>/lab`` and ``<src>/wild`` (and of the held-out ``<src>/heldout/lab|wild``, which
+evaluation reads) is copied column for column into the same folder under ``<out>`` with the same shard settings (hashes, compression, size limit), plus ``left_tokens``/``right_tokens``
 (``jala_ds.data.schema.TOKEN_COLUMNS``): int32 ``[chunks, tokens_per_chunk]`` codes of each present hand's
 ``T // chunk_frames`` whole chunks (lab clips and pseudo-labelled wild clips), empty for an absent hand.
 Hands of many clips are encoded together, one forward pass per block of clips, which is what makes the
@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from jala_ds.data.convert import HELDOUT
 from jala_ds.data.schema import HANDS, SUBSETS, TOKEN_COLUMNS, array_bytes, hand_poses
 from jala_ds.motion.pose_corpus import open_mds
 from jala_ds.motion.tokenizer import GrvqMotionTokenizer, load_grvq_tokenizer
@@ -56,8 +57,9 @@ def tokenize_corpus(tokenizer_path: str | Path, src_mds: str | Path, out_mds: st
     src_mds, out_mds = Path(src_mds), Path(out_mds)
     if src_mds.resolve() == out_mds.resolve():
         raise ValueError(f"--out {out_mds} is the source corpus: write the tokenized copy to another folder")
-    subsets = [s for s in SUBSETS if (src_mds / s / "index.json").is_file()]
-    if not subsets:
+    folders = [*SUBSETS, *(f"{HELDOUT}/{subset}" for subset in SUBSETS)]
+    subsets = [s for s in folders if (src_mds / s / "index.json").is_file()]
+    if not any(s in SUBSETS for s in subsets):
         raise FileNotFoundError(f"no MDS subsets (lab/, wild/) under {src_mds}: point --src at `jala data convert`'s "
                                 "output")
     taken = [s for s in subsets if (out_mds / s).exists()]

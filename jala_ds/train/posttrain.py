@@ -77,6 +77,7 @@ def resolve_init(cfg: JalaConfig) -> None:
 def build_posttraining(plan: RunPlan, rank: int, world_size: int):
     """``loop.train``'s parts for post-training: tokenizer and vocabulary from the backbone's folder, the policy
     model (partitioned at birth under ZeRO-3, then filled from ``posttrain.init``), the robot loader, the engine."""
+    import torch
     from streaming.base.util import clean_stale_shared_memory
 
     from jala_ds.data.robot_loader import build_robot_loader
@@ -97,6 +98,10 @@ def build_posttraining(plan: RunPlan, rank: int, world_size: int):
     total_steps = train_cfg.max_steps or steps_per_epoch(len(loader), train_cfg.grad_accum_steps)
     engine = build_engine(model, plan.ds_config, train_cfg, total_steps)
     ema = ShardedEMA(engine.module, model.ema_pairs(), cfg.model.ema_tau)  # no pairs: a no-op the loop can call
+    # Every rank built the model from the same seed (ZeRO-3 partitions identical weights); from here on torch's
+    # generator only draws flow-matching times and noise, which should differ between data-parallel ranks.
+    # Checkpoints carry each rank's generator state, so a resumed run draws what it would have.
+    torch.manual_seed(train_cfg.seed + 1 + rank)
     return TrainingParts(engine=engine, ema=ema, loader=loader, total_steps=total_steps, losses=("loss",),
                          checkpoint_files=tuple(Path(cfg.robot.mds_dir) / name for name in POLICY_FILES))
 
