@@ -9,8 +9,9 @@
 # Inputs the caller puts in the checkout (both git-ignored):
 #   .whl/          wheels for what the machine's image lacks or has at other versions (transformers 4.57,
 #                  deepspeed, mosaicml-streaming and their small dependencies), installed to /tmp/site;
-#   .gpu_corpus/   a synthetic corpus converted for the full recipe (`jala data synth --frame-size 448` then
-#                  `jala data convert --recipe pretrain_internvl3_2b`), so the machine needs no video encoder.
+#   .gpu_corpus/   a synthetic corpus converted for the full recipe (`jala data synth --lab 240 --wild 80
+#                  --frame-size 448` then `jala data convert --recipe pretrain_internvl3_2b`), so the machine
+#                  needs no video encoder; ~320 clips keep loader restarts (one per epoch) out of the step time.
 set -u
 OUT=${OUT:-/tmp/gpu_session_out}
 BUDGET_S=${BUDGET_S:-560}
