@@ -92,6 +92,16 @@ def test_gradients_reach_only_the_trainable_parts_and_sampling_has_the_chunk_sha
                        "visual_encoder.", "backbone.lm_head.", f"{lm}norm.", f"{lm}layers.{align_layer}.")
     assert not [n for n in trainable if n.startswith(frozen_prefixes)]
 
+    # Conditioning stops at the alignment layer; the full forward computes the same embeddings, and the
+    # language model keeps all its layers for everyone else.
+    lm_config = model.backbone.model.language_model.config
+    layers = lm_config.num_hidden_layers
+    assert layers > cfg.model.align_layer
+    with torch.no_grad():
+        _, full = model.hidden_states(batch, model.encode_frames(batch))
+        assert torch.equal(model.condition(batch), full)
+    assert lm_config.num_hidden_layers == layers
+
     actions = model.predict_actions(batch, steps=3, generator=torch.Generator().manual_seed(0))
     again = model.predict_actions(batch, steps=3, generator=torch.Generator().manual_seed(0))
     assert actions.shape == (3, HORIZON, 7) and torch.equal(actions, again)

@@ -70,6 +70,19 @@ def _capture_output(layer: nn.Module) -> Iterator[_Captured]:
         handle.remove()
 
 
+@contextlib.contextmanager
+def _running_layers(language_model: nn.Module, layers: int) -> Iterator[None]:
+    """The language model runs its first ``layers`` decoder layers during the block (transformers' decoder loop
+    reads ``config.num_hidden_layers`` on every call); the config is restored afterwards."""
+    config = language_model.config
+    total = config.num_hidden_layers
+    config.num_hidden_layers = layers
+    try:
+        yield
+    finally:
+        config.num_hidden_layers = total
+
+
 class JalaModel(nn.Module):
     """InternVL3 + chunk-mask attention + LAP/LSP. Parameter names: ``backbone.*``, ``visual_encoder.*``
     (frozen), ``lap.queries``, ``lap.trunk.*``, ``lsp.queries``, ``lsp.trunk.*``."""
@@ -99,20 +112,27 @@ class JalaModel(nn.Module):
             return None
         return self.visual_encoder(batch["chunk_frames"])
 
-    def hidden_states(self, batch: dict, frame_features: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Final hidden states ``[B, N, d]`` and predictive embeddings ``[C, T, d]`` (steps 2 and 3 above)."""
+    def hidden_states(self, batch: dict, frame_features: torch.Tensor | None, *,
+                      stop_at_align_layer: bool = False) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Final hidden states ``[B, N, d]`` and predictive embeddings ``[C, T, d]`` (steps 2 and 3 above).
+
+        ``stop_at_align_layer`` runs only layers 1..``align_layer`` and returns no final states: what a caller
+        that reads nothing but h needs (post-training skips a third of InternVL3-2B's language model this way).
+        """
         chunk_tokens = chunk_token_index(batch["motion_chunk"], batch["chunk_hand"].shape[0], self.tokens_per_chunk)
         embeds = self._input_embeddings(batch, frame_features, chunk_tokens)
         doc_ids = batch["doc_ids"]
         # ntp (Being-H0) is plain causal attention: no position belongs to a bidirectional chunk.
         chunk_ids = batch["chunk_ids"] if self.cfg.objective == "mcp" else torch.full_like(batch["chunk_ids"], -1)
         language_model = self.backbone.model.language_model
-        with _capture_output(language_model.layers[self.cfg.align_layer - 1]) as captured:
+        layers = self.cfg.align_layer if stop_at_align_layer else language_model.config.num_hidden_layers
+        with _capture_output(language_model.layers[self.cfg.align_layer - 1]) as captured, \
+                _running_layers(language_model, layers):
             final = language_model(inputs_embeds=embeds, position_ids=batch["position_ids"],
                                    attention_mask=prepare_chunk_mask(self.cfg.attention, doc_ids, chunk_ids),
                                    doc_ids=doc_ids, chunk_ids=chunk_ids, use_cache=False).last_hidden_state
         predictive = captured.output.flatten(0, 1)[chunk_tokens]
-        return final, predictive
+        return (None if stop_at_align_layer else final), predictive
 
     def forward(self, batch: dict) -> JalaOutput:
         features = self.encode_frames(batch)

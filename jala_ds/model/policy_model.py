@@ -7,12 +7,13 @@ One post-training forward, top to bottom:
 2. ``JalaModel.hidden_states`` runs it exactly as in pretraining (LSP's latent states of the first camera's
    (o_t, o_t) on the chunk's positions, chunk-mask attention), so the output of layer ``model.align_layer`` at
    the chunk's positions is the predictive embedding h ``[B, T, d]`` the pretraining aligned with latent actions;
+   the layers above it are not run at all (``stop_at_align_layer``): nothing here reads them;
 3. the DiT head cross-attends to h, self-attends over the proprioceptive state and the noised action chunk, and
    regresses the flow-matching velocity: ``loss = masked MSE(v(x_t, t | h, state), action - noise)``.
 
 LAP is not built (no latent actions are needed after pretraining). Which parts train is ``posttrain.trainable``
-(``set_trainable``); layers above ``align_layer``, the final norm and the LM head never receive a gradient here,
-so they stay frozen whatever the setting.
+(``set_trainable``); layers above ``align_layer``, the final norm and the LM head never run here, so they stay
+frozen whatever the setting.
 
     model = build_policy_model(cfg, vocab, init="runs/pretrain/export")
     out = model(batch); out.loss.backward()
@@ -63,7 +64,7 @@ class JalaPolicyModel(JalaModel):
 
     def condition(self, batch: dict) -> torch.Tensor:
         """Predictive embeddings ``[B, T, d]``: one all-[MASK] chunk per sample, chunk c belongs to sample c."""
-        _, predictive = self.hidden_states(batch, self.encode_frames(batch))
+        _, predictive = self.hidden_states(batch, self.encode_frames(batch), stop_at_align_layer=True)
         batch_size = batch["state"].shape[0]
         if predictive.shape[0] != batch_size:
             raise ValueError(f"the batch has {predictive.shape[0]} motion chunks for {batch_size} samples: a robot "
