@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 export DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
 OUT=demo_out
 RECIPE=tiny_cpu
+# Every step writes under demo_out/ and refuses to overwrite, so a second `make demo` starts from a clean folder.
+if [[ -e "$OUT" ]]; then echo "removing the previous demo's $OUT/"; rm -rf "$OUT"; fi
 
 jala data synth --out "$OUT/raw" --lab 48 --wild 24 --seed 0
 jala data convert --src "$OUT/raw" --out "$OUT/mds" --recipe "$RECIPE" data.heldout_fraction=0.15

@@ -5,6 +5,7 @@ The command runs in a subprocess started outside the checkout (as the console sc
 MLflow store in tmp_path."""
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -110,8 +111,9 @@ def test_profile_writes_a_trace_and_the_costliest_operators(smoke_result):
     """``--profile``: steps after the timed ones, recorded by torch.profiler, one trace and table per rank."""
     path, _ = smoke_result
     profile = path.parent.parent / "profile"
-    trace = json.loads((profile / "trace_rank0.json").read_text())
+    trace = json.loads(gzip.decompress((profile / "trace_rank0.json.gz").read_bytes()))
     names = {event.get("name", "") for event in trace["traceEvents"]}
     assert any(name.startswith("aten::mm") or name.startswith("aten::addmm") for name in names)
-    table = (profile / "top_ops_rank0.txt").read_text()
+    summary, table = (profile / "top_ops_rank0.txt").read_text().split("\n", 1)
+    assert re.fullmatch(r"per step: wall \d+\.\d ms", summary)
     assert "Self CPU" in table and "aten::" in table

@@ -7,7 +7,7 @@ import torch
 from streaming import LocalDataset
 
 from jala_ds.config import load_config
-from jala_ds.data.collate import collate, pack_rows
+from jala_ds.data.collate import collate, fill_rows, pack_rows
 from jala_ds.data.example import ExampleBuilder
 from jala_ds.data.frames import (
     IMAGENET_MEAN,
@@ -55,13 +55,44 @@ def reference_mask(documents, rows, width, vocab):
     return mask
 
 
-def test_pack_rows_is_greedy_and_order_preserving():
-    assert pack_rows([5, 3, 4, 6, 2], 8) == [[0, 1], [2], [3, 4]]
+def order_preserving_cuts(n: int):
+    """Every way to cut documents 0..n-1, in order, into contiguous rows."""
+    for mask in range(2 ** (n - 1)):
+        bounds = [0] + [i + 1 for i in range(n - 1) if mask >> i & 1] + [n]
+        yield [list(range(a, b)) for a, b in itertools.pairwise(bounds)]
+
+
+def test_greedy_fill_is_order_preserving_and_fills_each_row():
+    assert fill_rows([5, 3, 4, 6, 2], 8) == [[0, 1], [2], [3, 4]]
     lengths = np.random.default_rng(1).integers(1, 50, 200).tolist()
-    rows = pack_rows(lengths, 64)
+    rows = fill_rows(lengths, 64)
     assert [i for row in rows for i in row] == list(range(200))
     assert all(sum(lengths[i] for i in row) <= 64 for row in rows)
     assert all(sum(lengths[i] for i in prev) + lengths[row[0]] > 64 for prev, row in itertools.pairwise(rows))
+
+
+def test_packing_balances_rows_instead_of_padding_a_short_remainder():
+    # 16 documents of ~520 tokens under 8192: greedy gives a full row and a 1-document row padded to 8192.
+    lengths = [520] * 16
+    assert [len(row) for row in fill_rows(lengths, 8192)] == [15, 1]
+    assert [len(row) for row in pack_rows(lengths, 8192)] == [8, 8]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_packing_is_the_narrowest_cut_with_the_fewest_rows(seed):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 40, int(rng.integers(1, 11))).tolist()
+    max_tokens = int(rng.integers(max(lengths), 100))
+    rows = pack_rows(lengths, max_tokens)
+    assert [i for row in rows for i in row] == list(range(len(lengths)))
+
+    def width(cut):
+        return max(sum(lengths[i] for i in row) for row in cut)
+
+    feasible = [cut for cut in order_preserving_cuts(len(lengths)) if width(cut) <= max_tokens]
+    fewest = min(len(cut) for cut in feasible)
+    assert len(rows) == fewest
+    assert width(rows) == min(width(cut) for cut in feasible if len(cut) == fewest)
 
 
 @pytest.mark.parametrize("pack", [True, False])

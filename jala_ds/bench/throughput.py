@@ -13,6 +13,7 @@ Nothing is checkpointed. ``throughput_report.py`` turns the result into the mark
 from __future__ import annotations
 
 import contextlib
+import logging
 import resource
 import sys
 import time
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+log = logging.getLogger(__name__)
 
 PHASES = ("data", "forward", "backward", "step")
 PROFILED_STEPS = 2
@@ -163,11 +166,6 @@ def measure_throughput(plan, steps: int, warmup: int, name_device: Callable[[], 
         started = clock.now()
         step()
         totals[0] += clock.now() - started
-    measured = (clock.totals.copy(), totals.clone())
-    if profile_dir is not None:  # after the timed steps, so the profiler's overhead never enters the figures
-        profile_steps(step, PROFILED_STEPS, Path(profile_dir), rank, engine.device)
-    (clock.totals, totals) = measured
-
     # Average over ranks: one all-reduce of every rank's sums (on the engine's device, as NCCL requires).
     summed = torch.tensor([clock.totals[name] for name in PHASES] + totals.tolist(), dtype=torch.float64,
                           device=engine.device)
@@ -175,28 +173,46 @@ def measure_throughput(plan, steps: int, warmup: int, name_device: Callable[[], 
     memory = torch.tensor([peak_memory_gb(engine.device)], dtype=torch.float64, device=engine.device)
     dist.all_reduce(memory, op=dist.ReduceOp.MAX)
     *phase_totals, step_total, samples, tokens = (value / world_size for value in summed.tolist())
-    return ThroughputResult(
+    result = ThroughputResult(
         device=device_name, world_size=world_size, micro_batch_size=train_cfg.micro_batch_size,
         grad_accum_steps=train_cfg.grad_accum_steps, steps=steps, warmup=warmup,
         phase_seconds={name: total / steps for name, total in zip(PHASES, phase_totals)},
         step_seconds=step_total / steps, samples_per_s_per_rank=samples / step_total,
         tokens_per_s_per_rank=tokens / step_total, flops_per_sample=recipe_flops(cfg).per_sample,
         peak_flops=card_peak_flops(device_name, engine.device), peak_memory_gb=memory.item())
+    if profile_dir is not None:  # after the timed steps, so the profiler's overhead never enters the figures
+        log.info("measured %.1f ms/step, %.2f samples/s per rank; profiling %d more steps",
+                 result.step_seconds * 1e3, result.samples_per_s_per_rank, PROFILED_STEPS)
+        profile_steps(step, PROFILED_STEPS, Path(profile_dir), rank, engine.device, clock.now)
+    return result
 
 
-def profile_steps(step: Callable[[], None], count: int, out_dir: Path, rank: int, device: torch.device) -> Path:
+def profile_steps(step: Callable[[], None], count: int, out_dir: Path, rank: int, device: torch.device,
+                  now: Callable[[], float]) -> Path:
     """Run ``step`` ``count`` times under ``torch.profiler`` and write this rank's Chrome trace
-    (``trace_rank<r>.json``, for chrome://tracing or Perfetto) and its 30 costliest operators by self time
-    (``top_ops_rank<r>.txt``, device time on a GPU); returns the table's path."""
+    (``trace_rank<r>.json.gz``, for Perfetto or chrome://tracing) and ``top_ops_rank<r>.txt``: the time the GPU
+    was busy per step against the wall time (much less means the host, not the GPU, sets the pace), then the 30
+    costliest operators by device time (on a GPU) and by host time. ``now`` reads a synchronised clock."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities, record_shapes=True) as prof:
+    with profile(activities=activities) as prof:
+        started = now()
         for _ in range(count):
             step()
+        wall_ms = (now() - started) * 1e3 / count
     out_dir.mkdir(parents=True, exist_ok=True)
-    prof.export_chrome_trace(str(out_dir / f"trace_rank{rank}.json"))
-    sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    prof.export_chrome_trace(str(out_dir / f"trace_rank{rank}.json.gz"))
+    operators = prof.key_averages()
+    summary = f"per step: wall {wall_ms:.1f} ms"
+    tables = [operators.table(sort_by="self_cpu_time_total", row_limit=30)]
+    if device.type == "cuda":
+        # Kernels are the device-side events; the operators that launched them repeat their time, so skip those.
+        busy_ms = sum(event.self_device_time_total for event in operators
+                      if event.device_type != DeviceType.CPU and not event.is_user_annotation) / count / 1e3
+        summary += f", GPU busy {busy_ms:.1f} ms ({busy_ms / wall_ms:.0%}; kernels on concurrent streams count twice)"
+        tables.insert(0, operators.table(sort_by="self_device_time_total", row_limit=30))
     table = out_dir / f"top_ops_rank{rank}.txt"
-    table.write_text(prof.key_averages().table(sort_by=sort_by, row_limit=30) + "\n")
+    table.write_text("\n".join([summary, *tables]) + "\n")
     return table

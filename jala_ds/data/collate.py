@@ -1,9 +1,10 @@
 """Examples -> the batch of docs/architecture.md section 4, padded (one document per row) or packed.
 
-Packing (``data.pack``) fills rows greedily in order: a document goes into the current row if it fits in
-``data.max_tokens``, else it opens the next row. A micro-batch therefore always holds
-``train.micro_batch_size`` documents (what the loader's exact resume and ``train.global_batch_size``
-count), spread over as many rows as they need. Rows are padded to the longest row of the batch.
+Packing (``data.pack``) cuts the documents, in order, into as few rows as ``data.max_tokens`` allows, and
+among those cuts takes the one whose longest row is shortest: rows are padded to the longest row, so a
+greedy fill (a full row, then a short remainder padded to full length) would waste up to half the batch.
+A micro-batch always holds ``train.micro_batch_size`` documents (what the loader's exact resume and
+``train.global_batch_size`` count), spread over as many rows as they need.
 
 Within a row, ``doc_ids`` number the documents and ``chunk_ids`` the bidirectional motion chunks;
 ``motion_chunk`` numbers every chunk of the whole batch, indexing ``chunk_frames``, ``chunk_hand`` and
@@ -22,17 +23,36 @@ from jala_ds.data.frames import normalized
 from jala_ds.data.sequence import IGNORE
 
 
-def pack_rows(lengths: list[int], max_tokens: int) -> list[list[int]]:
-    """Greedy, order-preserving packing: the indices of the documents in each row."""
+def fill_rows(lengths: list[int], width: int) -> list[list[int]]:
+    """Greedy, order-preserving fill: a document joins the current row if it fits in ``width``, else opens the
+    next. For a given width no order-preserving cut has fewer rows."""
     rows: list[list[int]] = []
     used = 0
     for index, length in enumerate(lengths):
-        if not rows or used + length > max_tokens:
+        if not rows or used + length > width:
             rows.append([])
             used = 0
         rows[-1].append(index)
         used += length
     return rows
+
+
+def pack_rows(lengths: list[int], max_tokens: int) -> list[list[int]]:
+    """The indices of the documents in each row: the fewest rows of at most ``max_tokens``, in order, and of
+    those cuts the one with the shortest longest row (the padded width of the batch).
+
+    The row count of a greedy fill only falls as the width grows, so the narrowest width that still fits the
+    fewest rows is found by bisection between the longest document and ``max_tokens``.
+    """
+    rows = fill_rows(lengths, max_tokens)
+    low, high = max(lengths, default=0), max_tokens
+    while low < high:
+        width = (low + high) // 2
+        if len(fill_rows(lengths, width)) <= len(rows):
+            high = width
+        else:
+            low = width + 1
+    return fill_rows(lengths, low)
 
 
 def collate(examples: list[Example], *, pack: bool, max_tokens: int, pad_id: int) -> dict[str, Any]:

@@ -56,14 +56,21 @@ class _Captured:
 
 
 @contextlib.contextmanager
-def _capture_output(layer: nn.Module) -> Iterator[_Captured]:
-    """The output of ``layer`` during the block. The hook is gone before any gradient-checkpointing recompute."""
+def _capture_input(consumer: nn.Module) -> Iterator[_Captured]:
+    """The first input of ``consumer`` during the block: a layer's output as the next module receives it. The hook
+    is gone before any gradient-checkpointing recompute.
+
+    Not a forward hook on the layer itself: forward hooks see its output before ``nn.Module`` passes it through
+    the full-backward-hook wrapper that ZeRO-3's per-block gradient reduction relies on; a gradient reaching the
+    layer only through that unwrapped tensor (post-training reads nothing above the alignment layer) would never
+    trigger the reduction.
+    """
     captured = _Captured()
 
-    def keep(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-        captured.output = output[0] if isinstance(output, tuple) else output
+    def keep(module: nn.Module, args: tuple) -> None:
+        captured.output = args[0]
 
-    handle = layer.register_forward_hook(keep)
+    handle = consumer.register_forward_pre_hook(keep)
     try:
         yield captured
     finally:
@@ -126,8 +133,9 @@ class JalaModel(nn.Module):
         chunk_ids = batch["chunk_ids"] if self.cfg.objective == "mcp" else torch.full_like(batch["chunk_ids"], -1)
         language_model = self.backbone.model.language_model
         layers = self.cfg.align_layer if stop_at_align_layer else language_model.config.num_hidden_layers
-        with _capture_output(language_model.layers[self.cfg.align_layer - 1]) as captured, \
-                _running_layers(language_model, layers):
+        # the align layer's output as the next layer (or, after the last layer run, the final norm) receives it
+        consumer = language_model.layers[self.cfg.align_layer] if self.cfg.align_layer < layers else language_model.norm
+        with _capture_input(consumer) as captured, _running_layers(language_model, layers):
             final = language_model(inputs_embeds=embeds, position_ids=batch["position_ids"],
                                    attention_mask=prepare_chunk_mask(self.cfg.attention, doc_ids, chunk_ids),
                                    doc_ids=doc_ids, chunk_ids=chunk_ids, use_cache=False).last_hidden_state

@@ -33,6 +33,9 @@ class TrainConfig:
     """Training precision (fp16 is not offered: DeepSpeed refuses it on CPU and bf16 is the paper's)."""
     ds_config: str = "ds_configs/zero3_bf16.json"
     """DeepSpeed JSON config; batch sizes, clipping and dtype are filled from this recipe, conflicts refused."""
+    zero3_gather_by_block: bool = True
+    """Under ZeRO-3, gather each repeated layer's parameters in one call instead of one call per sub-module
+    (``jala_ds/train/zero_leaves.py``); same bytes, far fewer hooks."""
     out_dir: str = "runs/jala"
     """Checkpoints, the resolved config and exports go here."""
     save_every: int = 1000

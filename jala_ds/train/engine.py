@@ -19,6 +19,7 @@ from jala_ds.train.checkpoint import install_safe_engine
 from jala_ds.train.config import TrainConfig
 from jala_ds.train.ds_config import zero_stage
 from jala_ds.train.optim import build_scheduler, optimizer_param_groups
+from jala_ds.train.zero_leaves import gather_by_block
 
 
 def free_port() -> int:
@@ -61,7 +62,10 @@ def model_init_context(ds_config: dict[str, Any]) -> Iterator[None]:
 
 
 def build_engine(model: torch.nn.Module, ds_config: dict[str, Any], train: TrainConfig, total_steps: int) -> Any:
-    """``deepspeed.initialize`` with our parameter groups and schedule, writing weights_only-safe checkpoints."""
+    """``deepspeed.initialize`` with our parameter groups and schedule, writing weights_only-safe checkpoints.
+    Under ZeRO-3 with ``train.zero3_gather_by_block`` each repeated layer is gathered whole (``zero_leaves.py``)."""
+    if zero_stage(ds_config) == 3 and train.zero3_gather_by_block:
+        gather_by_block(model)
     engine, *_ = deepspeed.initialize(
         model=model, config=ds_config,
         model_parameters=optimizer_param_groups(model, train.weight_decay),
