@@ -12,7 +12,10 @@ inputs*. When no input requires grad (the first trained layer after a frozen emb
 post-training), PyTorch fires that hook as soon as the output's gradient exists, before any weight gradient of the
 block: DeepSpeed would reduce zeros and leave the real gradients behind. So a trained block whose inputs carry no
 gradient gets its first tensor input turned into one that does (``_inputs_need_grad``); the only cost is the
-input gradient of that one layer.
+input gradient of that one layer. Two rules follow for the model's code: read a block's output as its call
+returns it, never from a forward hook on the block (that tensor bypasses the wrapper the backward hook listens
+on: ``JalaModel`` reads the alignment layer's output as its consumer's input); and a trained block runs in every
+step (DeepSpeed counts on each one's hook; post-training freezes the layers it skips).
 
 The blocks are the elements of every ``nn.ModuleList``: that is how transformers (and our perceivers and action
 head) hold repeated layers, so the rule needs no per-backbone list of class names. DeepSpeed's own heuristic
