@@ -1,6 +1,6 @@
-"""`jala eval motion` and `jala eval latents` on a tiny checkpoint trained for a few steps in one process: the
-metrics table, the pictures, the latent-space picture and its alignment number, logged to MLflow next to (and
-tagged with) the training run."""
+"""`jala eval motion` and `jala eval latents` on a tiny checkpoint trained for a few steps on 2 ranks (whose
+periodic evaluation runs on both ranks under ZeRO-3): the metrics table, the pictures, the latent-space picture
+and its alignment number, logged to MLflow next to (and tagged with) the training run."""
 from __future__ import annotations
 
 import json
@@ -19,25 +19,26 @@ from jala_ds.eval.motion_eval import EVAL_TAG
 BIN = Path(sys.executable).parent
 
 
-def jala(tmp_path: Path, *args: str) -> str:
+def jala(tmp_path: Path, *args: str, launcher: tuple[str, ...] = ()) -> str:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT")}
     env.update(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", TOKENIZERS_PARALLELISM="false",
                MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    done = subprocess.run([str(BIN / "jala"), *args], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run([*launcher, str(BIN / "jala"), *args], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     return done.stdout
 
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, tiny_corpus):
-    """A corpus with a quarter of its labelled clips held out, and a 4-step single-process run on the rest."""
+    """A corpus with a quarter of its labelled clips held out, and a 4-step 2-rank run on the rest."""
     tmp_path = tmp_path_factory.mktemp("eval")
     data = load_config("tiny_cpu", ["data.heldout_fraction=0.25"]).data
     convert_corpus(tiny_corpus.raw, tmp_path / "mds", data, shard_bytes=1 << 16)
     jala(tmp_path, "train", "--recipe", "tiny_cpu", f"data.mds_dir={tmp_path / 'mds'}",
-         f"train.out_dir={tmp_path / 'run'}", "train.max_steps=4", "train.global_batch_size=2",
-         "train.save_every=4", "train.log_every=2", "train.eval_every=4", "train.eval_limit=2")
+         f"train.out_dir={tmp_path / 'run'}", "train.max_steps=4", "train.micro_batch_size=1",
+         "train.global_batch_size=2", "train.save_every=4", "train.log_every=2", "train.eval_every=4",
+         "train.eval_limit=2", launcher=(str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", "29681"))
     return tmp_path
 
 
