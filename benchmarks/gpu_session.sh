@@ -4,7 +4,7 @@
 # call; logs and results are packed into $OUT/gpu_session.tgz after every phase, so a cut-off run still returns
 # what it finished. PHASES picks and orders the phases (default: all, in the order below).
 #
-#     OUT=/tmp/out BUDGET_S=560 PHASES="base by_module zero2 unpacked grvq" bash benchmarks/gpu_session.sh
+#     OUT=/tmp/out BUDGET_S=560 PHASES="base compiled zero2 unpacked grvq" bash benchmarks/gpu_session.sh
 #
 # Inputs the caller puts in the checkout (both git-ignored):
 #   .whl/          wheels for what the machine's image lacks or has at other versions (transformers 4.57,
@@ -59,17 +59,18 @@ EOF
 python3 -c "import transformers as t; t.Dinov2Model(t.Dinov2Config(image_size=518)).save_pretrained('/tmp/dinov2-base')" \
   >"$WORK/encoder.log" 2>&1 || { echo "frame encoder build failed"; cat "$WORK/encoder.log"; }
 
-# The full recipe with random weights on the carried corpus; VARIANT names the results folder.
+# The full recipe with random weights on the carried corpus; VARIANT names the results folder. WARMUP (default 2)
+# untimed steps come first: compiled variants need the compilation inside them.
 throughput_args() {  # VARIANT STEPS [OVERRIDES...]
   local variant=$1 steps=$2; shift 2
   mkdir -p "$RESULTS/$variant"
-  echo python3 -m jala_ds.cli bench throughput --recipe pretrain_internvl3_2b --steps "$steps" --warmup 2 \
+  echo python3 -m jala_ds.cli bench throughput --recipe pretrain_internvl3_2b --steps "$steps" --warmup "${WARMUP:-2}" \
     --out "$RESULTS/$variant" data.mds_dir=$ROOT/.gpu_corpus/mds model.pretrained=null model.visual_encoder_path=/tmp/dinov2-base \
     motion_tokenizer.kind=binning train.micro_batch_size=16 train.global_batch_size=16 train.grad_accum_steps=1 \
     tracking.enabled=false data.num_workers=6 "$@"
 }
 
-PHASES=${PHASES:-"env base mel_on no_cudnn_sdp zero2 repeat flex kernel_tests attention grvq"}
+PHASES=${PHASES:-"env base compiled cudnn_sdp zero2 repeat kernel_tests attention grvq flex"}
 for name in $PHASES; do
   case $name in
     env) phase env 20 python3 -c "import sys, torch, triton, transformers, deepspeed, streaming
@@ -80,9 +81,13 @@ print(sys.version, 'torch', torch.__version__, 'triton', triton.__version__, 'tr
     by_module) phase throughput_by_module 80 $(throughput_args by_module 5 train.zero3_gather_by_block=false) ;;
     zero2) phase throughput_zero2 80 $(throughput_args zero2 5 train.ds_config=ds_configs/zero2.json) ;;
     mel_on) phase throughput_mel_on 80 $(throughput_args mel_on 5 train.ds_config=/tmp/ds_zero3_mel_on.json) ;;
-    # torch's SDPA without its cuDNN backend (flash attention instead) in the vision tower, frame encoder and
-    # perceivers: the profile shows ~2 ms of host time per cuDNN attention call, 44 calls per step
-    no_cudnn_sdp) phase throughput_no_cudnn_sdp 80 bash -c "$(throughput_args no_cudnn_sdp 5 | sed 's/-m jala_ds.cli/-c "import sys, torch; torch.backends.cuda.enable_cudnn_sdp(False); from jala_ds.cli import main; sys.exit(main(sys.argv[1:]))"/')" ;;
+    # torch's SDPA with its cuDNN backend allowed again in the vision tower, frame encoder and perceivers (the
+    # recipe turns it off: the last profile showed ~2 ms of host time per cuDNN attention call, 44 calls a step)
+    cudnn_sdp) phase throughput_cudnn_sdp 80 $(throughput_args cudnn_sdp 5 train.cudnn_attention=true) ;;
+    # every repeated layer compiled by inductor; warm-up long enough to hold every compilation (the result warns
+    # when a graph was compiled while timing), recompilations logged
+    compiled) TORCH_LOGS=recompiles phase throughput_compiled 240 \
+      $(WARMUP=4 throughput_args compiled 5 train.compile_blocks=inductor) ;;
     # the shipped recipe once more, last: how far two runs of one setting drift within a lease
     repeat) phase throughput_repeat 80 $(throughput_args repeat 5) ;;
     # the same variant run by an earlier commit's code, unpacked there by the caller into .gpu_prev/

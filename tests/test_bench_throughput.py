@@ -117,3 +117,18 @@ def test_profile_writes_a_trace_and_the_costliest_operators(smoke_result):
     summary, table = (profile / "top_ops_rank0.txt").read_text().split("\n", 1)
     assert re.fullmatch(r"per step: wall \d+\.\d ms", summary)
     assert "Self CPU" in table and "aten::" in table
+
+
+def test_graphs_compiled_while_timing_are_reported_as_a_warning():
+    from jala_ds.bench.throughput import ThroughputResult
+    from jala_ds.bench.throughput_report import result_notes
+
+    def result(compilations: int) -> ThroughputResult:
+        return ThroughputResult(device="CPU", world_size=1, micro_batch_size=2, grad_accum_steps=1, steps=3,
+                                warmup=1, phase_seconds=dict.fromkeys(("data", "forward", "backward", "step"), 0.1),
+                                step_seconds=0.4, samples_per_s_per_rank=5.0, tokens_per_s_per_rank=500.0,
+                                flops_per_sample=1e9, peak_flops=None, peak_memory_gb=1.0, compilations=compilations)
+
+    assert not any("compiled" in note for note in result_notes(result(0), "tiny_cpu"))
+    warning = [note for note in result_notes(result(2), "tiny_cpu") if "compiled 2 graph(s)" in note]
+    assert len(warning) == 1 and "--warmup" in warning[0]

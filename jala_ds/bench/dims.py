@@ -218,8 +218,8 @@ def model_dims(cfg: JalaConfig) -> ModelDims:
         internvl = backbone.backbone_config(model.arch, model.image_size, text_vocab, image_token_id=0)
     encoder = _local_config(model.visual_encoder_path)
     if encoder is None:
-        make = visual_encoder.tiny_encoder_config if model.arch == "tiny" else published_encoder_config
-        encoder = make(model.visual_encoder, model.visual_encoder_image_size)
+        encoder = (published_encoder_config(model.visual_encoder, model.visual_encoder_image_size)
+                   if model.arch == "internvl3_2b" else visual_encoder.random_encoder_config(model))
     lm = transformer_dims(internvl.text_config)
     vision = VisionTowerDims(vit=vit_dims(internvl.vision_config, _side(internvl.vision_config.image_size)),
                              downsample=internvl.downsample_ratio, lm_hidden=lm.hidden)

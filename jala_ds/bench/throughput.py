@@ -55,6 +55,9 @@ class ThroughputResult:
     """The card's dense bf16 peak FLOP/s; None on a CPU or an unknown card (then no MFU)."""
     peak_memory_gb: float
     """CUDA max allocated on a GPU, the process's peak resident set on a CPU (largest over ranks)."""
+    compilations: int = 0
+    """Graphs torch.compile compiled during the measured steps (``train.compile_blocks``), most over ranks: when
+    not 0, compile time is inside the step times and ``--warmup`` was too short."""
 
     @property
     def achieved_tflops_per_rank(self) -> float:
@@ -70,11 +73,13 @@ class ThroughputResult:
 
 
 class PhaseClock:
-    """Wall seconds per phase; the device is synchronised at each edge (``sync``) so that work is charged to
-    the phase that launched it rather than to whichever later call happens to wait for it."""
+    """Seconds per phase; the device is synchronised at each edge (``sync``) so that work is charged to the
+    phase that launched it rather than to whichever later call happens to wait for it. ``timer`` reads the
+    clock: wall time, or this process's CPU time where other tenants of a shared CPU would add noise."""
 
-    def __init__(self, sync: Callable[[], None]):
+    def __init__(self, sync: Callable[[], None], timer: Callable[[], float] = time.perf_counter):
         self.sync = sync
+        self.timer = timer
         self.reset()
 
     def reset(self) -> None:
@@ -82,7 +87,7 @@ class PhaseClock:
 
     def now(self) -> float:
         self.sync()
-        return time.perf_counter()
+        return self.timer()
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -112,18 +117,20 @@ def card_peak_flops(device_name: str, device: torch.device) -> float | None:
 
 
 def measure_throughput(plan, steps: int, warmup: int, name_device: Callable[[], str],
-                       profile_dir: str | Path | None = None) -> ThroughputResult:
+                       profile_dir: str | Path | None = None,
+                       timer: Callable[[], float] = time.perf_counter) -> ThroughputResult:
     """Run ``warmup + steps`` training steps of ``plan`` (a ``check_run`` result) and time the last ``steps``;
     with ``profile_dir``, then profile ``PROFILED_STEPS`` more (``profile_steps``).
 
     ``name_device`` names the accelerator (``benchmarks.report.device_name``); it is called once this rank's
-    device is set, so that asking does not open a CUDA context on GPU 0 from every rank. Every rank runs this
-    (it is collective); every rank gets the same result.
+    device is set, so that asking does not open a CUDA context on GPU 0 from every rank. ``timer`` is the clock
+    of every phase (``PhaseClock``). Every rank runs this (it is collective); every rank gets the same result.
     """
     import torch.distributed as dist
     from deepspeed.accelerator import get_accelerator
 
     from jala_ds.bench.flops import recipe_flops
+    from jala_ds.train.compiled_blocks import compilations
     from jala_ds.train.engine import init_distributed
     from jala_ds.train.loop import build_training, endless, seed_everything, to_device
 
@@ -138,7 +145,7 @@ def measure_throughput(plan, steps: int, warmup: int, name_device: Callable[[], 
         torch.cuda.reset_peak_memory_stats(engine.device)
     batches = endless(parts.loader)
     compute_dtype = torch.bfloat16 if train_cfg.dtype == "bf16" else torch.float32
-    clock = PhaseClock(get_accelerator().synchronize)
+    clock = PhaseClock(get_accelerator().synchronize, timer)
     # step seconds, samples, tokens over the measured steps
     totals = torch.zeros(3, dtype=torch.float64)
 
@@ -163,6 +170,7 @@ def measure_throughput(plan, steps: int, warmup: int, name_device: Callable[[], 
         if index == warmup:
             clock.reset()
             totals.zero_()
+            compiled_before = compilations()
         started = clock.now()
         step()
         totals[0] += clock.now() - started
@@ -170,8 +178,9 @@ def measure_throughput(plan, steps: int, warmup: int, name_device: Callable[[], 
     summed = torch.tensor([clock.totals[name] for name in PHASES] + totals.tolist(), dtype=torch.float64,
                           device=engine.device)
     dist.all_reduce(summed)
-    memory = torch.tensor([peak_memory_gb(engine.device)], dtype=torch.float64, device=engine.device)
-    dist.all_reduce(memory, op=dist.ReduceOp.MAX)
+    most = torch.tensor([peak_memory_gb(engine.device), compilations() - compiled_before], dtype=torch.float64,
+                        device=engine.device)
+    dist.all_reduce(most, op=dist.ReduceOp.MAX)
     *phase_totals, step_total, samples, tokens = (value / world_size for value in summed.tolist())
     result = ThroughputResult(
         device=device_name, world_size=world_size, micro_batch_size=train_cfg.micro_batch_size,
@@ -179,7 +188,8 @@ def measure_throughput(plan, steps: int, warmup: int, name_device: Callable[[], 
         phase_seconds={name: total / steps for name, total in zip(PHASES, phase_totals)},
         step_seconds=step_total / steps, samples_per_s_per_rank=samples / step_total,
         tokens_per_s_per_rank=tokens / step_total, flops_per_sample=recipe_flops(cfg).per_sample,
-        peak_flops=card_peak_flops(device_name, engine.device), peak_memory_gb=memory.item())
+        peak_flops=card_peak_flops(device_name, engine.device), peak_memory_gb=most[0].item(),
+        compilations=int(most[1].item()))
     if profile_dir is not None:  # after the timed steps, so the profiler's overhead never enters the figures
         log.info("measured %.1f ms/step, %.2f samples/s per rank; profiling %d more steps",
                  result.step_seconds * 1e3, result.samples_per_s_per_rank, PROFILED_STEPS)

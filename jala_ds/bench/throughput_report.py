@@ -55,7 +55,8 @@ def result_notes(result: ThroughputResult, recipe: str) -> list[str]:
         else "mfu: model FLOP/s per rank over the card's dense bf16 peak",
         f"one epoch of {EPOCH_SAMPLES / 1e6:g}M samples on {PROJECTION_GPUS} GPUs at this per-rank rate: "
         f"{hours:.3g} h (paper: {PAPER_EPOCH_HOURS:g} h on 8 x A800; target: {TARGET_EPOCH_HOURS:g} h)",
-    ]
+    ] + ([f"WARNING: torch.compile compiled {result.compilations} graph(s) during the measured steps, so their "
+          "compile time is in the figures: rerun with a larger --warmup"] if result.compilations else [])
 
 
 def step_split_figure(result: ThroughputResult, title: str) -> Any:

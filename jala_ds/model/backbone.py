@@ -1,7 +1,9 @@
 """The InternVL3 backbone through transformers: its shapes, random or pretrained builds, and the motion vocabulary.
 
-Two shapes are built from scratch: ``tiny`` (tests and the CPU demo) and ``internvl3_2b`` (the published
-InternVL3-2B: InternViT-300M, a 2-layer MLP projector, a Qwen2.5-1.5B-like language model with an untied head).
+Three shapes are built from scratch: ``tiny`` (tests and the CPU demo), ``internvl3_2b`` (the published
+InternVL3-2B: InternViT-300M, a 2-layer MLP projector, a Qwen2.5-1.5B-like language model with an untied head)
+and ``internvl3_2b_narrow`` (InternVL3-2B's depth at tiny width: as many modules, hooks and kernel launches per
+step with almost no arithmetic, so a CPU measures the framework's per-step overhead: ``benchmarks/host_overhead.py``).
 Real runs load a local transformers-format checkpoint instead. Either way the embedding and the LM head are then
 resized to the full JALA vocabulary (``jala_ds/vocab.py``): motion rows start at the mean of the text rows.
 
@@ -34,11 +36,16 @@ TEXT_SHAPES = {
     # Keeps GQA (4 query heads over 2 key/value heads) so tests exercise the same grouping as the real model.
     "tiny": {"hidden_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
              "intermediate_size": 128, "max_position_embeddings": 4096, "rope_theta": 1e4},
+    "internvl3_2b_narrow": {"hidden_size": 64, "num_hidden_layers": 28, "num_attention_heads": 4,
+                            "num_key_value_heads": 2, "intermediate_size": 128, "max_position_embeddings": 32768,
+                            "rope_theta": 1e6},
 }
 VISION_SHAPES = {
     "internvl3_2b": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
                      "intermediate_size": 4096},
     "tiny": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64},
+    "internvl3_2b_narrow": {"hidden_size": 32, "num_hidden_layers": 24, "num_attention_heads": 2,
+                            "intermediate_size": 64},
 }
 
 

@@ -8,7 +8,7 @@ from typing import Literal
 
 from jala_ds.config_checks import require
 
-LAYERS_BY_ARCH = {"tiny": 3, "internvl3_2b": 28}
+LAYERS_BY_ARCH = {"tiny": 3, "internvl3_2b": 28, "internvl3_2b_narrow": 28}
 """Language-model layers of each backbone shape built from scratch (``model.align_layer`` must not exceed it)."""
 
 VISUAL_ENCODER_CLASSES = {"dinov2": "Dinov2Model", "dinov3": "DINOv3ViTModel", "vjepa2": "VJEPA2Model"}
@@ -20,8 +20,9 @@ IMAGE_GRID = 28
 
 @dataclass
 class ModelConfig:
-    arch: Literal["tiny", "internvl3_2b"] = "tiny"
-    """Shape of the backbone built from scratch: ``tiny`` (tests, CPU demo) or ``internvl3_2b`` (the paper's)."""
+    arch: Literal["tiny", "internvl3_2b", "internvl3_2b_narrow"] = "tiny"
+    """Shape of the backbone built from scratch: ``tiny`` (tests, CPU demo), ``internvl3_2b`` (the paper's), or
+    ``internvl3_2b_narrow`` (the paper's depth at tiny width: a CPU proxy of the per-step host overhead)."""
     pretrained: str | None = None
     """Local folder of an InternVL3 checkpoint in the transformers format; None builds ``arch`` at random."""
     image_size: int = 448

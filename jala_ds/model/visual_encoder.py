@@ -17,11 +17,13 @@ from jala_ds.model.config import VISUAL_ENCODER_CLASSES, ModelConfig
 
 TINY_WIDTH = 32
 """Hidden size of the random encoders built for tests and the demo."""
+FULL_DEPTH_LAYERS = 12
+"""Layers of the base-size encoders the full recipe loads (DINOv2-B/14, DINOv3-B/16)."""
 
 
-def tiny_encoder_config(kind: str, image_size: int) -> transformers.PretrainedConfig:
-    """A small random config of encoder ``kind`` (patch 14, two layers) for tests and the CPU demo."""
-    shape = {"hidden_size": TINY_WIDTH, "num_hidden_layers": 2, "num_attention_heads": 2, "patch_size": 14}
+def tiny_encoder_config(kind: str, image_size: int, layers: int = 2) -> transformers.PretrainedConfig:
+    """A small random config of encoder ``kind`` (patch 14, ``layers`` layers) for tests and the CPU demo."""
+    shape = {"hidden_size": TINY_WIDTH, "num_hidden_layers": layers, "num_attention_heads": 2, "patch_size": 14}
     if kind == "dinov2":
         return transformers.Dinov2Config(image_size=image_size, mlp_ratio=2, **shape)
     if kind == "dinov3":
@@ -57,12 +59,19 @@ class FrozenFrameEncoder(nn.Module):
         return tokens.unflatten(0, (chunks, per_chunk))
 
 
+def random_encoder_config(model_cfg: ModelConfig) -> transformers.PretrainedConfig:
+    """The config of the random encoder built without ``model.visual_encoder_path``: tiny width, two layers, or
+    DINOv2-base's twelve for ``arch=internvl3_2b_narrow`` (the host-overhead proxy keeps every depth)."""
+    layers = FULL_DEPTH_LAYERS if model_cfg.arch == "internvl3_2b_narrow" else 2
+    return tiny_encoder_config(model_cfg.visual_encoder, model_cfg.visual_encoder_image_size, layers)
+
+
 def build_visual_encoder(model_cfg: ModelConfig) -> FrozenFrameEncoder:
     """The encoder named by ``model.visual_encoder``: loaded from ``model.visual_encoder_path`` or random tiny."""
     kind = model_cfg.visual_encoder
     expected = getattr(transformers, VISUAL_ENCODER_CLASSES[kind])
     if model_cfg.visual_encoder_path is None:
-        return FrozenFrameEncoder(expected(tiny_encoder_config(kind, model_cfg.visual_encoder_image_size)), kind)
+        return FrozenFrameEncoder(expected(random_encoder_config(model_cfg)), kind)
     encoder = transformers.AutoModel.from_pretrained(model_cfg.visual_encoder_path, local_files_only=True)
     if not isinstance(encoder, expected):
         raise TypeError(f"model.visual_encoder_path={model_cfg.visual_encoder_path} holds a "

@@ -36,6 +36,13 @@ class TrainConfig:
     zero3_gather_by_block: bool = True
     """Under ZeRO-3, gather each repeated layer's parameters in one call instead of one call per sub-module
     (``jala_ds/train/zero_leaves.py``); same bytes, far fewer hooks."""
+    compile_blocks: str | None = None
+    """torch.compile backend for each repeated layer's forward (``jala_ds/train/compiled_blocks.py``):
+    ``inductor`` for fewer, fused kernels in a host-bound step; ``aot_eager`` traces without generating code
+    (debugging, tests). None (eager) until a GPU measurement shows the gain (docs/performance.md, section 5)."""
+    cudnn_attention: bool = False
+    """Let torch's SDPA pick its cuDNN backend (vision tower, frame encoder, perceivers). Off: on an H200 each
+    cuDNN attention call cost ~2 ms of host time, 44 calls per step; flash attention has no per-call set-up."""
     out_dir: str = "runs/jala"
     """Checkpoints, the resolved config and exports go here."""
     save_every: int = 1000
@@ -77,6 +84,10 @@ class TrainConfig:
         require(self.eval_limit > 0, "train.eval_limit", "must be positive")
         require(self.save_every > 0, "train.save_every", "must be positive")
         require(self.keep_last > 0, "train.keep_last", "must keep at least one checkpoint")
+        if self.compile_blocks is not None:
+            backends = _compile_backends()
+            require(self.compile_blocks in backends, "train.compile_blocks",
+                    f"'{self.compile_blocks}' is not a torch.compile backend: use inductor, or one of {backends}")
 
     def check_world_size(self, world_size: int) -> None:
         """The batch arithmetic, checked once the world size is known (still before any process group)."""
@@ -99,3 +110,9 @@ class TrackingConfig:
 
     def validate(self) -> None:
         require(bool(self.experiment), "tracking.experiment", "must be a non-empty name")
+
+
+def _compile_backends() -> list[str]:
+    import torch._dynamo  # only when compilation is asked for: importing dynamo takes a second
+
+    return torch._dynamo.list_backends(exclude_tags=())

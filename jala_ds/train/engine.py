@@ -16,6 +16,7 @@ import torch
 from deepspeed.accelerator import get_accelerator
 
 from jala_ds.train.checkpoint import install_safe_engine
+from jala_ds.train.compiled_blocks import compile_blocks
 from jala_ds.train.config import TrainConfig
 from jala_ds.train.ds_config import zero_stage
 from jala_ds.train.optim import build_scheduler, optimizer_param_groups
@@ -63,9 +64,14 @@ def model_init_context(ds_config: dict[str, Any]) -> Iterator[None]:
 
 def build_engine(model: torch.nn.Module, ds_config: dict[str, Any], train: TrainConfig, total_steps: int) -> Any:
     """``deepspeed.initialize`` with our parameter groups and schedule, writing weights_only-safe checkpoints.
-    Under ZeRO-3 with ``train.zero3_gather_by_block`` each repeated layer is gathered whole (``zero_leaves.py``)."""
+    Under ZeRO-3 with ``train.zero3_gather_by_block`` each repeated layer is gathered whole (``zero_leaves.py``);
+    with ``train.compile_blocks`` each is compiled (``compiled_blocks.py``). ``train.cudnn_attention`` sets
+    whether torch's SDPA may use cuDNN in this process."""
     if zero_stage(ds_config) == 3 and train.zero3_gather_by_block:
         gather_by_block(model)
+    if train.compile_blocks:
+        compile_blocks(model, train.compile_blocks)
+    torch.backends.cuda.enable_cudnn_sdp(train.cudnn_attention)
     engine, *_ = deepspeed.initialize(
         model=model, config=ds_config,
         model_parameters=optimizer_param_groups(model, train.weight_decay),

@@ -1,0 +1,96 @@
+"""Compiled layers (``train.compile_blocks``): the same loss and gradients as eager layers, a few graphs that cover
+every batch shape, and under ZeRO-3 (every matrix partitioned, so each call needs its gather) the same training."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from model_batches import Doc, make_batch, tiny_setup
+from train_parts import PROJECT_ROOT, gathered_state, world_of_one
+
+from jala_ds.model.build import build_model
+from jala_ds.train.compiled_blocks import compilations, compile_blocks
+from jala_ds.train.ds_config import build_ds_config
+from jala_ds.train.engine import build_engine, model_init_context
+
+# Rows differ in number and width, and the batches in their motion chunks (what the perceivers take).
+SHAPES = {"two rows": [[Doc()], [Doc(labeled=False), Doc(hands=(1,))]],
+          "one row": [[Doc(chunks=1), Doc(hands=(0,), chunks=3)]],
+          "three rows": [[Doc(chunks=3)], [Doc(labeled=False, chunks=1)], [Doc(hands=(1,)), Doc(chunks=1)]]}
+
+
+# Code generation for every graph would cost CI minutes: inductor gets the language model and vision tower,
+# the perceivers' many call patterns are traced (aot_eager) in the ZeRO-3 test below.
+BACKBONE_ONLY = ("model.align=false", "model.lsp_context=false", "model.decoupled_ema=false")
+
+
+def losses_and_gradients(backend: str | None) -> list[tuple[torch.Tensor, dict[str, torch.Tensor], int]]:
+    """For each batch of ``SHAPES``: the loss, every gradient, and the graphs compiled while it ran."""
+    cfg, vocab = tiny_setup(*BACKBONE_ONLY)
+    torch.manual_seed(0)
+    model = build_model(cfg, vocab)
+    if backend is not None:
+        compile_blocks(model, backend)
+    results = []
+    for seed, rows in enumerate(SHAPES.values()):
+        model.zero_grad(set_to_none=True)
+        compiled_before = compilations()
+        out = model(make_batch(cfg, vocab, rows, seed=seed))
+        out.loss.backward()
+        gradients = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        results.append((out.loss.detach(), gradients, compilations() - compiled_before))
+    return results
+
+
+@pytest.mark.slow
+def test_inductor_compiled_layers_give_eager_losses_and_gradients_for_every_batch_shape():
+    torch._dynamo.reset()
+    eager, compiled = losses_and_gradients(None), losses_and_gradients("inductor")
+    for shape, (loss, gradients, _), (compiled_loss, compiled_gradients, _) in zip(SHAPES, eager, compiled):
+        torch.testing.assert_close(compiled_loss, loss, rtol=1e-5, atol=1e-6, msg=shape)
+        assert compiled_gradients.keys() == gradients.keys(), shape
+        # Relative to each gradient's norm, with an absolute floor: some gradients are zero in exact arithmetic
+        # (an attention key's bias shifts every logit of a query alike, and softmax ignores that) and are
+        # rounding noise in either run.
+        excess = {name: float((compiled_gradients[name] - g).norm() - 1e-4 * g.norm() - 1e-6 * g.numel() ** 0.5)
+                  for name, g in gradients.items()}
+        assert max(excess.values()) <= 0, (shape, sorted(excess.items(), key=lambda item: -item[1])[:3])
+    # The first batch compiles every layer class; one row specialises the row count once (size 1 is never
+    # symbolic); after that a new number of rows, widths and chunks reuses the graphs.
+    assert [count for *_, count in compiled][2] == 0, [count for *_, count in compiled]
+    assert [count for *_, count in compiled][0] > 0
+
+
+def zero3_training(tmp_path, backend: str | None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Weights before and after three optimiser steps of the tiny model (perceivers included) under ZeRO-3 on one
+    rank, one per batch shape, with no parameter resident: each layer call runs between a gather and a release."""
+    template = json.loads((PROJECT_ROOT / "ds_configs" / "cpu.json").read_text())
+    template["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+    (tmp_path / "zero3.json").write_text(json.dumps(template))
+    cfg, vocab = tiny_setup(f"train.ds_config={tmp_path / 'zero3.json'}", "train.global_batch_size=2")
+    train = dataclasses.replace(cfg.train, compile_blocks=backend)
+    ds = build_ds_config(train, world_size=1)
+    torch.manual_seed(0)
+    with model_init_context(ds):
+        model = build_model(cfg, vocab)
+    engine = build_engine(model, ds, train, total_steps=len(SHAPES))
+    before = gathered_state(engine.module)
+    for seed, rows in enumerate(SHAPES.values()):
+        engine.backward(engine(make_batch(cfg, vocab, rows, seed=seed)).loss)
+        engine.step()
+    return before, gathered_state(engine.module)
+
+
+@pytest.mark.slow
+def test_compiled_layers_train_like_eager_layers_under_zero3(tmp_path):
+    with world_of_one():
+        initial, eager = zero3_training(tmp_path, None)
+        _, compiled = zero3_training(tmp_path, "aot_eager")
+    assert compiled.keys() == eager.keys()
+    trained = [name for name in eager if "layers." in name and not torch.equal(eager[name], initial[name])]
+    assert any(".lsp." in f".{name}" for name in trained) and any("language_model" in name for name in trained)
+    drift = {name: float((compiled[name] - value).norm() / value.norm().clamp_min(1e-12))
+             for name, value in eager.items()}
+    assert max(drift.values()) < 1e-4, sorted(drift.items(), key=lambda item: -item[1])[:5]
