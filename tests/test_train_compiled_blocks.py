@@ -15,12 +15,10 @@ from jala_ds.train.compiled_blocks import compilations, compile_blocks
 from jala_ds.train.ds_config import build_ds_config
 from jala_ds.train.engine import build_engine, model_init_context
 
-# Rows differ in number and width, and the batches in their motion chunks (what the perceivers take).
+# Rows differ in number and width, and the batches in their motion chunks and images.
 SHAPES = {"two rows": [[Doc()], [Doc(labeled=False), Doc(hands=(1,))]],
           "one row": [[Doc(chunks=1), Doc(hands=(0,), chunks=3)]],
           "three rows": [[Doc(chunks=3)], [Doc(labeled=False, chunks=1)], [Doc(hands=(1,)), Doc(chunks=1)]]}
-
-
 # The language model and vision tower, traced and differentiated by aot_eager: the graphs inductor would turn
 # into kernels, without the minutes of code generation (inductor itself, and the perceivers' six call patterns,
 # were checked by hand: docs/performance.md, section 5).
