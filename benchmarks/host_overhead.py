@@ -39,6 +39,7 @@ PROXY = ["model.arch=internvl3_2b_narrow", "model.align_layer=19", "train.micro_
          "train.global_batch_size=16", "train.grad_accum_steps=1", "data.max_chunks=1", "data.pack=false",
          "data.num_workers=0", "train.dtype=fp32", "tracking.enabled=false"]
 """The tiny recipe reshaped to the full recipe's step: depth and micro-batch (fp32 and unpacked: see above)."""
+CONFIGS = Path(__file__).resolve().parents[1] / "ds_configs"
 SIZE_SCALE = 1000
 """The proxy's matrices are ~1000x smaller than InternVL3-2B's (an LM layer: 37k against 47M parameters), so
 DeepSpeed's size thresholds shrink as much: the same parameters stay resident (norms, biases) or are
@@ -47,7 +48,7 @@ SIZE_KEYS = ("reduce_bucket_size", "allgather_bucket_size", "stage3_prefetch_buc
              "stage3_param_persistence_threshold", "stage3_max_live_parameters", "stage3_max_reuse_distance")
 
 
-def scaled_ds_config(path: str, scratch: Path, name: str, **zero_changes) -> str:
+def scaled_ds_config(path: str | Path, scratch: Path, name: str, **zero_changes) -> str:
     """The shipped DeepSpeed config at ``path`` with its size knobs divided by ``SIZE_SCALE`` (and
     ``zero_changes`` applied), written to ``scratch``; returns the override that selects it."""
     config = json.loads(Path(path).read_text())
@@ -59,12 +60,12 @@ def scaled_ds_config(path: str, scratch: Path, name: str, **zero_changes) -> str
 
 def variant_overrides(scratch: Path) -> dict[str, list[str]]:
     """Each variant's overrides on top of ``PROXY``: the shipped setting first, then one change at a time."""
-    zero3 = scaled_ds_config("ds_configs/zero3_bf16.json", scratch, "zero3")
+    zero3 = scaled_ds_config(CONFIGS / "zero3_bf16.json", scratch, "zero3")
     return {"base": [zero3],
             "by_module": [zero3, "train.zero3_gather_by_block=false"],
-            "mel_on": [scaled_ds_config("ds_configs/zero3_bf16.json", scratch, "zero3_mel_on",
+            "mel_on": [scaled_ds_config(CONFIGS / "zero3_bf16.json", scratch, "zero3_mel_on",
                                         memory_efficient_linear=True)],
-            "zero2": [scaled_ds_config("ds_configs/zero2.json", scratch, "zero2")],
+            "zero2": [scaled_ds_config(CONFIGS / "zero2.json", scratch, "zero2")],
             "compiled": [zero3, "train.compile_blocks=inductor"]}
 
 
