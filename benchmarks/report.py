@@ -11,6 +11,8 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from jala_ds.bench.tables import markdown_table
+
 RESULTS_DIR = Path(__file__).parent / "results"
 
 
@@ -21,15 +23,6 @@ def device_name() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name()
     return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-
-
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        cells = [f"{row[c]:.4g}" if isinstance(row.get(c), float) else str(row.get(c, "")) for c in columns]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def write_results(name: str, rows: list[dict[str, Any]], *, title: str, device: str,

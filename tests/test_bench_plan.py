@@ -74,6 +74,22 @@ def test_overlap_hides_communication_up_to_the_compute_time(work, a800):
     assert full.exposed_comm_s == pytest.approx(max(0.0, full.comm_s - full.compute_s))
 
 
+def test_a_host_floor_paces_fast_cards_and_small_micro_batches(work, a800):
+    """The H200's measured split: kernels at 33.8% MFU, 944 ms of host time per micro-step."""
+    h100 = plan.Cluster(CARDS["h100"])
+    single = plan.estimate_step(work, h100, 1, mfu=0.338, overlap=0.7, host_s=0.944)
+    assert single.host_bound and single.compute_s == pytest.approx(0.944)
+    assert not plan.estimate_step(work, h100, 1, mfu=0.338, overlap=0.7).host_bound
+    # An A800's kernels take longer than the host: the floor changes nothing there.
+    floored = plan.estimate_step(work, a800, 8, mfu=0.338, overlap=0.7, host_s=0.944)
+    assert not floored.host_bound and floored == plan.estimate_step(work, a800, 8, 0.338, 0.7)
+    # Strong scaling shrinks the micro-batch but not the host's time per micro-step: the epoch stops shortening.
+    rows = plan.scaling_table(work, a800, [8, 16, 32, 64], 0.338, global_batch=128, host_s=0.944)
+    assert [row.host_bound for row in rows] == [False, True, True, True]
+    assert all(row.compute_s == pytest.approx(0.944) for row in rows[1:])
+    assert min(row.epoch_hours for row in rows) > 58_594 * 0.944 / 3600
+
+
 def test_paper_and_target_mfu(work, a800):
     assert plan.mfu_for_hours(work, 68.0, 8, CARDS["a800"]) == pytest.approx(0.087, abs=1e-3)
     needed = mfu_for_target(work, a800, 8, 12.0, overlap=0.7)
@@ -110,6 +126,10 @@ def test_calibration_precedence_and_discovery(tmp_path):
         calibration(7e12, result=tmp_path / "missing.md")
     with pytest.raises(ValueError, match="--mfu 45"):
         calibration(7e12, given_mfu=45)
+    given = calibration(7e12, given_mfu=0.3, results_dir=tmp_path, given_host_ms=250)
+    assert (given.mfu, given.host_s) == (0.3, 0.25) and "--host-ms" in given.source
+    with pytest.raises(ValueError, match="--host-ms -1"):
+        calibration(7e12, given_host_ms=-1, results_dir=tmp_path)
 
 
 def test_plan_command_prints_tables_paper_target_and_assumptions(capsys, tmp_path):
@@ -118,6 +138,12 @@ def test_plan_command_prints_tables_paper_target_and_assumptions(capsys, tmp_pat
     out = capsys.readouterr().out
     for text in ("TFLOP", "Weak scaling", "Strong scaling: global batch 128", "| 64 | 8 |", "16 x a800 (2 nodes)",
                  "68 h on 8 x A800", "12 h on 8 x A800", "compute MFU 45.0% (given with --mfu)", "## Assumptions"):
+        assert text in out
+    assert "no host floor" in out
+    assert main(["plan", "--gpu", "a800", "--mfu", "0.338", "--host-ms", "944", "--max-gpus", "16"]) == 0
+    out = capsys.readouterr().out
+    for text in ("host floor 944 ms per micro-step", "| 16 | 2 | 128 | 8 x 1 | 0.944 | host |",
+                 "and a host that issues a micro-step in"):
         assert text in out
     assert main(["plan", "--gpu", "tpu"]) == 2
     assert "unknown GPU 'tpu'" in capsys.readouterr().err

@@ -5,6 +5,7 @@ The command runs in a subprocess started outside the checkout (as the console sc
 MLflow store in tmp_path."""
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import os
@@ -17,6 +18,10 @@ import pytest
 
 from jala_ds.bench.calibrate import read_throughput_result
 from jala_ds.bench.flops import mfu, recipe_flops
+from jala_ds.bench.tables import markdown_table
+from jala_ds.bench.throughput import ThroughputResult
+from jala_ds.bench.throughput_report import result_notes
+from jala_ds.bench.throughput_report import result_row as result_row_of
 from jala_ds.config import load_config
 
 JALA = str(Path(sys.executable).with_name("jala"))
@@ -119,16 +124,36 @@ def test_profile_writes_a_trace_and_the_costliest_operators(smoke_result):
     assert "Self CPU" in table and "aten::" in table
 
 
+def made_result(**changes) -> ThroughputResult:
+    """A result as ``measure_throughput`` returns it, without running any step."""
+    fields = dict(device="CPU", world_size=1, micro_batch_size=2, grad_accum_steps=1, steps=3, warmup=1,
+                  phase_seconds=dict.fromkeys(("data", "forward", "backward", "step"), 0.1), step_seconds=0.4,
+                  samples_per_s_per_rank=5.0, tokens_per_s_per_rank=500.0, flops_per_sample=1e9, peak_flops=None,
+                  peak_memory_gb=1.0)
+    return ThroughputResult(**{**fields, **changes})
+
+
 def test_graphs_compiled_while_timing_are_reported_as_a_warning():
-    from jala_ds.bench.throughput import ThroughputResult
-    from jala_ds.bench.throughput_report import result_notes
-
-    def result(compilations: int) -> ThroughputResult:
-        return ThroughputResult(device="CPU", world_size=1, micro_batch_size=2, grad_accum_steps=1, steps=3,
-                                warmup=1, phase_seconds=dict.fromkeys(("data", "forward", "backward", "step"), 0.1),
-                                step_seconds=0.4, samples_per_s_per_rank=5.0, tokens_per_s_per_rank=500.0,
-                                flops_per_sample=1e9, peak_flops=None, peak_memory_gb=1.0, compilations=compilations)
-
-    assert not any("compiled" in note for note in result_notes(result(0), "tiny_cpu"))
-    warning = [note for note in result_notes(result(2), "tiny_cpu") if "compiled 2 graph(s)" in note]
+    assert not any("compiled" in note for note in result_notes(made_result(compilations=0), "tiny_cpu"))
+    warning = [note for note in result_notes(made_result(compilations=2), "tiny_cpu") if "compiled 2 graph(s)" in note]
     assert len(warning) == 1 and "--warmup" in warning[0]
+
+
+def test_a_profiled_gpu_result_splits_into_compute_mfu_and_host_floor_for_the_planner(tmp_path):
+    """The H200 figures: 16 samples in a 944 ms step whose kernels ran 340.4 ms. The GPU-busy column turns into
+    the compute MFU (FLOPs over busy time) and, the GPU being idle most of the step, a host floor of the step."""
+    measured = made_result(device="NVIDIA H200", micro_batch_size=16, step_seconds=0.944,
+                           samples_per_s_per_rank=16 / 0.944, flops_per_sample=7.1e12, peak_flops=989e12)
+    assert "GPU busy ms" not in result_row_of(measured) and not any("busy" in n for n in result_notes(measured, "r"))
+    profiled = dataclasses.replace(measured, gpu_busy_seconds=0.3404)
+    assert result_row_of(profiled)["GPU busy ms"] == pytest.approx(340.4)
+    assert sum("GPU busy ms" in note for note in result_notes(profiled, "r")) == 1
+    path = tmp_path / "2026-11-26_throughput_nvidia-h200.md"
+    path.write_text(f"- device: {profiled.device}\n\n{markdown_table([result_row_of(profiled)])}\n")
+    calibration = read_throughput_result(path, flops_per_sample=7.1e12)
+    assert calibration.mfu == pytest.approx(16 * 7.1e12 / (0.3404 * 989e12), rel=1e-3)
+    assert calibration.host_s == pytest.approx(0.944) and "host-bound" in calibration.source
+    # A GPU busy for (nearly) the whole step set the pace itself: no host floor.
+    busy = dataclasses.replace(profiled, gpu_busy_seconds=0.93)
+    path.write_text(f"- device: {busy.device}\n\n{markdown_table([result_row_of(busy)])}\n")
+    assert read_throughput_result(path, flops_per_sample=7.1e12).host_s == 0.0

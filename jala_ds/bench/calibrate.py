@@ -1,10 +1,17 @@
-"""The compute efficiency the planner uses: given (``--mfu``), measured (a throughput result), or assumed.
+"""The compute efficiency and host floor the planner uses: given (``--mfu``, ``--host-ms``), measured (a throughput
+result), or assumed.
 
 A throughput result is the markdown ``benchmarks/report.write_results`` writes: a ``- device: NAME`` line and a
 table. A row's MFU is recomputed from its ``samples_per_s`` (or ``samples/s``) column with this package's FLOP
 count, on ``gpus`` cards (1 when there is no such column) of the named device, so plan and measurement use one
 count; a table without throughput must have an ``mfu`` column (a fraction, or a percentage with ``%``). The best
 row wins: it is the configuration one would run.
+
+A row measured under the profiler (``jala bench throughput --profile``) also has ``GPU busy ms``: the time the
+GPU's kernels ran per step. It splits the step in two. The compute MFU is then the model FLOPs over the busy time,
+which scales with the card; and when the GPU was busy for less than ``HOST_BOUND_BELOW`` of the step, the host set
+the pace, so the step's time (per micro-step) becomes the host floor, which a faster card does not shorten.
+Without that column the whole step counts as compute, as if the GPU had set the pace (no floor).
 """
 from __future__ import annotations
 
@@ -17,14 +24,18 @@ from jala_ds.bench.plan import DEFAULT_MFU
 
 RESULTS_GLOB = "*throughput*.md"
 """Names of the throughput benchmark's result files (``<date>_throughput_<device>.md``)."""
+HOST_BOUND_BELOW = 0.9
+"""A measured step whose GPU was busy for less than this fraction of it is host-bound: the GPU waited for the host."""
 
 
 @dataclass(frozen=True)
 class Calibration:
-    """An MFU figure and where it came from, for the planner's output."""
+    """A compute MFU and a host floor, and where they came from, for the planner's output."""
 
     mfu: float
     source: str
+    host_s: float = 0.0
+    """Host seconds per micro-step, a floor under the compute time on any card; 0 when not measured or given."""
 
 
 def _column(name: str) -> str:
@@ -55,22 +66,41 @@ def read_throughput_result(path: str | Path, flops_per_sample: float) -> Calibra
         raise ValueError(f"--calibrate {path}: no such file; pass a throughput result from benchmarks/results/")
     lines = path.read_text().splitlines()
     device = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("- device:")), None)
-    best: tuple[float, str] | None = None
+    best: tuple[float, Calibration] | None = None
     for row in _table(lines):
         rate = _number(row.get("samples_per_s", ""))
         gpus = int(_number(row.get("gpus", "")) or 1)
         if rate is not None and device is not None:
-            value, how = mfu(flops_per_sample, rate, gpus, device), f"{rate:g} samples/s on {gpus} x {device}"
+            value = mfu(flops_per_sample, rate, gpus, device)
+            found = _split_by_busy_time(row, flops_per_sample, device, value,
+                                        f"measured, {path.name}: {rate:g} samples/s on {gpus} x {device}")
         elif (given := _number(row.get("mfu", ""))) is not None:
-            value, how = (given / 100 if given > 1 else given), "its mfu column"
+            value = given / 100 if given > 1 else given
+            found = Calibration(value, f"measured, {path.name}: its mfu column")
         else:
             continue
         if best is None or value > best[0]:
-            best = (value, how)
+            best = (value, found)
     if best is None:
         raise ValueError(f"{path}: no row with samples_per_s (and a '- device:' line) or mfu: pass a result of "
                          "the throughput benchmark, or give --mfu")
-    return Calibration(best[0], f"measured, {path.name}: {best[1]}")
+    return best[1]
+
+
+def _split_by_busy_time(row: dict[str, str], flops_per_sample: float, device: str, step_mfu: float,
+                        source: str) -> Calibration:
+    """The row's compute MFU and host floor from its ``GPU busy ms`` (see the module docstring); the end-to-end
+    ``step_mfu`` and no floor without it."""
+    busy_ms, step_ms = _number(row.get("gpu_busy_ms", "")), _number(row.get("step_ms", ""))
+    if busy_ms is None or step_ms is None or busy_ms <= 0:
+        return Calibration(step_mfu, source)
+    accum = int(_number(row.get("grad_accum", "")) or 1)
+    samples_per_step = (_number(row.get("micro_batch", "")) or 1) * accum
+    kernel_mfu = mfu(flops_per_sample, samples_per_step / (busy_ms / 1e3), 1, device)
+    source += f", GPU busy {busy_ms:g} of {step_ms:g} ms per step"
+    if busy_ms >= HOST_BOUND_BELOW * step_ms:
+        return Calibration(kernel_mfu, source)
+    return Calibration(kernel_mfu, source + " (host-bound)", host_s=step_ms / 1e3 / accum)
 
 
 def latest_result(results_dir: str | Path) -> Path | None:
@@ -80,8 +110,19 @@ def latest_result(results_dir: str | Path) -> Path | None:
 
 
 def calibration(flops_per_sample: float, given_mfu: float | None = None, result: str | Path | None = None,
-                results_dir: str | Path = "benchmarks/results") -> Calibration:
-    """``given_mfu`` if set, else the result file named, else the newest one in ``results_dir``, else the default."""
+                results_dir: str | Path = "benchmarks/results", given_host_ms: float | None = None) -> Calibration:
+    """``given_mfu`` if set, else the result file named, else the newest one in ``results_dir``, else the default;
+    ``given_host_ms`` replaces whatever host floor that gives."""
+    if given_host_ms is not None and given_host_ms < 0:
+        raise ValueError(f"--host-ms {given_host_ms}: give the host's milliseconds per micro-step, 0 or more")
+    found = _compute_calibration(flops_per_sample, given_mfu, result, results_dir)
+    if given_host_ms is None:
+        return found
+    return Calibration(found.mfu, f"{found.source}; host floor given with --host-ms", host_s=given_host_ms / 1e3)
+
+
+def _compute_calibration(flops_per_sample: float, given_mfu: float | None, result: str | Path | None,
+                         results_dir: str | Path) -> Calibration:
     if given_mfu is not None:
         if not 0 < given_mfu <= 1:
             raise ValueError(f"--mfu {given_mfu}: give a fraction in (0, 1], e.g. 0.45")

@@ -3,6 +3,7 @@
 
     jala plan --gpus 8 --gpu a800                       # 8 x A800, the paper's recipe, scaling tables to 512 GPUs
     jala plan --gpus 8 --gpu h100 --nodes 4 --mfu 0.45  # a given compute MFU instead of a measured one
+    jala plan --gpu h100 --mfu 0.45 --host-ms 300       # ... and a host that needs 300 ms per micro-step
     jala plan --calibrate benchmarks/results/2026-11-26_throughput_nvidia-h100-80gb-hbm3.md
     jala compare --experiment jala-tiny --metric loss align_loss --out compare_tiny
     jala bench throughput --recipe tiny_cpu --steps 6 train.global_batch_size=2
@@ -32,8 +33,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     plan.add_argument("--global-batch", type=int, default=None,
                       help="global batch of the strong-scaling table (default: the recipe's)")
     plan.add_argument("--mfu", type=float, default=None, help="compute MFU to assume, a fraction (e.g. 0.45)")
+    plan.add_argument("--host-ms", type=float, default=None,
+                      help="host milliseconds per micro-step, a floor under the compute time on any card "
+                           "(default: measured with the MFU when the result was profiled, else none)")
     plan.add_argument("--calibrate", default=None, metavar="RESULTS.md",
-                      help="throughput result to take the MFU from (default: newest in --results-dir)")
+                      help="throughput result to take the MFU (and host floor) from (default: newest in "
+                           "--results-dir)")
     plan.add_argument("--results-dir", default="benchmarks/results", help="where throughput results are found")
     plan.add_argument("--epoch-samples", type=int, default=7_500_000, help="samples per epoch (default 7.5M)")
     plan.add_argument("--text-tokens", type=int, default=None,
@@ -92,7 +97,7 @@ def run_plan(args: argparse.Namespace) -> int:
         dims = model_dims(cfg)
         count = recipe_flops(cfg, args.text_tokens, vision_trained=not args.frozen_vision, dims=dims)
         work = plan.Workload.from_recipe(cfg, count, dims, args.epoch_samples, vision_trained=not args.frozen_vision)
-        calib = calibration(count.per_sample, args.mfu, args.calibrate, args.results_dir)
+        calib = calibration(count.per_sample, args.mfu, args.calibrate, args.results_dir, args.host_ms)
     except ValueError as err:
         return _fail("plan", str(err))
     request = PlanRequest(cluster=plan.Cluster(gpu, args.gpus, args.network_gbps / 8), nodes=args.nodes,

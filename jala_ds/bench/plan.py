@@ -1,7 +1,10 @@
 """Step time of ZeRO-3 data-parallel JALA training versus GPU and node count: compute plus collectives.
 
 A step is ``grad_accum`` micro-steps. Each micro-step computes ``micro_batch`` samples at the card's bf16 peak
-times an MFU figure (the compute efficiency measured on one GPU, so without communication), and runs ZeRO-3's
+times a compute MFU (model FLOPs over the time the GPU's kernels run, measured on one GPU, so without
+communication), but never faster than the host can issue the work: a host time per micro-step (Python, ZeRO-3's
+hooks, kernel launches), measured where the GPU waited for the host, is a floor no card shortens. Each
+micro-step also runs ZeRO-3's
 three collectives over the full (unsharded) parameter bytes: an all-gather before the forward, a re-gather
 before the backward, a reduce-scatter of the gradients. A ring collective moves (n - 1) / n of the buffer through
 every GPU's link and (nodes - 1) / nodes of it through every node's network adapters; the slower of the two sets
@@ -11,7 +14,7 @@ to the step, and so does the memory-bound Adam update of each rank's shard. ``do
 constant and why.
 
     work = Workload.from_recipe(cfg, count, dims)
-    rows = scaling_table(work, Cluster(card("a800")), [8, 16, 32], mfu=0.4)
+    rows = scaling_table(work, Cluster(card("a800")), [8, 16, 32], mfu=0.34, host_s=0.944)
 """
 from __future__ import annotations
 
@@ -130,6 +133,9 @@ class StepEstimate:
     micro_batch: int
     grad_accum: int
     compute_s: float
+    """The longer of the GPU's compute time and the host's time to issue it."""
+    host_bound: bool
+    """True when the host time sets ``compute_s``: a faster card would not shorten the step."""
     comm_s: float
     exposed_comm_s: float
     optimizer_s: float
@@ -146,6 +152,7 @@ class StepEstimate:
     def row(self) -> dict[str, object]:
         return {"gpus": self.gpus, "nodes": self.nodes, "global batch": self.global_batch,
                 "micro x accum": f"{self.micro_batch} x {self.grad_accum}", "compute s": self.compute_s,
+                "paced by": "host" if self.host_bound else "GPU",
                 "comm s": self.comm_s, "exposed comm s": self.exposed_comm_s, "step s": self.step_s,
                 "samples/s": self.samples_per_s, "MFU": f"{self.mfu:.1%}", "h/epoch": self.epoch_hours,
                 "comm/compute": self.comm_s / self.compute_s}
@@ -173,12 +180,15 @@ def micro_step_comm_seconds(work: Workload, gpus: int, cluster: Cluster) -> floa
 
 
 def estimate_step(work: Workload, cluster: Cluster, gpus: int, mfu: float, overlap: float,
-                  micro_batch: int | None = None, grad_accum: int | None = None) -> StepEstimate:
-    """Time of one optimiser step on ``gpus`` GPUs at compute efficiency ``mfu``, hiding ``overlap`` of the comm."""
+                  micro_batch: int | None = None, grad_accum: int | None = None, host_s: float = 0.0) -> StepEstimate:
+    """Time of one optimiser step on ``gpus`` GPUs at compute efficiency ``mfu``, each micro-step taking at least
+    ``host_s`` seconds of host time, hiding ``overlap`` of the comm."""
     micro = micro_batch or work.micro_batch
     accum = grad_accum or work.grad_accum
     peak = cluster.card.bf16_tflops * 1e12
-    compute = micro * accum * work.flops_per_sample / (peak * mfu)
+    gpu_compute = micro * accum * work.flops_per_sample / (peak * mfu)
+    # The host's cost is per module and kernel call, not per sample: a smaller micro-batch does not shorten it.
+    compute = max(gpu_compute, accum * host_s)
     comm = accum * micro_step_comm_seconds(work, gpus, cluster)
     exposed = (1 - overlap) * comm + max(0.0, overlap * comm - compute)
     optimizer = (work.params_trained / gpus * ADAM_BYTES_PER_PARAM
@@ -187,15 +197,15 @@ def estimate_step(work: Workload, cluster: Cluster, gpus: int, mfu: float, overl
     global_batch = micro * accum * gpus
     samples_per_s = global_batch / step
     return StepEstimate(gpus=gpus, nodes=cluster.nodes(gpus), global_batch=global_batch, micro_batch=micro,
-                        grad_accum=accum, compute_s=compute, comm_s=comm, exposed_comm_s=exposed,
-                        optimizer_s=optimizer, step_s=step, samples_per_s=samples_per_s,
+                        grad_accum=accum, compute_s=compute, host_bound=compute > gpu_compute, comm_s=comm,
+                        exposed_comm_s=exposed, optimizer_s=optimizer, step_s=step, samples_per_s=samples_per_s,
                         mfu=work.flops_per_sample * samples_per_s / (gpus * peak),
                         epoch_hours=work.epoch_samples / samples_per_s / 3600)
 
 
 def scaling_table(work: Workload, cluster: Cluster, gpu_counts: list[int], mfu: float, overlap: float = 0.7,
-                  global_batch: int | None = None) -> list[StepEstimate]:
-    """Estimates for each GPU count.
+                  global_batch: int | None = None, host_s: float = 0.0) -> list[StepEstimate]:
+    """Estimates for each GPU count (``estimate_step``).
 
     ``global_batch=None`` is weak scaling: every GPU keeps the recipe's micro-batch and accumulation, so the
     global batch grows with the GPUs. A fixed ``global_batch`` is strong scaling: each GPU gets
@@ -205,13 +215,14 @@ def scaling_table(work: Workload, cluster: Cluster, gpu_counts: list[int], mfu: 
     rows = []
     for gpus in gpu_counts:
         if global_batch is None:
-            rows.append(estimate_step(work, cluster, gpus, mfu, overlap))
+            rows.append(estimate_step(work, cluster, gpus, mfu, overlap, host_s=host_s))
             continue
         per_gpu, remainder = divmod(global_batch, gpus)
         if per_gpu == 0 or remainder:
             continue
         micro = math.gcd(per_gpu, work.micro_batch)
-        rows.append(estimate_step(work, cluster, gpus, mfu, overlap, micro_batch=micro, grad_accum=per_gpu // micro))
+        rows.append(estimate_step(work, cluster, gpus, mfu, overlap, micro_batch=micro,
+                                  grad_accum=per_gpu // micro, host_s=host_s))
     return rows
 
 

@@ -31,7 +31,7 @@ class PlanRequest:
 
 
 def mfu_for_target(work: plan.Workload, cluster: plan.Cluster, gpus: int, hours: float, overlap: float) -> float | None:
-    """Compute MFU at which ``gpus`` GPUs finish an epoch in ``hours`` (None: not even at 100 %)."""
+    """Compute MFU at which ``gpus`` GPUs finish an epoch in ``hours`` with no host floor (None: not even at 100 %)."""
     def epoch_hours(mfu: float) -> float:
         return plan.estimate_step(work, cluster, gpus, mfu, overlap).epoch_hours
 
@@ -48,9 +48,26 @@ def dominance_line(rows: list[plan.StepEstimate]) -> str:
     first = plan.comm_dominates_from(rows)
     if first is None:
         worst = max(row.comm_s / row.compute_s for row in rows)
-        return f"Compute-bound at every size: communication is at most {worst:.2f}x the compute time."
-    return (f"Communication takes longer than compute from {first.gpus} GPUs ({first.nodes} nodes) on: "
-            "past that point more GPUs mostly add collective time.")
+        line = f"Compute-bound at every size: communication is at most {worst:.2f}x the compute time."
+    else:
+        line = (f"Communication takes longer than compute from {first.gpus} GPUs ({first.nodes} nodes) on: "
+                "past that point more GPUs mostly add collective time.")
+    host = next((row for row in rows if row.host_bound), None)
+    if host is not None:
+        line += (f" From {host.gpus} GPUs ({host.micro_batch} samples per micro-step) on, the host sets the pace: "
+                 "the GPUs wait for it.")
+    return line
+
+
+def host_floor_line(calibration: Calibration) -> str:
+    if calibration.host_s == 0:
+        return ("no host floor: the GPU sets the pace (give --host-ms, or calibrate from a result profiled with "
+                "`jala bench throughput --profile`, which measures how long the GPU was busy)")
+    return (f"host floor {calibration.host_s * 1e3:.4g} ms per micro-step: the compute takes at least this long on "
+            "any card, because the host's Python, hooks and kernel launches do not speed up with the GPU (the "
+            "measuring machine's CPU speed is assumed everywhere); compute is the longer of GPU and host time, as "
+            "if the host always queued work ahead of the GPU; synchronisations inside a step stretch it towards "
+            "their sum")
 
 
 def assumptions(request: PlanRequest, work: plan.Workload, calibration: Calibration) -> list[str]:
@@ -61,6 +78,7 @@ def assumptions(request: PlanRequest, work: plan.Workload, calibration: Calibrat
         (f"nodes of {c.gpus_per_node} GPUs joined by {c.network_gb_s:g} GB/s per node per direction "
          f"({c.network_gb_s * 8:g} Gb/s) at {plan.NETWORK_EFFICIENCY:.0%} efficiency"),
         f"compute MFU {calibration.mfu:.1%} ({calibration.source}); it is taken to hold on every card and size",
+        host_floor_line(calibration),
         (f"ZeRO-3, per micro-step: all-gather {work.params_forward / 1e9:.2f}B params before the forward, "
          f"{work.params_backward / 1e9:.2f}B before the backward ({work.param_bytes} B each), reduce-scatter "
          f"{work.params_trained / 1e9:.2f}B gradients ({work.grad_bytes} B each); parameters below DeepSpeed's "
@@ -80,13 +98,21 @@ def flop_text(value: float) -> str:
     return f"{value / 1e12:.2f} TFLOP" if value >= 1e11 else f"{value / 1e9:.3g} GFLOP"
 
 
-def paper_lines(work: plan.Workload, request: PlanRequest, count: FlopCount, planned_gpus: int) -> list[str]:
+def paper_lines(work: plan.Workload, request: PlanRequest, count: FlopCount, planned_gpus: int,
+                host_s: float) -> list[str]:
     """The InternVL3-2B recipe next to DESIGN.md's count, the paper's 68 h and the 12 h target."""
     paper_card = card(plan.PAPER_CARD)
     paper_mfu = plan.mfu_for_hours(work, plan.PAPER_HOURS, plan.PAPER_GPUS, paper_card)
     target_mfu = plan.mfu_for_hours(work, plan.TARGET_HOURS, plan.PAPER_GPUS, paper_card)
     needed = mfu_for_target(work, request.cluster, planned_gpus, plan.TARGET_HOURS, request.overlap)
-    reachable = f"{needed:.1%}" if needed is not None else "above 100 %: communication alone is too slow"
+    if needed is None:
+        reachable = "above 100 %: communication alone is too slow"
+    else:
+        reachable = f"{needed:.1%}"
+        if host_s > 0:  # the host must then keep up with that compute time
+            budget = plan.estimate_step(work, request.cluster, planned_gpus, needed, request.overlap).compute_s
+            reachable += (f", and a host that issues a micro-step in {budget / work.grad_accum * 1e3:.0f} ms or less "
+                          f"(measured: {host_s * 1e3:.4g} ms)")
     return [
         (f"- FLOPs: DESIGN.md's {DESIGN_TFLOP} TFLOP per sample is 6 x 1.85B params x 576 tokens; this count "
          f"({flop_text(count.per_sample)}) differs by {count.per_sample / 1e12 / DESIGN_TFLOP - 1:+.0%}: the ViT "
@@ -103,10 +129,11 @@ def plan_report(cfg: JalaConfig, count: FlopCount, work: plan.Workload, request:
     """The whole report for recipe ``cfg`` as one string (the paper comparison only for the InternVL3-2B shape)."""
     c = request.cluster
     counts = plan.gpu_counts(c.gpus_per_node, request.max_gpus, c.gpus_per_node * request.nodes)
-    weak = plan.scaling_table(work, c, counts, calibration.mfu, request.overlap)
-    strong = plan.scaling_table(work, c, counts, calibration.mfu, request.overlap, request.global_batch)
+    host_s = calibration.host_s
+    weak = plan.scaling_table(work, c, counts, calibration.mfu, request.overlap, host_s=host_s)
+    strong = plan.scaling_table(work, c, counts, calibration.mfu, request.overlap, request.global_batch, host_s)
     planned_gpus = c.gpus_per_node * request.nodes
-    planned = plan.estimate_step(work, c, planned_gpus, calibration.mfu, request.overlap)
+    planned = plan.estimate_step(work, c, planned_gpus, calibration.mfu, request.overlap, host_s=host_s)
     lines = [
         f"# jala plan: {cfg.name} on {c.card.name}, {c.gpus_per_node} GPUs per node", "",
         f"## Model FLOPs per sample: {flop_text(count.per_sample)} ({count.shape.lm_tokens} LM tokens)", "",
@@ -118,8 +145,9 @@ def plan_report(cfg: JalaConfig, count: FlopCount, work: plan.Workload, request:
         dominance_line(strong) if strong else "", "",
         f"## Planned: {planned_gpus} x {c.card.name} ({request.nodes} node{'s' if request.nodes > 1 else ''})", "",
         (f"- this plan: {planned.epoch_hours:.3g} h per epoch, {planned.samples_per_s:.4g} samples/s at global "
-         f"batch {planned.global_batch}, {planned.mfu:.1%} end-to-end MFU (compute MFU {calibration.mfu:.1%})"),
-        *(paper_lines(work, request, count, planned_gpus) if cfg.model.arch == "internvl3_2b" else []), "",
+         f"batch {planned.global_batch}, {planned.mfu:.1%} end-to-end MFU (compute MFU {calibration.mfu:.1%}; "
+         f"paced by the {'host' if planned.host_bound else 'GPU'})"),
+        *(paper_lines(work, request, count, planned_gpus, host_s) if cfg.model.arch == "internvl3_2b" else []), "",
         "## Assumptions", "",
         *[f"- {line}" for line in assumptions(request, work, calibration)],
     ]

@@ -13,6 +13,7 @@ Nothing is checkpointed. ``throughput_report.py`` turns the result into the mark
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import resource
 import sys
@@ -58,6 +59,10 @@ class ThroughputResult:
     compilations: int = 0
     """Graphs torch.compile compiled during the measured steps (``train.compile_blocks``), most over ranks: when
     not 0, compile time is inside the step times and ``--warmup`` was too short."""
+    gpu_busy_seconds: float | None = None
+    """Seconds per step the GPU's kernels ran, from the profiled steps (``--profile`` on a GPU; this rank's, the
+    only figure that differs between ranks); well under ``step_seconds`` means the host set the pace. None when
+    not profiled."""
 
     @property
     def achieved_tflops_per_rank(self) -> float:
@@ -193,16 +198,18 @@ def measure_throughput(plan, steps: int, warmup: int, name_device: Callable[[], 
     if profile_dir is not None:  # after the timed steps, so the profiler's overhead never enters the figures
         log.info("measured %.1f ms/step, %.2f samples/s per rank; profiling %d more steps",
                  result.step_seconds * 1e3, result.samples_per_s_per_rank, PROFILED_STEPS)
-        profile_steps(step, PROFILED_STEPS, Path(profile_dir), rank, engine.device, clock.now)
+        busy = profile_steps(step, PROFILED_STEPS, Path(profile_dir), rank, engine.device, clock.now)
+        result = dataclasses.replace(result, gpu_busy_seconds=busy)
     return result
 
 
 def profile_steps(step: Callable[[], None], count: int, out_dir: Path, rank: int, device: torch.device,
-                  now: Callable[[], float]) -> Path:
+                  now: Callable[[], float]) -> float | None:
     """Run ``step`` ``count`` times under ``torch.profiler`` and write this rank's Chrome trace
     (``trace_rank<r>.json.gz``, for Perfetto or chrome://tracing) and ``top_ops_rank<r>.txt``: the time the GPU
     was busy per step against the wall time (much less means the host, not the GPU, sets the pace), then the 30
-    costliest operators by device time (on a GPU) and by host time. ``now`` reads a synchronised clock."""
+    costliest operators by device time (on a GPU) and by host time. ``now`` reads a synchronised clock. Returns
+    the GPU's busy seconds per step (None on a CPU)."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
@@ -217,12 +224,12 @@ def profile_steps(step: Callable[[], None], count: int, out_dir: Path, rank: int
     operators = prof.key_averages()
     summary = f"per step: wall {wall_ms:.1f} ms"
     tables = [operators.table(sort_by="self_cpu_time_total", row_limit=30)]
+    busy_ms = None
     if device.type == "cuda":
         # Kernels are the device-side events; the operators that launched them repeat their time, so skip those.
         busy_ms = sum(event.self_device_time_total for event in operators
                       if event.device_type != DeviceType.CPU and not event.is_user_annotation) / count / 1e3
         summary += f", GPU busy {busy_ms:.1f} ms ({busy_ms / wall_ms:.0%}; kernels on concurrent streams count twice)"
         tables.insert(0, operators.table(sort_by="self_device_time_total", row_limit=30))
-    table = out_dir / f"top_ops_rank{rank}.txt"
-    table.write_text("\n".join([summary, *tables]) + "\n")
-    return table
+    (out_dir / f"top_ops_rank{rank}.txt").write_text("\n".join([summary, *tables]) + "\n")
+    return None if busy_ms is None else busy_ms / 1e3

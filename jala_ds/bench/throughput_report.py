@@ -11,7 +11,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from jala_ds.bench.throughput import PHASES, ThroughputResult
+from jala_ds.bench.throughput import PHASES, PROFILED_STEPS, ThroughputResult
 
 EPOCH_SAMPLES = 7_500_000
 """UniHand-Mix's 7.5M samples: the epoch the projection is for."""
@@ -39,6 +39,8 @@ def result_row(result: ThroughputResult) -> dict[str, Any]:
         "peak memory GB": result.peak_memory_gb,
         f"epoch h on {PROJECTION_GPUS} GPUs": result.epoch_hours(EPOCH_SAMPLES, PROJECTION_GPUS),
     })
+    if result.gpu_busy_seconds is not None:
+        row["GPU busy ms"] = result.gpu_busy_seconds * 1e3
     return row
 
 
@@ -46,7 +48,7 @@ def result_notes(result: ThroughputResult, recipe: str) -> list[str]:
     hours = result.epoch_hours(EPOCH_SAMPLES, PROJECTION_GPUS)
     communication = ("inside forward, backward and optimizer step (ZeRO-3's gathers and reduce-scatters are "
                      "not timed apart)" if result.world_size > 1 else "none (one rank)")
-    return [
+    notes = [
         f"recipe: {recipe}; {result.steps} measured steps after {result.warmup} warm-up steps, averaged over "
         f"{result.world_size} rank(s)",
         "samples/s is all ranks together (what `jala plan --calibrate` reads); the per-rank columns are one rank's",
@@ -55,8 +57,16 @@ def result_notes(result: ThroughputResult, recipe: str) -> list[str]:
         else "mfu: model FLOP/s per rank over the card's dense bf16 peak",
         f"one epoch of {EPOCH_SAMPLES / 1e6:g}M samples on {PROJECTION_GPUS} GPUs at this per-rank rate: "
         f"{hours:.3g} h (paper: {PAPER_EPOCH_HOURS:g} h on 8 x A800; target: {TARGET_EPOCH_HOURS:g} h)",
-    ] + ([f"WARNING: torch.compile compiled {result.compilations} graph(s) during the measured steps, so their "
-          "compile time is in the figures: rerun with a larger --warmup"] if result.compilations else [])
+    ]
+    if result.gpu_busy_seconds is not None:
+        notes.append(f"GPU busy ms: the time the GPU's kernels ran per step over {PROFILED_STEPS} profiled steps "
+                     "after the measured ones (rank 0's; kernels on concurrent streams count twice, so it is an "
+                     "upper bound); well under the step time means the host set the pace, and `jala plan` then "
+                     "takes the step time as a host floor")
+    if result.compilations:
+        notes.append(f"WARNING: torch.compile compiled {result.compilations} graph(s) during the measured steps, so "
+                     "their compile time is in the figures: rerun with a larger --warmup")
+    return notes
 
 
 def step_split_figure(result: ThroughputResult, title: str) -> Any:
@@ -94,7 +104,8 @@ def write_throughput_result(result: ThroughputResult, recipe: str, out_dir: str 
         ("samples_per_s_per_rank", result.samples_per_s_per_rank),
         ("tokens_per_s_per_rank", result.tokens_per_s_per_rank),
         ("tflops_per_rank", result.achieved_tflops_per_rank), ("peak_memory_gb", result.peak_memory_gb),
-        ("epoch_hours_8_gpus", result.epoch_hours(EPOCH_SAMPLES, PROJECTION_GPUS)), ("mfu", result.mfu))
+        ("epoch_hours_8_gpus", result.epoch_hours(EPOCH_SAMPLES, PROJECTION_GPUS)), ("mfu", result.mfu),
+        ("gpu_busy_ms", None if result.gpu_busy_seconds is None else result.gpu_busy_seconds * 1e3))
         if value is not None}
     metrics.update({f"{name}_ms": seconds * 1e3 for name, seconds in result.phase_seconds.items()})
     return benchmark_report().write_results("throughput", [row], title=title, device=result.device,
