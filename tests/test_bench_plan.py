@@ -132,6 +132,19 @@ def test_calibration_precedence_and_discovery(tmp_path):
         calibration(7e12, given_host_ms=-1, results_dir=tmp_path)
 
 
+def test_a_profiled_calibration_gives_back_the_measured_step_on_the_measuring_card(work, tmp_path):
+    """Kernel time scaled by the card and the host floor: on the H200 it measured on, one GPU, the plan's step
+    is the measured 944 ms plus only its own optimiser term (no communication on one GPU)."""
+    result = write_result(tmp_path / "2026-11-26_throughput_h200.md", "NVIDIA H200",
+                          ["gpus", "micro batch", "grad accum", "step ms", "samples/s", "GPU busy ms"],
+                          ["1", "16", "1", "944", f"{16 / 0.944:.4g}", "340.4"])
+    found = read_throughput_result(result, work.flops_per_sample)
+    h200 = plan.Cluster(CARDS["h200"])
+    step = plan.estimate_step(work, h200, 1, found.mfu, 0.7, host_s=found.host_s)
+    assert step.host_bound and step.step_s == pytest.approx(0.944 + step.optimizer_s)
+    assert plan.estimate_step(work, h200, 1, found.mfu, 0.7).compute_s == pytest.approx(0.3404)
+
+
 def test_plan_command_prints_tables_paper_target_and_assumptions(capsys, tmp_path):
     assert main(["plan", "--gpus", "8", "--gpu", "a800", "--nodes", "2", "--mfu", "0.45", "--max-gpus", "64",
                  "--results-dir", str(tmp_path)]) == 0
