@@ -36,6 +36,7 @@ from jala_ds.data.example import ExampleBuilder
 from jala_ds.data.motion_tokens import build_motion_tokenizer
 from jala_ds.data.schema import HANDS, hand_poses
 from jala_ds.data.sequence import Document, SequenceBuilder
+from jala_ds.eval.chunk_context import ChunkContext
 from jala_ds.model.backbone import image_token_count
 from jala_ds.model.jala_model import JalaModel
 from jala_ds.model.motion_positions import chunk_token_index
@@ -55,6 +56,9 @@ class Decoding:
     """Seeds the position draws: the same seed gives the same motion."""
     temperature: float = 1.0
     """Of the confidence-proportional position draws; near 0 fixes the most confident positions first."""
+    reuse_context: bool = True
+    """Passes after a chunk's first run the language model on that chunk alone (``chunk_context.py``); False
+    runs every pass over the whole sequence: the reference the short passes are tested against."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.fraction <= 1.0:
@@ -162,17 +166,22 @@ class MotionGenerator:
         rank_in_row = torch.arange(len(row_of_chunk), device=row_of_chunk.device) - \
             torch.searchsorted(row_of_chunk, row_of_chunk)  # chunks are numbered row by row, in sequence order
         features = self.model.encode_frames(batch)
+        latent = self.model.latent_states_per_token(batch, features) if self.decoding.reuse_context else None
         ids = batch["input_ids"].view(-1)
         for k in range(int(rank_in_row.max()) + 1 if len(rank_in_row) else 0):
             chunks = (rank_in_row == k).nonzero().squeeze(1)
             positions = chunk_tokens[chunks]
             rows = row_of_chunk[chunks].tolist()
+            context = None  # the chunk's recorded keys and values, after its first pass (reuse_context)
             while True:
                 masked = ids[positions] == self.vocab.mask
                 if not masked.any():
                     break
-                final, _ = self.model.hidden_states(batch, features)
-                logits = self.model.backbone.lm_head(final.flatten(0, 1)[positions]).float()
+                if context is None:
+                    hidden, context = self._whole_sequence_pass(batch, features, row_of_chunk[chunks], positions)
+                else:
+                    hidden = context.chunk_hidden_states(self.model, batch, None if latent is None else latent[chunks])
+                logits = self.model.backbone.lm_head(hidden).float()
                 allowed = logits.gather(-1, self.candidates.expand(len(chunks), -1, -1))
                 confidence, choice = allowed.softmax(dim=-1).max(dim=-1)
                 uniform = torch.stack([torch.rand(self.tokens_per_chunk, generator=streams[r]) for r in rows])
@@ -181,6 +190,16 @@ class MotionGenerator:
                 tokens = self.candidates.gather(1, choice.T).T  # [chunks, T]: the chosen code's token id
                 ids[positions[fix]] = tokens[fix]
                 yield ids[positions] == self.vocab.mask
+
+    def _whole_sequence_pass(self, batch: dict, features: torch.Tensor | None, rows: torch.Tensor,
+                             positions: torch.Tensor) -> tuple[torch.Tensor, ChunkContext | None]:
+        """Final hidden states ``[R, T, d]`` at the chunk's flat ``positions`` (one chunk per row of ``rows``) from
+        a pass over every row's whole sequence; with ``reuse_context``, the keys and values it recorded too."""
+        context = ChunkContext(rows) if self.decoding.reuse_context else None
+        final, _ = self.model.hidden_states(batch, features, past_key_values=context)
+        if context is not None:
+            context.start_refreshing(positions - rows[:, None] * final.shape[1])
+        return final.flatten(0, 1)[positions], context
 
     def generate(self, records: list[Mapping], shown_steps: int = 0) -> list[GeneratedClip]:
         """Generate every masked chunk of each record's window; ``shown_steps`` leading time steps stay intact

@@ -119,12 +119,14 @@ class JalaModel(nn.Module):
             return None
         return self.visual_encoder(batch["chunk_frames"])
 
-    def hidden_states(self, batch: dict, frame_features: torch.Tensor | None, *,
-                      stop_at_align_layer: bool = False) -> tuple[torch.Tensor | None, torch.Tensor]:
+    def hidden_states(self, batch: dict, frame_features: torch.Tensor | None, *, stop_at_align_layer: bool = False,
+                      past_key_values=None) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Final hidden states ``[B, N, d]`` and predictive embeddings ``[C, T, d]`` (steps 2 and 3 above).
 
         ``stop_at_align_layer`` runs only layers 1..``align_layer`` and returns no final states: what a caller
         that reads nothing but h needs (post-training skips a third of InternVL3-2B's language model this way).
+        ``past_key_values`` (transformers' cache interface) sees every layer's keys and values: MCP decoding
+        records them (``jala_ds/eval/chunk_context.py``).
         """
         chunk_tokens = chunk_token_index(batch["motion_chunk"], batch["chunk_hand"].shape[0], self.tokens_per_chunk)
         embeds = self._input_embeddings(batch, frame_features, chunk_tokens)
@@ -138,7 +140,8 @@ class JalaModel(nn.Module):
         with _capture_input(consumer) as captured, _running_layers(language_model, layers):
             final = language_model(inputs_embeds=embeds, position_ids=batch["position_ids"],
                                    attention_mask=prepare_chunk_mask(self.cfg.attention, doc_ids, chunk_ids),
-                                   doc_ids=doc_ids, chunk_ids=chunk_ids, use_cache=False).last_hidden_state
+                                   doc_ids=doc_ids, chunk_ids=chunk_ids, past_key_values=past_key_values,
+                                   use_cache=False).last_hidden_state
         predictive = captured.output.flatten(0, 1)[chunk_tokens]
         return (None if stop_at_align_layer else final), predictive
 
@@ -167,10 +170,17 @@ class JalaModel(nn.Module):
                              f"batch['pixel_values'] gives {image.shape[0]} images x {image.shape[1]} tokens: "
                              "size the runs with image_token_count(cfg.model)")
         embeds = embeds.masked_scatter(is_image[..., None], image.to(embeds.dtype))
-        if self.lsp is None:
+        per_token = self.latent_states_per_token(batch, frame_features)
+        if per_token is None:
             return embeds
-        first_frame_twice = frame_features[:, [0, 0]]
-        states = self.lsp(first_frame_twice, batch["chunk_hand"])  # [C, M, d]
-        per_token = states.repeat_interleave(self.tokens_per_chunk // states.shape[1], dim=1)
         flat = embeds.flatten(0, 1).index_add(0, chunk_tokens.flatten(), per_token.flatten(0, 1).to(embeds.dtype))
         return flat.view_as(embeds)
+
+    def latent_states_per_token(self, batch: dict, frame_features: torch.Tensor | None) -> torch.Tensor | None:
+        """What LSP adds to each chunk's motion-token embeddings, ``[C, T, d]`` (latent m on the m-th of M equal
+        segments); None without LSP context."""
+        if self.lsp is None:
+            return None
+        first_frame_twice = frame_features[:, [0, 0]]
+        states = self.lsp(first_frame_twice, batch["chunk_hand"])  # [C, M, d]
+        return states.repeat_interleave(self.tokens_per_chunk // states.shape[1], dim=1)

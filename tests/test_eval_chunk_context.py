@@ -1,0 +1,87 @@
+"""MCP decoding's short passes (``jala_ds/eval/chunk_context.py``): after a chunk's recorded first pass, running
+the language model on the chunk alone gives the hidden states a pass over the whole sequence gives, at every
+later pass, for the first chunk of each row and for a chunk after an already filled one."""
+from __future__ import annotations
+
+import pytest
+import torch
+from streaming import LocalDataset
+
+from jala_ds.config import load_config
+from jala_ds.eval.chunk_context import ChunkContext
+from jala_ds.eval.mcp_decoding import Decoding, MotionGenerator
+from jala_ds.model.build import build_model
+from jala_ds.model.motion_positions import chunk_token_index
+from jala_ds.vocab import add_motion_vocab, load_text_tokenizer
+
+
+@pytest.fixture(scope="module")
+def decoding_batch(tiny_corpus):
+    """The tiny model and a generation batch of two windows, two ensemble members each (four rows)."""
+    torch.manual_seed(0)
+    cfg = load_config("tiny_cpu")
+    tokenizer = load_text_tokenizer(None)
+    vocab = add_motion_vocab(tokenizer, cfg.motion_tokenizer.vocab_per_part)
+    model = build_model(cfg, vocab).eval()
+    # A fresh model hides what these tests look for: every motion code starts with the same embedding (the mean
+    # of the text ones), so a chunk's hidden states would not depend on its tokens; and attention is almost
+    # uniform (scores ~0.05), so a stale key would hardly show. Distinct unit-scale embeddings and sharper scores.
+    with torch.no_grad():
+        model.backbone.get_input_embeddings().weight.normal_(generator=torch.Generator().manual_seed(0))
+        for layer in model.backbone.model.language_model.layers:
+            layer.self_attn.q_proj.weight.mul_(10)
+            layer.self_attn.k_proj.weight.mul_(10)
+    lab = LocalDataset(local=str(tiny_corpus.mds / "lab"))
+    generator = MotionGenerator(cfg, model, tokenizer, vocab, decoding=Decoding(ensemble=2))
+    _, batch, _ = generator.prepare([lab[0], lab[1]])
+    return model, generator, batch
+
+
+def fill_randomly(ids: torch.Tensor, positions: torch.Tensor, candidates: torch.Tensor, share: float,
+                  generator: torch.Generator) -> None:
+    """Put a valid code at a random ``share`` of each chunk's ``positions`` ``[R, T]`` (flat into ``ids``)."""
+    pick = torch.rand(positions.shape, generator=generator) < share
+    code = torch.randint(candidates.shape[1], positions.shape, generator=generator)
+    tokens = candidates.gather(1, code.T).T
+    ids[positions[pick]] = tokens[pick]
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("chunk_rank", [0, 1], ids=["first chunk", "after a filled chunk"])
+def test_short_passes_give_the_whole_sequence_hidden_states(decoding_batch, chunk_rank):
+    model, generator, original = decoding_batch
+    batch = {key: value.clone() if isinstance(value, torch.Tensor) else value for key, value in original.items()}
+    width, per_chunk = batch["input_ids"].shape[1], generator.tokens_per_chunk
+    chunk_tokens = chunk_token_index(batch["motion_chunk"], batch["chunk_hand"].shape[0], per_chunk)
+    row_of_chunk = chunk_tokens[:, 0] // width
+    rows = row_of_chunk.unique()
+    first = torch.searchsorted(row_of_chunk, rows)
+    assert bool((row_of_chunk[first + 1] == rows).all()), "every row holds two chunks, one per hand"
+    chunks = first + chunk_rank
+    positions = chunk_tokens[chunks]
+    ids, draws = batch["input_ids"].view(-1), torch.Generator().manual_seed(chunk_rank)
+    if chunk_rank:  # the earlier chunk is finished: context for this one
+        fill_randomly(ids, chunk_tokens[first], generator.candidates, 1.0, draws)
+
+    features = model.encode_frames(batch)
+    context = ChunkContext(rows)
+    model.hidden_states(batch, features, past_key_values=context)
+    context.start_refreshing(positions - rows[:, None] * width)
+    latent = model.latent_states_per_token(batch, features)[chunks]
+    for share in (0.3, 0.7):  # two passes, so the second reads keys and values the first refreshed
+        fill_randomly(ids, positions, generator.candidates, share, draws)
+        short = context.chunk_hidden_states(model, batch, latent)
+        whole, _ = model.hidden_states(batch, features)
+        assert short.shape == (len(rows), per_chunk, whole.shape[-1])
+        torch.testing.assert_close(short, whole.flatten(0, 1)[positions], rtol=1e-5, atol=1e-5)
+
+
+def test_recording_twice_is_refused(decoding_batch):
+    model, _, batch = decoding_batch
+    context = ChunkContext(torch.tensor([0]))
+    with pytest.raises(RuntimeError, match="recorded nothing"):
+        context.start_refreshing(torch.zeros(1, 4, dtype=torch.long))
+    with torch.no_grad():
+        model.hidden_states(batch, model.encode_frames(batch), past_key_values=context)
+        with pytest.raises(RuntimeError, match="one full pass per ChunkContext"):
+            model.hidden_states(batch, model.encode_frames(batch), past_key_values=context)
