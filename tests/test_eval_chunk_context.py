@@ -66,7 +66,7 @@ def test_short_passes_give_the_whole_sequence_hidden_states(decoding_batch, chun
     features = model.encode_frames(batch)
     context = ChunkContext(rows)
     model.hidden_states(batch, features, past_key_values=context)
-    context.start_refreshing(positions - rows[:, None] * width)
+    context.start_refreshing(batch, positions - rows[:, None] * width)
     latent = model.latent_states_per_token(batch, features)[chunks]
     for share in (0.3, 0.7):  # two passes, so the second reads keys and values the first refreshed
         fill_randomly(ids, positions, generator.candidates, share, draws)
@@ -76,11 +76,11 @@ def test_short_passes_give_the_whole_sequence_hidden_states(decoding_batch, chun
         torch.testing.assert_close(short, whole.flatten(0, 1)[positions], rtol=1e-5, atol=1e-5)
 
 
-def test_recording_twice_is_refused(decoding_batch):
+def test_a_context_records_exactly_one_whole_pass_before_refreshing(decoding_batch):
     model, _, batch = decoding_batch
     context = ChunkContext(torch.tensor([0]))
     with pytest.raises(RuntimeError, match="recorded nothing"):
-        context.start_refreshing(torch.zeros(1, 4, dtype=torch.long))
+        context.start_refreshing(batch, torch.zeros(1, 4, dtype=torch.long))
     with torch.no_grad():
         model.hidden_states(batch, model.encode_frames(batch), past_key_values=context)
         with pytest.raises(RuntimeError, match="one full pass per ChunkContext"):

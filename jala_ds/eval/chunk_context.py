@@ -11,7 +11,7 @@ again, and the language model reads T tokens instead of the sequence's N.
 
     context = ChunkContext(rows)                                        # the rows holding chunk k
     final, _ = model.hidden_states(batch, features, past_key_values=context)          # first pass: records
-    context.start_refreshing(positions)                                 # [R, T] positions within each row
+    context.start_refreshing(batch, positions)                          # [R, T] positions within each row
     hidden = context.chunk_hidden_states(model, batch, latent_per_token)              # every later pass
 
 The short passes use torch's SDPA with an explicit mask whatever the recipe's attention backend: the chunk-mask
@@ -40,12 +40,17 @@ class ChunkContext:
         """Per layer, ``[R, kv_heads, N, head_dim]``."""
         self.positions: torch.Tensor | None = None
         """int64 ``[R, T]``: the chunk's positions within each row, once recorded; None while recording."""
+        self.mask: torch.Tensor | None = None
+        """bool ``[R, 1, T, N]``: what each of the chunk's positions sees (its rows of the chunk mask)."""
 
-    def start_refreshing(self, positions: torch.Tensor) -> None:
-        """Recording is over; later passes bring new keys and values for ``positions`` ``[R, T]`` (in-row)."""
+    def start_refreshing(self, batch: dict, positions: torch.Tensor) -> None:
+        """Recording is over; later passes over ``batch`` bring new keys and values for ``positions`` ``[R, T]``
+        (in-row)."""
         if not self.keys:
             raise RuntimeError("ChunkContext recorded nothing: pass it to JalaModel.hidden_states first")
         self.positions = positions
+        full = dense_chunk_mask(batch["doc_ids"][self.rows], batch["chunk_ids"][self.rows])  # [R, 1, N, N]
+        self.mask = full[torch.arange(len(self.rows), device=positions.device)[:, None], 0, positions][:, None]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         """0: a pass never continues a sequence (as generation's cache would); its positions come with it."""
@@ -74,13 +79,11 @@ class ChunkContext:
         embeds = model.backbone.get_input_embeddings()(ids)
         if latent_per_token is not None:
             embeds = embeds + latent_per_token.to(embeds.dtype)
-        full = dense_chunk_mask(batch["doc_ids"][self.rows], batch["chunk_ids"][self.rows])  # [R, 1, N, N]
-        mask = full[torch.arange(len(self.rows), device=ids.device)[:, None], 0, self.positions][:, None]
         language_model = model.backbone.model.language_model
         with _attention(language_model.config, "sdpa"):
             # a mapping of masks is used as given: transformers builds no causal mask of its own
             return language_model(inputs_embeds=embeds, position_ids=batch["position_ids"][row, self.positions],
-                                  attention_mask={"full_attention": mask}, past_key_values=self,
+                                  attention_mask={"full_attention": self.mask}, past_key_values=self,
                                   use_cache=False).last_hidden_state
 
 

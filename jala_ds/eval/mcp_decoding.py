@@ -198,7 +198,7 @@ class MotionGenerator:
         context = ChunkContext(rows) if self.decoding.reuse_context else None
         final, _ = self.model.hidden_states(batch, features, past_key_values=context)
         if context is not None:
-            context.start_refreshing(positions - rows[:, None] * final.shape[1])
+            context.start_refreshing(batch, positions - rows[:, None] * final.shape[1])
         return final.flatten(0, 1)[positions], context
 
     def generate(self, records: list[Mapping], shown_steps: int = 0) -> list[GeneratedClip]:
