@@ -90,6 +90,41 @@ def test_a_host_floor_paces_fast_cards_and_small_micro_batches(work, a800):
     assert min(row.epoch_hours for row in rows) > 58_594 * 0.944 / 3600
 
 
+def test_memory_is_the_stages_state_plus_one_micro_batch_of_activations(work, a800):
+    trained, frozen = work.params_trained, work.params_forward - work.params_trained
+    zero2 = dataclasses.replace(work, zero_stage=2)
+    assert work.state_gb(1) == pytest.approx((18 * trained + 2 * frozen) / 1e9)
+    assert work.state_gb(8) == pytest.approx(work.state_gb(1) / 8)
+    assert zero2.state_gb(8) == pytest.approx((16 * trained / 8 + 4 * trained + 2 * frozen) / 1e9)
+    unknown = plan.estimate_step(work, a800, 8, 0.4, 0.7)
+    assert unknown.memory_gb is None and unknown.row()["GB per GPU"] == f"{work.state_gb(8):.0f} + activations"
+    known = plan.estimate_step(work, a800, 8, 0.4, 0.7, activation_gb=2.5)
+    assert known.memory_gb == pytest.approx(work.state_gb(8) + 16 * 2.5)
+    halved = plan.scaling_table(work, a800, [16], 0.4, global_batch=128, activation_gb=2.5)[0]
+    assert halved.memory_gb == pytest.approx(work.state_gb(16) + 8 * 2.5)
+
+
+def test_zero2_gathers_no_parameters_per_pass_only_the_updated_ones_per_step(work, a800):
+    zero2 = dataclasses.replace(work, zero_stage=2)
+    assert plan.step_end_comm_seconds(work, 8, a800) == 0.0
+    assert plan.micro_step_comm_seconds(zero2, 8, a800) < plan.micro_step_comm_seconds(work, 8, a800)
+    gather = plan.step_end_comm_seconds(zero2, 8, a800)
+    assert gather > 0 and plan.step_end_comm_seconds(zero2, 1, a800) == 0.0
+    step = plan.estimate_step(zero2, a800, 8, 0.4, overlap=1.0)
+    assert step.exposed_comm_s == pytest.approx(gather)  # the step-end gather has nothing to hide behind
+
+
+def test_a_ds_config_of_another_stage_is_refused(tmp_path):
+    config = tmp_path / "zero1.json"
+    config.write_text('{"zero_optimization": {"stage": 1}}')
+    cfg = load_config("pretrain_internvl3_2b", [f"train.ds_config={config}"])
+    dims = model_dims(cfg)
+    with pytest.raises(ValueError, match="ZeRO stage 1: jala plan models stages 2 and 3"):
+        plan.Workload.from_recipe(cfg, recipe_flops(cfg, dims=dims), dims)
+    shipped = load_config("pretrain_internvl3_2b", ["train.ds_config=ds_configs/zero2.json"])
+    assert plan.Workload.from_recipe(shipped, recipe_flops(shipped, dims=dims), dims).zero_stage == 2
+
+
 def test_paper_and_target_mfu(work, a800):
     assert plan.mfu_for_hours(work, 68.0, 8, CARDS["a800"]) == pytest.approx(0.087, abs=1e-3)
     needed = mfu_for_target(work, a800, 8, 12.0, overlap=0.7)
@@ -126,8 +161,9 @@ def test_calibration_precedence_and_discovery(tmp_path):
         calibration(7e12, result=tmp_path / "missing.md")
     with pytest.raises(ValueError, match="--mfu 45"):
         calibration(7e12, given_mfu=45)
-    given = calibration(7e12, given_mfu=0.3, results_dir=tmp_path, given_host_ms=250)
-    assert (given.mfu, given.host_s) == (0.3, 0.25) and "--host-ms" in given.source
+    given = calibration(7e12, given_mfu=0.3, results_dir=tmp_path, given_host_ms=250, given_activation_gb=2.5)
+    assert (given.mfu, given.host_s, given.activation_gb) == (0.3, 0.25, 2.5) and "--host-ms" in given.source
+    assert calibration(7e12, given_mfu=0.3, results_dir=tmp_path).activation_gb is None
     with pytest.raises(ValueError, match="--host-ms -1"):
         calibration(7e12, given_host_ms=-1, results_dir=tmp_path)
 
@@ -139,6 +175,7 @@ def test_a_profiled_calibration_gives_back_the_measured_step_on_the_measuring_ca
                           ["gpus", "micro batch", "grad accum", "step ms", "samples/s", "GPU busy ms"],
                           ["1", "16", "1", "944", f"{16 / 0.944:.4g}", "340.4"])
     found = read_throughput_result(result, work.flops_per_sample)
+    assert found.activation_gb is None  # no resident memory column
     h200 = plan.Cluster(CARDS["h200"])
     step = plan.estimate_step(work, h200, 1, found.mfu, 0.7, host_s=found.host_s)
     assert step.host_bound and step.step_s == pytest.approx(0.944 + step.optimizer_s)
@@ -156,7 +193,11 @@ def test_plan_command_prints_tables_paper_target_and_assumptions(capsys, tmp_pat
     assert main(["plan", "--gpu", "a800", "--mfu", "0.338", "--host-ms", "944", "--max-gpus", "16"]) == 0
     out = capsys.readouterr().out
     for text in ("host floor 944 ms per micro-step", "| 16 | 2 | 128 | 8 x 1 | 0.944 | host |",
-                 "and a host that issues a micro-step in"):
+                 "and a host that issues a micro-step in", "plus activations (not measured"):
         assert text in out
+    assert main(["plan", "--gpu", "a800", "--mfu", "0.338", "--activation-gb", "2.3", "--max-gpus", "8"]) == 0
+    assert "fits in the a800's 80 GB" in capsys.readouterr().out
+    assert main(["plan", "--gpu", "a800", "--mfu", "0.338", "--activation-gb", "9", "--max-gpus", "8"]) == 0
+    assert "does NOT fit in the a800's 80 GB" in capsys.readouterr().out
     assert main(["plan", "--gpu", "tpu"]) == 2
     assert "unknown GPU 'tpu'" in capsys.readouterr().err

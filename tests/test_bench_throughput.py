@@ -139,13 +139,14 @@ def test_graphs_compiled_while_timing_are_reported_as_a_warning():
     assert len(warning) == 1 and "--warmup" in warning[0]
 
 
-def test_a_profiled_gpu_result_splits_into_compute_mfu_and_host_floor_for_the_planner(tmp_path):
+def test_a_profiled_gpu_result_splits_into_compute_mfu_host_floor_and_activations_for_the_planner(tmp_path):
     """The H200 figures: 16 samples in a 944 ms step whose kernels ran 340.4 ms. The GPU-busy column turns into
-    the compute MFU (FLOPs over busy time) and, the GPU being idle most of the step, a host floor of the step."""
+    the compute MFU (FLOPs over busy time) and, the GPU being idle most of the step, a host floor of the step;
+    peak less resident memory, into activations per sample."""
     measured = made_result(device="NVIDIA H200", micro_batch_size=16, step_seconds=0.944,
                            samples_per_s_per_rank=16 / 0.944, flops_per_sample=7.1e12, peak_flops=989e12)
     assert "GPU busy ms" not in result_row_of(measured) and not any("busy" in n for n in result_notes(measured, "r"))
-    profiled = dataclasses.replace(measured, gpu_busy_seconds=0.3404)
+    profiled = dataclasses.replace(measured, gpu_busy_seconds=0.3404, peak_memory_gb=75.9, resident_memory_gb=38.7)
     assert result_row_of(profiled)["GPU busy ms"] == pytest.approx(340.4)
     assert sum("GPU busy ms" in note for note in result_notes(profiled, "r")) == 1
     path = tmp_path / "2026-11-26_throughput_nvidia-h200.md"
@@ -153,6 +154,7 @@ def test_a_profiled_gpu_result_splits_into_compute_mfu_and_host_floor_for_the_pl
     calibration = read_throughput_result(path, flops_per_sample=7.1e12)
     assert calibration.mfu == pytest.approx(16 * 7.1e12 / (0.3404 * 989e12), rel=1e-3)
     assert calibration.host_s == pytest.approx(0.944) and "host-bound" in calibration.source
+    assert calibration.activation_gb == pytest.approx((75.9 - 38.7) / 16)  # activations per sample
     # A GPU busy for (nearly) the whole step set the pace itself: no host floor.
     busy = dataclasses.replace(profiled, gpu_busy_seconds=0.93)
     path.write_text(f"- device: {busy.device}\n\n{markdown_table([result_row_of(busy)])}\n")

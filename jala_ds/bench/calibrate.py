@@ -12,9 +12,13 @@ GPU's kernels ran per step. It splits the step in two. The compute MFU is then t
 which scales with the card; and when the GPU was busy for less than ``HOST_BOUND_BELOW`` of the step, the host set
 the pace, so the step's time (per micro-step) becomes the host floor, which a faster card does not shorten.
 Without that column the whole step counts as compute, as if the GPU had set the pace (no floor).
+
+A row with ``peak memory GB`` and ``resident memory GB`` (what stayed allocated between steps) gives the
+activations' size per sample: their difference over the micro-batch.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +40,8 @@ class Calibration:
     source: str
     host_s: float = 0.0
     """Host seconds per micro-step, a floor under the compute time on any card; 0 when not measured or given."""
+    activation_gb: float | None = None
+    """Activation memory per sample of a micro-batch, GB; None when not measured or given."""
 
 
 def _column(name: str) -> str:
@@ -66,7 +72,7 @@ def read_throughput_result(path: str | Path, flops_per_sample: float) -> Calibra
         raise ValueError(f"--calibrate {path}: no such file; pass a throughput result from benchmarks/results/")
     lines = path.read_text().splitlines()
     device = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("- device:")), None)
-    best: tuple[float, Calibration] | None = None
+    best: tuple[float, Calibration, dict[str, str]] | None = None
     for row in _table(lines):
         rate = _number(row.get("samples_per_s", ""))
         gpus = int(_number(row.get("gpus", "")) or 1)
@@ -80,11 +86,18 @@ def read_throughput_result(path: str | Path, flops_per_sample: float) -> Calibra
         else:
             continue
         if best is None or value > best[0]:
-            best = (value, found)
+            best = (value, found, row)
     if best is None:
         raise ValueError(f"{path}: no row with samples_per_s (and a '- device:' line) or mfu: pass a result of "
                          "the throughput benchmark, or give --mfu")
-    return best[1]
+    _, found, row = best
+    return dataclasses.replace(found, activation_gb=_activation_gb_per_sample(row))
+
+
+def _activation_gb_per_sample(row: dict[str, str]) -> float | None:
+    peak, resident = _number(row.get("peak_memory_gb", "")), _number(row.get("resident_memory_gb", ""))
+    micro = _number(row.get("micro_batch", "")) or 1
+    return None if peak is None or resident is None else max(peak - resident, 0.0) / micro
 
 
 def _split_by_busy_time(row: dict[str, str], flops_per_sample: float, device: str, step_mfu: float,
@@ -110,15 +123,20 @@ def latest_result(results_dir: str | Path) -> Path | None:
 
 
 def calibration(flops_per_sample: float, given_mfu: float | None = None, result: str | Path | None = None,
-                results_dir: str | Path = "benchmarks/results", given_host_ms: float | None = None) -> Calibration:
+                results_dir: str | Path = "benchmarks/results", given_host_ms: float | None = None,
+                given_activation_gb: float | None = None) -> Calibration:
     """``given_mfu`` if set, else the result file named, else the newest one in ``results_dir``, else the default;
-    ``given_host_ms`` replaces whatever host floor that gives."""
-    if given_host_ms is not None and given_host_ms < 0:
-        raise ValueError(f"--host-ms {given_host_ms}: give the host's milliseconds per micro-step, 0 or more")
+    ``given_host_ms`` and ``given_activation_gb`` replace whatever host floor and activation size that gives."""
+    for flag, value in (("--host-ms", given_host_ms), ("--activation-gb", given_activation_gb)):
+        if value is not None and value < 0:
+            raise ValueError(f"{flag} {value}: give 0 or more")
     found = _compute_calibration(flops_per_sample, given_mfu, result, results_dir)
-    if given_host_ms is None:
-        return found
-    return Calibration(found.mfu, f"{found.source}; host floor given with --host-ms", host_s=given_host_ms / 1e3)
+    if given_host_ms is not None:
+        found = dataclasses.replace(found, source=f"{found.source}; host floor given with --host-ms",
+                                    host_s=given_host_ms / 1e3)
+    if given_activation_gb is not None:
+        found = dataclasses.replace(found, activation_gb=given_activation_gb)
+    return found
 
 
 def _compute_calibration(flops_per_sample: float, given_mfu: float | None, result: str | Path | None,

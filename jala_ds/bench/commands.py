@@ -36,6 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     plan.add_argument("--host-ms", type=float, default=None,
                       help="host milliseconds per micro-step, a floor under the compute time on any card "
                            "(default: measured with the MFU when the result was profiled, else none)")
+    plan.add_argument("--activation-gb", type=float, default=None,
+                      help="activation memory per sample of a micro-batch, GB (default: measured when the result "
+                           "has resident memory, else not counted)")
     plan.add_argument("--calibrate", default=None, metavar="RESULTS.md",
                       help="throughput result to take the MFU (and host floor) from (default: newest in "
                            "--results-dir)")
@@ -97,7 +100,8 @@ def run_plan(args: argparse.Namespace) -> int:
         dims = model_dims(cfg)
         count = recipe_flops(cfg, args.text_tokens, vision_trained=not args.frozen_vision, dims=dims)
         work = plan.Workload.from_recipe(cfg, count, dims, args.epoch_samples, vision_trained=not args.frozen_vision)
-        calib = calibration(count.per_sample, args.mfu, args.calibrate, args.results_dir, args.host_ms)
+        calib = calibration(count.per_sample, args.mfu, args.calibrate, args.results_dir, args.host_ms,
+                            args.activation_gb)
     except ValueError as err:
         return _fail("plan", str(err))
     request = PlanRequest(cluster=plan.Cluster(gpu, args.gpus, args.network_gbps / 8), nodes=args.nodes,

@@ -1,17 +1,20 @@
-"""Step time of ZeRO-3 data-parallel JALA training versus GPU and node count: compute plus collectives.
+"""Step time and memory of ZeRO data-parallel JALA training versus GPU and node count: compute plus collectives.
 
 A step is ``grad_accum`` micro-steps. Each micro-step computes ``micro_batch`` samples at the card's bf16 peak
 times a compute MFU (model FLOPs over the time the GPU's kernels run, measured on one GPU, so without
 communication), but never faster than the host can issue the work: a host time per micro-step (Python, ZeRO-3's
-hooks, kernel launches), measured where the GPU waited for the host, is a floor no card shortens. Each
-micro-step also runs ZeRO-3's
-three collectives over the full (unsharded) parameter bytes: an all-gather before the forward, a re-gather
-before the backward, a reduce-scatter of the gradients. A ring collective moves (n - 1) / n of the buffer through
-every GPU's link and (nodes - 1) / nodes of it through every node's network adapters; the slower of the two sets
-its time, plus (n - 1) hop latencies per call. A fraction ``overlap`` of the communication hides behind compute
-(DeepSpeed prefetches the next layer's parameters and reduces gradients while the backward runs); the rest adds
-to the step, and so does the memory-bound Adam update of each rank's shard. ``docs/performance.md`` lists every
-constant and why.
+hooks, kernel launches), measured where the GPU waited for the host, is a floor no card shortens.
+
+Each micro-step also runs the ds_config's collectives over the full (unsharded) bytes. Under ZeRO-3 there are
+three: an all-gather of the parameters before the forward, a re-gather before the backward, a reduce-scatter of
+the gradients. Under ZeRO-2 only the reduce-scatter runs per micro-step; the updated parameters are all-gathered
+once after the optimiser step, with nothing left to hide behind. A ring collective moves (n - 1) / n of the
+buffer through every GPU's link and (nodes - 1) / nodes of it through every node's network adapters; the slower
+of the two sets its time, plus (n - 1) hop latencies per call. A fraction ``overlap`` of the per-micro-step
+communication hides behind compute (DeepSpeed prefetches the next layer's parameters and reduces gradients while
+the backward runs); the rest adds to the step, and so does the memory-bound Adam update of each rank's shard.
+Memory per GPU is the stage's weights, gradients and optimiser state plus, when their size per sample is known,
+one micro-batch's activations. ``docs/performance.md`` lists every constant and why.
 
     work = Workload.from_recipe(cfg, count, dims)
     rows = scaling_table(work, Cluster(card("a800")), [8, 16, 32], mfu=0.34, host_s=0.944)
@@ -53,6 +56,10 @@ ADAM_BYTES_PER_PARAM = 30
 """HBM traffic of one fp32 Adam update: read master, m, v, grad (16 B), write master, m, v (12 B) and bf16 (2 B)."""
 HBM_EFFICIENCY = 0.8
 """Achieved over nominal HBM bandwidth in the optimiser step."""
+STATE_BYTES = {3: (18, 0), 2: (16, 4)}
+"""Per trained parameter under each ZeRO stage: (bytes split across the GPUs, bytes every GPU holds whole), as
+DeepSpeed's own estimators count them (``estimate_zero3_model_states_mem_needs``: 18 sharded;
+``estimate_zero2_model_states_mem_needs``: 16 sharded, 4 replicated for the 16-bit weights and gradients)."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,17 @@ class Workload:
     reduce_bucket_params: int = DEEPSPEED_REDUCE_BUCKET
     """Gradients are reduce-scattered in buckets of this many elements (ds_config ``reduce_bucket_size``)."""
     epoch_samples: int = EPOCH_SAMPLES
+    zero_stage: int = 3
+    """The ds_config's ZeRO stage: 3 gathers parameters for every pass; 2 keeps them whole on every GPU and
+    all-gathers the updated ones once per step."""
+
+    def state_gb(self, gpus: int) -> float:
+        """Per-GPU weights, gradients and optimiser state (``STATE_BYTES``); frozen parameters hold only their
+        16-bit weights, split across the GPUs under ZeRO-3, whole under ZeRO-2."""
+        sharded, whole = STATE_BYTES[self.zero_stage]
+        frozen = (self.params_forward - self.params_trained) * self.param_bytes
+        frozen_per_gpu = frozen / gpus if self.zero_stage == 3 else frozen
+        return (self.params_trained * (sharded / gpus + whole) + frozen_per_gpu) / 1e9
 
     @classmethod
     def from_recipe(cls, cfg: JalaConfig, count: FlopCount, dims: ModelDims, epoch_samples: int = EPOCH_SAMPLES,
@@ -99,6 +117,10 @@ class Workload:
         from jala_ds.train.ds_config import read_ds_config
 
         ds = read_ds_config(cfg.train.ds_config)
+        stage = int(ds.get("zero_optimization", {}).get("stage", 0))
+        if stage not in STATE_BYTES:
+            raise ValueError(f"{cfg.train.ds_config}: ZeRO stage {stage}: jala plan models stages 2 and 3 (set "
+                             "train.ds_config to ds_configs/zero2.json or zero3_bf16.json)")
         wire = str(ds.get("communication_data_type", cfg.train.dtype)).lower()
         if wire not in WIRE_BYTES:
             raise ValueError(f"{cfg.train.ds_config}: communication_data_type {wire!r} is not one of "
@@ -120,7 +142,7 @@ class Workload:
                    grad_bytes=WIRE_BYTES[wire],
                    reduce_bucket_params=int(ds.get("zero_optimization", {}).get("reduce_bucket_size",
                                                                                 DEEPSPEED_REDUCE_BUCKET)),
-                   epoch_samples=epoch_samples)
+                   epoch_samples=epoch_samples, zero_stage=stage)
 
 
 @dataclass(frozen=True)
@@ -144,6 +166,10 @@ class StepEstimate:
     mfu: float
     """End to end: model FLOPs achieved over the cluster's peak, communication included."""
     epoch_hours: float
+    state_gb: float
+    """Per-GPU weights, gradients and optimiser state (``Workload.state_gb``)."""
+    memory_gb: float | None
+    """``state_gb`` plus the activations of one micro-batch, when their size per sample is known."""
 
     @property
     def comm_bound(self) -> bool:
@@ -155,7 +181,8 @@ class StepEstimate:
                 "paced by": "host" if self.host_bound else "GPU",
                 "comm s": self.comm_s, "exposed comm s": self.exposed_comm_s, "step s": self.step_s,
                 "samples/s": self.samples_per_s, "MFU": f"{self.mfu:.1%}", "h/epoch": self.epoch_hours,
-                "comm/compute": self.comm_s / self.compute_s}
+                "comm/compute": self.comm_s / self.compute_s,
+                "GB per GPU": f"{self.state_gb:.0f} + activations" if self.memory_gb is None else self.memory_gb}
 
 
 def collective_seconds(nbytes: float, gpus: int, cluster: Cluster, calls: int) -> float:
@@ -172,39 +199,58 @@ def collective_seconds(nbytes: float, gpus: int, cluster: Cluster, calls: int) -
 
 
 def micro_step_comm_seconds(work: Workload, gpus: int, cluster: Cluster) -> float:
-    """The three ZeRO-3 collectives of one micro-step."""
-    gathers = (collective_seconds(work.params_forward * work.param_bytes, gpus, cluster, work.gather_calls)
-               + collective_seconds(work.params_backward * work.param_bytes, gpus, cluster, work.gather_calls))
+    """The collectives of one micro-step: the gradients' reduce-scatter; under ZeRO-3 also the parameters'
+    all-gathers before the forward and the backward."""
     buckets = math.ceil(work.params_trained / work.reduce_bucket_params)
-    return gathers + collective_seconds(work.params_trained * work.grad_bytes, gpus, cluster, buckets)
+    reduce = collective_seconds(work.params_trained * work.grad_bytes, gpus, cluster, buckets)
+    if work.zero_stage == 2:
+        return reduce
+    return (reduce + collective_seconds(work.params_forward * work.param_bytes, gpus, cluster, work.gather_calls)
+            + collective_seconds(work.params_backward * work.param_bytes, gpus, cluster, work.gather_calls))
+
+
+def step_end_comm_seconds(work: Workload, gpus: int, cluster: Cluster) -> float:
+    """ZeRO-2's all-gather of the updated parameters after the optimiser step (ZeRO-3 gathers them as it goes):
+    nothing is left to overlap it with."""
+    if work.zero_stage == 3:
+        return 0.0
+    buckets = math.ceil(work.params_trained / work.reduce_bucket_params)
+    return collective_seconds(work.params_trained * work.param_bytes, gpus, cluster, buckets)
 
 
 def estimate_step(work: Workload, cluster: Cluster, gpus: int, mfu: float, overlap: float,
-                  micro_batch: int | None = None, grad_accum: int | None = None, host_s: float = 0.0) -> StepEstimate:
-    """Time of one optimiser step on ``gpus`` GPUs at compute efficiency ``mfu``, each micro-step taking at least
-    ``host_s`` seconds of host time, hiding ``overlap`` of the comm."""
+                  micro_batch: int | None = None, grad_accum: int | None = None, host_s: float = 0.0,
+                  activation_gb: float | None = None) -> StepEstimate:
+    """Time and per-GPU memory of one optimiser step on ``gpus`` GPUs at compute efficiency ``mfu``, each
+    micro-step taking at least ``host_s`` seconds of host time, hiding ``overlap`` of the comm; activations of
+    ``activation_gb`` per sample of a micro-batch, when known."""
     micro = micro_batch or work.micro_batch
     accum = grad_accum or work.grad_accum
     peak = cluster.card.bf16_tflops * 1e12
     gpu_compute = micro * accum * work.flops_per_sample / (peak * mfu)
     # The host's cost is per module and kernel call, not per sample: a smaller micro-batch does not shorten it.
     compute = max(gpu_compute, accum * host_s)
-    comm = accum * micro_step_comm_seconds(work, gpus, cluster)
-    exposed = (1 - overlap) * comm + max(0.0, overlap * comm - compute)
+    overlappable = accum * micro_step_comm_seconds(work, gpus, cluster)
+    step_end = step_end_comm_seconds(work, gpus, cluster)
+    comm = overlappable + step_end
+    exposed = (1 - overlap) * overlappable + max(0.0, overlap * overlappable - compute) + step_end
     optimizer = (work.params_trained / gpus * ADAM_BYTES_PER_PARAM
                  / (cluster.card.hbm_tb_s * 1e12 * HBM_EFFICIENCY))
     step = compute + exposed + optimizer
+    state = work.state_gb(gpus)
     global_batch = micro * accum * gpus
     samples_per_s = global_batch / step
     return StepEstimate(gpus=gpus, nodes=cluster.nodes(gpus), global_batch=global_batch, micro_batch=micro,
                         grad_accum=accum, compute_s=compute, host_bound=compute > gpu_compute, comm_s=comm,
                         exposed_comm_s=exposed, optimizer_s=optimizer, step_s=step, samples_per_s=samples_per_s,
                         mfu=work.flops_per_sample * samples_per_s / (gpus * peak),
-                        epoch_hours=work.epoch_samples / samples_per_s / 3600)
+                        epoch_hours=work.epoch_samples / samples_per_s / 3600, state_gb=state,
+                        memory_gb=None if activation_gb is None else state + activation_gb * micro)
 
 
 def scaling_table(work: Workload, cluster: Cluster, gpu_counts: list[int], mfu: float, overlap: float = 0.7,
-                  global_batch: int | None = None, host_s: float = 0.0) -> list[StepEstimate]:
+                  global_batch: int | None = None, host_s: float = 0.0,
+                  activation_gb: float | None = None) -> list[StepEstimate]:
     """Estimates for each GPU count (``estimate_step``).
 
     ``global_batch=None`` is weak scaling: every GPU keeps the recipe's micro-batch and accumulation, so the
@@ -215,14 +261,14 @@ def scaling_table(work: Workload, cluster: Cluster, gpu_counts: list[int], mfu: 
     rows = []
     for gpus in gpu_counts:
         if global_batch is None:
-            rows.append(estimate_step(work, cluster, gpus, mfu, overlap, host_s=host_s))
+            rows.append(estimate_step(work, cluster, gpus, mfu, overlap, host_s=host_s, activation_gb=activation_gb))
             continue
         per_gpu, remainder = divmod(global_batch, gpus)
         if per_gpu == 0 or remainder:
             continue
         micro = math.gcd(per_gpu, work.micro_batch)
-        rows.append(estimate_step(work, cluster, gpus, mfu, overlap, micro_batch=micro,
-                                  grad_accum=per_gpu // micro, host_s=host_s))
+        rows.append(estimate_step(work, cluster, gpus, mfu, overlap, micro_batch=micro, grad_accum=per_gpu // micro,
+                                  host_s=host_s, activation_gb=activation_gb))
     return rows
 
 

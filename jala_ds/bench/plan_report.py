@@ -59,6 +59,15 @@ def dominance_line(rows: list[plan.StepEstimate]) -> str:
     return line
 
 
+def memory_line(step: plan.StepEstimate, card) -> str:
+    if step.memory_gb is None:
+        return (f"{step.state_gb:.1f} GB per GPU of weights, gradients and optimiser state, plus activations (not "
+                f"measured: give --activation-gb, or calibrate from a GPU result with resident memory)")
+    verdict = "fits" if step.memory_gb <= card.memory_gb else "does NOT fit"
+    return (f"{step.memory_gb:.1f} GB per GPU ({step.state_gb:.1f} GB of state, the rest activations): {verdict} "
+            f"in the {card.name}'s {card.memory_gb} GB")
+
+
 def host_floor_line(calibration: Calibration) -> str:
     if calibration.host_s == 0:
         return ("no host floor: the GPU sets the pace (give --host-ms, or calibrate from a result profiled with "
@@ -90,6 +99,12 @@ def assumptions(request: PlanRequest, work: plan.Workload, calibration: Calibrat
          f"{plan.HOP_LATENCY_NETWORK_S * 1e6:g} us (network)"),
         f"{request.overlap:.0%} of the communication can hide behind compute; the rest adds to the step",
         f"Adam update: {plan.ADAM_BYTES_PER_PARAM} B of HBM traffic per trained parameter of each rank's shard",
+        (f"memory: ZeRO-{work.zero_stage} state of {plan.STATE_BYTES[work.zero_stage][0]} B per trained parameter "
+         f"split across the GPUs and {plan.STATE_BYTES[work.zero_stage][1]} B held whole (DeepSpeed's estimators), "
+         "frozen parameters' 16-bit weights; "
+         + ("activations not counted" if calibration.activation_gb is None else
+            f"activations {calibration.activation_gb:.3g} GB per sample of a micro-batch")
+         + "; no allocator fragmentation or gathered working set"),
         f"epoch: {work.epoch_samples:,} samples; data loading keeps up (DESIGN.md's loader target)",
     ]
 
@@ -129,11 +144,14 @@ def plan_report(cfg: JalaConfig, count: FlopCount, work: plan.Workload, request:
     """The whole report for recipe ``cfg`` as one string (the paper comparison only for the InternVL3-2B shape)."""
     c = request.cluster
     counts = plan.gpu_counts(c.gpus_per_node, request.max_gpus, c.gpus_per_node * request.nodes)
-    host_s = calibration.host_s
-    weak = plan.scaling_table(work, c, counts, calibration.mfu, request.overlap, host_s=host_s)
-    strong = plan.scaling_table(work, c, counts, calibration.mfu, request.overlap, request.global_batch, host_s)
+    host_s, activation_gb = calibration.host_s, calibration.activation_gb
+    weak = plan.scaling_table(work, c, counts, calibration.mfu, request.overlap, host_s=host_s,
+                              activation_gb=activation_gb)
+    strong = plan.scaling_table(work, c, counts, calibration.mfu, request.overlap, request.global_batch, host_s,
+                                activation_gb)
     planned_gpus = c.gpus_per_node * request.nodes
-    planned = plan.estimate_step(work, c, planned_gpus, calibration.mfu, request.overlap, host_s=host_s)
+    planned = plan.estimate_step(work, c, planned_gpus, calibration.mfu, request.overlap, host_s=host_s,
+                                 activation_gb=activation_gb)
     lines = [
         f"# jala plan: {cfg.name} on {c.card.name}, {c.gpus_per_node} GPUs per node", "",
         f"## Model FLOPs per sample: {flop_text(count.per_sample)} ({count.shape.lm_tokens} LM tokens)", "",
@@ -147,6 +165,7 @@ def plan_report(cfg: JalaConfig, count: FlopCount, work: plan.Workload, request:
         (f"- this plan: {planned.epoch_hours:.3g} h per epoch, {planned.samples_per_s:.4g} samples/s at global "
          f"batch {planned.global_batch}, {planned.mfu:.1%} end-to-end MFU (compute MFU {calibration.mfu:.1%}; "
          f"paced by the {'host' if planned.host_bound else 'GPU'})"),
+        f"- memory: {memory_line(planned, c.card)}",
         *(paper_lines(work, request, count, planned_gpus, host_s) if cfg.model.arch == "internvl3_2b" else []), "",
         "## Assumptions", "",
         *[f"- {line}" for line in assumptions(request, work, calibration)],

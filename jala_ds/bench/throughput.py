@@ -55,10 +55,14 @@ class ThroughputResult:
     peak_flops: float | None
     """The card's dense bf16 peak FLOP/s; None on a CPU or an unknown card (then no MFU)."""
     peak_memory_gb: float
-    """CUDA max allocated on a GPU, the process's peak resident set on a CPU (largest over ranks)."""
+    """CUDA max allocated during the measured steps on a GPU, the process's peak resident set on a CPU (largest
+    over ranks)."""
     compilations: int = 0
     """Graphs torch.compile compiled during the measured steps (``train.compile_blocks``), most over ranks: when
     not 0, compile time is inside the step times and ``--warmup`` was too short."""
+    resident_memory_gb: float | None = None
+    """CUDA memory allocated when the measured steps began (weights, gradients, optimiser state: what stays
+    between steps), largest over ranks; ``peak_memory_gb`` minus this is the activations' peak. None on a CPU."""
     gpu_busy_seconds: float | None = None
     """Seconds per step the GPU's kernels ran, from the profiled steps (``--profile`` on a GPU; this rank's, the
     only figure that differs between ranks); well under ``step_seconds`` means the host set the pace. None when
@@ -146,8 +150,7 @@ def measure_throughput(plan, steps: int, warmup: int, name_device: Callable[[], 
     seed_everything(train_cfg.seed)
     parts = build_training(plan, rank, world_size)
     engine, ema = parts.engine, parts.ema
-    if engine.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(engine.device)
+    on_gpu = engine.device.type == "cuda"
     batches = endless(parts.loader)
     compute_dtype = torch.bfloat16 if train_cfg.dtype == "bf16" else torch.float32
     clock = PhaseClock(get_accelerator().synchronize, timer)
@@ -176,6 +179,9 @@ def measure_throughput(plan, steps: int, warmup: int, name_device: Callable[[], 
             clock.reset()
             totals.zero_()
             compiled_before = compilations()
+            if on_gpu:  # what stays between steps, and a peak of the measured steps only
+                resident = torch.cuda.memory_allocated(engine.device) / 1e9
+                torch.cuda.reset_peak_memory_stats(engine.device)
         started = clock.now()
         step()
         totals[0] += clock.now() - started
@@ -183,8 +189,8 @@ def measure_throughput(plan, steps: int, warmup: int, name_device: Callable[[], 
     summed = torch.tensor([clock.totals[name] for name in PHASES] + totals.tolist(), dtype=torch.float64,
                           device=engine.device)
     dist.all_reduce(summed)
-    most = torch.tensor([peak_memory_gb(engine.device), compilations() - compiled_before], dtype=torch.float64,
-                        device=engine.device)
+    most = torch.tensor([peak_memory_gb(engine.device), compilations() - compiled_before,
+                         resident if on_gpu else 0.0], dtype=torch.float64, device=engine.device)
     dist.all_reduce(most, op=dist.ReduceOp.MAX)
     *phase_totals, step_total, samples, tokens = (value / world_size for value in summed.tolist())
     result = ThroughputResult(
@@ -194,7 +200,7 @@ def measure_throughput(plan, steps: int, warmup: int, name_device: Callable[[], 
         step_seconds=step_total / steps, samples_per_s_per_rank=samples / step_total,
         tokens_per_s_per_rank=tokens / step_total, flops_per_sample=recipe_flops(cfg).per_sample,
         peak_flops=card_peak_flops(device_name, engine.device), peak_memory_gb=most[0].item(),
-        compilations=int(most[1].item()))
+        compilations=int(most[1].item()), resident_memory_gb=most[2].item() if on_gpu else None)
     if profile_dir is not None:  # after the timed steps, so the profiler's overhead never enters the figures
         log.info("measured %.1f ms/step, %.2f samples/s per rank; profiling %d more steps",
                  result.step_seconds * 1e3, result.samples_per_s_per_rank, PROFILED_STEPS)

@@ -39,6 +39,8 @@ def result_row(result: ThroughputResult) -> dict[str, Any]:
         "peak memory GB": result.peak_memory_gb,
         f"epoch h on {PROJECTION_GPUS} GPUs": result.epoch_hours(EPOCH_SAMPLES, PROJECTION_GPUS),
     })
+    if result.resident_memory_gb is not None:
+        row["resident memory GB"] = result.resident_memory_gb
     if result.gpu_busy_seconds is not None:
         row["GPU busy ms"] = result.gpu_busy_seconds * 1e3
     return row
@@ -58,6 +60,10 @@ def result_notes(result: ThroughputResult, recipe: str) -> list[str]:
         f"one epoch of {EPOCH_SAMPLES / 1e6:g}M samples on {PROJECTION_GPUS} GPUs at this per-rank rate: "
         f"{hours:.3g} h (paper: {PAPER_EPOCH_HOURS:g} h on 8 x A800; target: {TARGET_EPOCH_HOURS:g} h)",
     ]
+    if result.resident_memory_gb is not None:
+        notes.append("peak memory GB is the measured steps' peak; resident memory GB what was allocated as they "
+                     "began (weights, gradients, optimiser state); the difference is the activations' peak, which "
+                     "`jala plan` scales by the micro-batch")
     if result.gpu_busy_seconds is not None:
         notes.append(f"GPU busy ms: the time the GPU's kernels ran per step over {PROFILED_STEPS} profiled steps "
                      "after the measured ones (rank 0's; kernels on concurrent streams count twice, so it is an "
