@@ -36,14 +36,14 @@ def chunk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: 
     """
     check_attention_inputs(q, k, v, doc_ids, chunk_ids)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    bounds = _cached_bounds(doc_ids, chunk_ids)
+    bounds = torch.ops.jala_kernels.chunk_bounds(doc_ids, chunk_ids)
     if not q.is_cuda and not interpreter_requested():
         return chunk_attention_reference(q, k, v, doc_ids, chunk_ids, scale)
     _check_kernel_inputs(q)
-    from jala_kernels.chunk_attention_function import ChunkAttentionFunction
+    import jala_kernels.chunk_attention_function  # noqa: F401  registers torch.ops.jala_kernels.chunk_attention
 
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-    return ChunkAttentionFunction.apply(q, k, v, bounds, scale)
+    return torch.ops.jala_kernels.chunk_attention(q, k, v, *bounds, scale)[0]
 
 
 def interpreter_requested() -> bool:
@@ -61,6 +61,19 @@ def _check_kernel_inputs(q: torch.Tensor) -> None:
 
 
 _last_bounds: tuple[torch.Tensor, torch.Tensor, int, int, ChunkBounds] | None = None
+
+
+@torch.library.custom_op("jala_kernels::chunk_bounds", mutates_args=())
+def chunk_bounds_op(doc_ids: torch.Tensor, chunk_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
+                                                                              torch.Tensor, torch.Tensor]:
+    """``ChunkBounds`` of the ids as an operator ``torch.compile`` does not look into: computing them checks the
+    layout on the host, which a compiled graph would have to break around, in every layer."""
+    return tuple(_cached_bounds(doc_ids, chunk_ids))
+
+
+@chunk_bounds_op.register_fake
+def _(doc_ids, chunk_ids):
+    return tuple(doc_ids.new_empty(doc_ids.shape, dtype=torch.int32) for _ in ChunkBounds._fields)
 
 
 def _cached_bounds(doc_ids: torch.Tensor, chunk_ids: torch.Tensor) -> ChunkBounds:

@@ -83,6 +83,19 @@ def test_strided_heads_major_views_and_a_custom_scale():
         assert got < 1e-5
 
 
+def test_compiled_calls_trace_into_one_graph_and_give_the_eager_results():
+    """Compiled layers (``train.compile_blocks``) keep the kernel as one custom operator: tracing with
+    ``fullgraph`` (no graph break allowed) succeeds on the layout transformers hands over, and the compiled call
+    gives exactly the eager output and gradients."""
+    torch._dynamo.reset()
+    q, k, v, doc_ids, chunk_ids, grad_out = attention_problem(*CASES["unaligned chunks, several documents, padding"])
+    views = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v)]
+    compiled = torch.compile(chunk_attention, backend="aot_eager", fullgraph=True, dynamic=True)
+    eager = output_and_grads(chunk_attention, *views, doc_ids, chunk_ids, grad_out, torch.float32, 0.3)
+    traced = output_and_grads(compiled, *views, doc_ids, chunk_ids, grad_out, torch.float32, 0.3)
+    assert all(torch.equal(a, b) for a, b in zip(traced, eager))
+
+
 def test_backward_is_deterministic():
     problem = attention_problem(*CASES["chunks at the start and the end of the row"], seed=3)
     first = output_and_grads(chunk_attention, *problem, torch.float16)
