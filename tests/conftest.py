@@ -50,3 +50,23 @@ def tiny_corpus(tmp_path_factory):
     synthesize_corpus(root / "raw", lab=24, wild=20, seed=0)
     report = convert_corpus(root / "raw", root / "mds", load_config("tiny_cpu").data, shard_bytes=1 << 16)
     return SimpleNamespace(raw=root / "raw", mds=root / "mds", report=report)
+
+
+@pytest.fixture(scope="module")
+def tiny_generation(tiny_corpus):
+    """What MCP decoding tests generate with: the tiny recipe, its random model in eval mode, tokenizer and
+    vocabulary, and three labelled records of the session corpus. One per test module: a module may edit the
+    model's weights."""
+    from streaming import LocalDataset
+
+    from jala_ds.config import load_config
+    from jala_ds.model.build import build_model
+    from jala_ds.vocab import add_motion_vocab, load_text_tokenizer
+
+    torch.manual_seed(0)
+    cfg = load_config("tiny_cpu")
+    tokenizer = load_text_tokenizer(None)
+    vocab = add_motion_vocab(tokenizer, cfg.motion_tokenizer.vocab_per_part)
+    model = build_model(cfg, vocab).eval()
+    lab = LocalDataset(local=str(tiny_corpus.mds / "lab"))
+    return cfg, model, tokenizer, vocab, [lab[i] for i in range(3)]

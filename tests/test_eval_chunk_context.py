@@ -5,24 +5,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from streaming import LocalDataset
 
-from jala_ds.config import load_config
 from jala_ds.eval.chunk_context import ChunkContext
 from jala_ds.eval.mcp_decoding import Decoding, MotionGenerator
-from jala_ds.model.build import build_model
 from jala_ds.model.motion_positions import chunk_token_index
-from jala_ds.vocab import add_motion_vocab, load_text_tokenizer
 
 
 @pytest.fixture(scope="module")
-def decoding_batch(tiny_corpus):
+def decoding_batch(tiny_generation):
     """The tiny model and a generation batch of two windows, two ensemble members each (four rows)."""
-    torch.manual_seed(0)
-    cfg = load_config("tiny_cpu")
-    tokenizer = load_text_tokenizer(None)
-    vocab = add_motion_vocab(tokenizer, cfg.motion_tokenizer.vocab_per_part)
-    model = build_model(cfg, vocab).eval()
+    cfg, model, tokenizer, vocab, records = tiny_generation
     # A fresh model hides what these tests look for: every motion code starts with the same embedding (the mean
     # of the text ones), so a chunk's hidden states would not depend on its tokens; and attention is almost
     # uniform (scores ~0.05), so a stale key would hardly show. Distinct unit-scale embeddings and sharper scores.
@@ -31,9 +23,8 @@ def decoding_batch(tiny_corpus):
         for layer in model.backbone.model.language_model.layers:
             layer.self_attn.q_proj.weight.mul_(10)
             layer.self_attn.k_proj.weight.mul_(10)
-    lab = LocalDataset(local=str(tiny_corpus.mds / "lab"))
     generator = MotionGenerator(cfg, model, tokenizer, vocab, decoding=Decoding(ensemble=2))
-    _, batch, _ = generator.prepare([lab[0], lab[1]])
+    _, batch, _ = generator.prepare(records[:2])
     return model, generator, batch
 
 

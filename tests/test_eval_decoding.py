@@ -8,9 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from streaming import LocalDataset
 
-from jala_ds.config import load_config
 from jala_ds.data.motion_tokens import build_motion_tokenizer
 from jala_ds.eval.mcp_decoding import (
     Decoding,
@@ -19,32 +17,19 @@ from jala_ds.eval.mcp_decoding import (
     ensemble_poses,
     positions_to_fix,
 )
-from jala_ds.model.build import build_model
 from jala_ds.motion.mano import split_frames
-from jala_ds.vocab import add_motion_vocab, load_text_tokenizer
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_corpus):
-    torch.manual_seed(0)
-    cfg = load_config("tiny_cpu")
-    tokenizer = load_text_tokenizer(None)
-    vocab = add_motion_vocab(tokenizer, cfg.motion_tokenizer.vocab_per_part)
-    model = build_model(cfg, vocab).eval()
-    lab = LocalDataset(local=str(tiny_corpus.mds / "lab"))
-    return cfg, model, tokenizer, vocab, [lab[i] for i in range(3)]
-
-
-def generator(tiny, **decoding) -> MotionGenerator:
-    cfg, model, tokenizer, vocab, _ = tiny
+def generator(tiny_generation, **decoding) -> MotionGenerator:
+    cfg, model, tokenizer, vocab, _ = tiny_generation
     return MotionGenerator(cfg, model, tokenizer, vocab, decoding=Decoding(**decoding))
 
 
 @pytest.mark.parametrize("fraction", [0.05, 0.2, 0.3])
-def test_each_pass_fixes_exactly_the_configured_number_of_tokens(tiny, fraction):
-    gen = generator(tiny, fraction=fraction, ensemble=2)
+def test_each_pass_fixes_exactly_the_configured_number_of_tokens(tiny_generation, fraction):
+    gen = generator(tiny_generation, fraction=fraction, ensemble=2)
     per_pass = math.ceil(fraction * gen.tokens_per_chunk)
-    _, batch, streams = gen.prepare(tiny[4])
+    _, batch, streams = gen.prepare(tiny_generation[4])
     still_masked = [masked.sum(dim=1) for masked in gen.fill(batch, streams)]
     rows = batch["input_ids"].shape[0]
     # chunk after chunk: the mask count of every row being filled falls by per_pass each pass, to zero
@@ -52,12 +37,12 @@ def test_each_pass_fixes_exactly_the_configured_number_of_tokens(tiny, fraction)
     counts = [int(c[0]) for c in still_masked]
     assert counts[:len(expected)] == expected and len(counts) % len(expected) == 0
     assert all(len(c) <= rows and bool((c == c[0]).all()) for c in still_masked)
-    assert not (batch["input_ids"] == tiny[3].mask).any()
+    assert not (batch["input_ids"] == tiny_generation[3].mask).any()
 
 
-def test_only_codes_the_tokenizer_can_decode_are_chosen(tiny):
-    cfg, *_ = tiny
-    clips = generator(tiny, fraction=0.25, ensemble=2).generate(tiny[4])
+def test_only_codes_the_tokenizer_can_decode_are_chosen(tiny_generation):
+    cfg, *_ = tiny_generation
+    clips = generator(tiny_generation, fraction=0.25, ensemble=2).generate(tiny_generation[4])
     tokenizer = build_motion_tokenizer(cfg.motion_tokenizer)
     for clip in clips:
         for motion in clip.hands.values():
@@ -66,8 +51,8 @@ def test_only_codes_the_tokenizer_can_decode_are_chosen(tiny):
             assert motion.predicted.shape == motion.true.shape and np.isfinite(motion.predicted).all()
 
 
-def test_candidates_are_the_parts_codes_within_each_stage(tiny):
-    cfg, _, _, vocab, _ = tiny
+def test_candidates_are_the_parts_codes_within_each_stage(tiny_generation):
+    cfg, _, _, vocab, _ = tiny_generation
     tok = cfg.motion_tokenizer
     ids = candidate_ids(vocab, tok)
     assert ids.shape == (tok.tokens_per_chunk, tok.codes_per_stage)
@@ -77,9 +62,9 @@ def test_candidates_are_the_parts_codes_within_each_stage(tiny):
     assert torch.equal(codes // tok.codes_per_stage, stage.expand_as(codes))
 
 
-def test_a_seed_reproduces_the_motion(tiny):
-    first = generator(tiny, fraction=0.25, ensemble=2, seed=7).generate(tiny[4])
-    again = generator(tiny, fraction=0.25, ensemble=2, seed=7).generate(tiny[4])
+def test_a_seed_reproduces_the_motion(tiny_generation):
+    first = generator(tiny_generation, fraction=0.25, ensemble=2, seed=7).generate(tiny_generation[4])
+    again = generator(tiny_generation, fraction=0.25, ensemble=2, seed=7).generate(tiny_generation[4])
     for a, b in zip(first, again):
         for hand in a.hands:
             assert np.array_equal(a.hands[hand].member_codes, b.hands[hand].member_codes)
