@@ -47,7 +47,9 @@ class ChunkContext:
         """Recording is over; later passes over ``batch`` bring new keys and values for ``positions`` ``[R, T]``
         (in-row)."""
         if not self.keys:
-            raise RuntimeError("ChunkContext recorded nothing: pass it to JalaModel.hidden_states first")
+            raise RuntimeError("ChunkContext recorded nothing: pass it to JalaModel.hidden_states first, with the "
+                               "model in eval mode (transformers drops caches under gradient checkpointing in "
+                               "training mode)")
         self.positions = positions
         full = dense_chunk_mask(batch["doc_ids"][self.rows], batch["chunk_ids"][self.rows])  # [R, 1, N, N]
         self.mask = full[torch.arange(len(self.rows), device=positions.device)[:, None], 0, positions][:, None]
