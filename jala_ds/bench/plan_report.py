@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from jala_ds.bench import plan
 from jala_ds.bench.calibrate import Calibration
-from jala_ds.bench.cards import card
+from jala_ds.bench.cards import Card, card
 from jala_ds.bench.flops import FlopCount
 from jala_ds.bench.tables import markdown_table
 
@@ -59,10 +59,10 @@ def dominance_line(rows: list[plan.StepEstimate]) -> str:
     return line
 
 
-def memory_line(step: plan.StepEstimate, card) -> str:
+def memory_line(step: plan.StepEstimate, card: Card) -> str:
     if step.memory_gb is None:
         return (f"{step.state_gb:.1f} GB per GPU of weights, gradients and optimiser state, plus activations (not "
-                f"measured: give --activation-gb, or calibrate from a GPU result with resident memory)")
+                "measured: give --activation-gb, or calibrate from a GPU result with resident memory)")
     verdict = "fits" if step.memory_gb <= card.memory_gb else "does NOT fit"
     return (f"{step.memory_gb:.1f} GB per GPU ({step.state_gb:.1f} GB of state, the rest activations): {verdict} "
             f"in the {card.name}'s {card.memory_gb} GB")
