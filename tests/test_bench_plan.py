@@ -182,6 +182,29 @@ def test_a_profiled_calibration_gives_back_the_measured_step_on_the_measuring_ca
     assert plan.estimate_step(work, h200, 1, found.mfu, 0.7).compute_s == pytest.approx(0.3404)
 
 
+def test_matmul_time_scales_with_peak_flops_and_the_rest_with_memory_bandwidth(work, tmp_path):
+    """The H200's 340.4 ms of kernels, 168.7 of them in matmuls and attention: on an A800 the first part slows by
+    the peak FLOP/s ratio and the rest by the HBM bandwidth ratio; on the H200 itself nothing changes, and
+    without the split the whole kernel time scales with peak FLOP/s."""
+    header = ["gpus", "micro batch", "grad accum", "step ms", "samples/s", "GPU busy ms"]
+    row = ["1", "16", "1", "944", f"{16 / 0.944:.4g}", "340.4"]
+    split = read_throughput_result(write_result(tmp_path / "2026-11-26_throughput_split.md", "NVIDIA H200",
+                                                [*header, "GPU matmul+attention ms"], [*row, "168.7"]),
+                                   work.flops_per_sample)
+    whole = read_throughput_result(write_result(tmp_path / "2026-11-26_throughput_whole.md", "NVIDIA H200",
+                                                header, row), work.flops_per_sample)
+    h200, a800 = CARDS["h200"], CARDS["a800"]
+    assert split.measured_on == h200 and split.bandwidth_share == pytest.approx(1 - 168.7 / 340.4)
+
+    def kernel_seconds(calibration, target):
+        return plan.estimate_step(work, plan.Cluster(target), 1, calibration.mfu_on(target), 0.7).compute_s
+
+    assert kernel_seconds(split, h200) == pytest.approx(0.3404, rel=1e-3)
+    assert kernel_seconds(split, a800) == pytest.approx(
+        0.1687 * h200.bf16_tflops / a800.bf16_tflops + (0.3404 - 0.1687) * h200.hbm_tb_s / a800.hbm_tb_s, rel=1e-3)
+    assert kernel_seconds(whole, a800) == pytest.approx(0.3404 * h200.bf16_tflops / a800.bf16_tflops, rel=1e-3)
+
+
 def test_plan_command_prints_tables_paper_target_and_assumptions(capsys, tmp_path):
     assert main(["plan", "--gpus", "8", "--gpu", "a800", "--nodes", "2", "--mfu", "0.45", "--max-gpus", "64",
                  "--results-dir", str(tmp_path)]) == 0

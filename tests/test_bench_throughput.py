@@ -146,8 +146,10 @@ def test_a_profiled_gpu_result_splits_into_compute_mfu_host_floor_and_activation
     measured = made_result(device="NVIDIA H200", micro_batch_size=16, step_seconds=0.944,
                            samples_per_s_per_rank=16 / 0.944, flops_per_sample=7.1e12, peak_flops=989e12)
     assert "GPU busy ms" not in result_row_of(measured) and not any("busy" in n for n in result_notes(measured, "r"))
-    profiled = dataclasses.replace(measured, gpu_busy_seconds=0.3404, peak_memory_gb=75.9, resident_memory_gb=38.7)
+    profiled = dataclasses.replace(measured, gpu_busy_seconds=0.3404, gpu_matmul_seconds=0.1687, peak_memory_gb=75.9,
+                                   resident_memory_gb=38.7)
     assert result_row_of(profiled)["GPU busy ms"] == pytest.approx(340.4)
+    assert result_row_of(profiled)["GPU matmul+attention ms"] == pytest.approx(168.7)
     assert sum("GPU busy ms" in note for note in result_notes(profiled, "r")) == 1
     path = tmp_path / "2026-11-26_throughput_nvidia-h200.md"
     path.write_text(f"- device: {profiled.device}\n\n{markdown_table([result_row_of(profiled)])}\n")
@@ -155,6 +157,7 @@ def test_a_profiled_gpu_result_splits_into_compute_mfu_host_floor_and_activation
     assert calibration.mfu == pytest.approx(16 * 7.1e12 / (0.3404 * 989e12), rel=1e-3)
     assert calibration.host_s == pytest.approx(0.944) and "host-bound" in calibration.source
     assert calibration.activation_gb == pytest.approx((75.9 - 38.7) / 16)  # activations per sample
+    assert calibration.bandwidth_share == pytest.approx(1 - 168.7 / 340.4)  # the rest waits on memory
     # A GPU busy for (nearly) the whole step set the pace itself: no host floor.
     busy = dataclasses.replace(profiled, gpu_busy_seconds=0.93)
     path.write_text(f"- device: {busy.device}\n\n{markdown_table([result_row_of(busy)])}\n")

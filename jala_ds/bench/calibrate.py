@@ -13,6 +13,11 @@ which scales with the card; and when the GPU was busy for less than ``HOST_BOUND
 the pace, so the step's time (per micro-step) becomes the host floor, which a faster card does not shorten.
 Without that column the whole step counts as compute, as if the GPU had set the pace (no floor).
 
+Its ``GPU matmul+attention ms`` column splits the busy time again. Matrix multiplies and attention run at a
+card's tensor-core speed; the rest (elementwise work, norms, copies, the optimiser) waits on memory. Cards differ
+in the ratio of the two (an A800 has a third of an H200's peak FLOP/s but 42 % of its memory bandwidth), so
+``Calibration.mfu_on`` scales each part by its own figure when the plan is for another card.
+
 A row with ``peak memory GB`` and ``resident memory GB`` (what stayed allocated between steps) gives the
 activations' size per sample: their difference over the micro-batch.
 """
@@ -23,6 +28,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from jala_ds.bench.cards import Card, card
 from jala_ds.bench.flops import mfu
 from jala_ds.bench.plan import DEFAULT_MFU
 
@@ -42,6 +48,20 @@ class Calibration:
     """Host seconds per micro-step, a floor under the compute time on any card; 0 when not measured or given."""
     activation_gb: float | None = None
     """Activation memory per sample of a micro-batch, GB; None when not measured or given."""
+    measured_on: Card | None = None
+    """The card the compute MFU was measured on; None when given or assumed (then it holds on every card)."""
+    bandwidth_share: float = 0.0
+    """The share of the measured GPU time outside matrix multiplies and attention: bound by memory bandwidth."""
+
+    def mfu_on(self, target: Card) -> float:
+        """The compute MFU on ``target``: the measured kernel time split into its tensor-core part, which scales
+        with the cards' peak FLOP/s as MFU assumes, and its memory-bound part, which scales with their HBM
+        bandwidth instead."""
+        if self.measured_on is None or self.bandwidth_share == 0:
+            return self.mfu
+        ref = self.measured_on
+        memory_slowdown = (ref.hbm_tb_s / target.hbm_tb_s) * (target.bf16_tflops / ref.bf16_tflops)
+        return self.mfu / (1 - self.bandwidth_share + self.bandwidth_share * memory_slowdown)
 
 
 def _column(name: str) -> str:
@@ -111,9 +131,14 @@ def _split_by_busy_time(row: dict[str, str], flops_per_sample: float, device: st
     samples_per_step = (_number(row.get("micro_batch", "")) or 1) * accum
     kernel_mfu = mfu(flops_per_sample, samples_per_step / (busy_ms / 1e3), 1, device)
     source += f", GPU busy {busy_ms:g} of {step_ms:g} ms per step"
+    matmul_ms = _number(row.get("gpu_matmul_attention_ms", ""))
+    split = {}
+    if matmul_ms is not None:
+        split = {"measured_on": card(device), "bandwidth_share": min(max(1 - matmul_ms / busy_ms, 0.0), 1.0)}
+        source += f" ({matmul_ms:g} in matrix multiplies and attention)"
     if busy_ms >= HOST_BOUND_BELOW * step_ms:
-        return Calibration(kernel_mfu, source)
-    return Calibration(kernel_mfu, source + " (host-bound)", host_s=step_ms / 1e3 / accum)
+        return Calibration(kernel_mfu, source, **split)
+    return Calibration(kernel_mfu, source + ", host-bound", host_s=step_ms / 1e3 / accum, **split)
 
 
 def latest_result(results_dir: str | Path) -> Path | None:

@@ -79,6 +79,19 @@ def host_floor_line(calibration: Calibration) -> str:
             "their sum")
 
 
+def compute_mfu_line(calibration: Calibration, target: Card) -> str:
+    ref = calibration.measured_on
+    if ref is None or calibration.bandwidth_share == 0:
+        return f"compute MFU {calibration.mfu:.1%} ({calibration.source}); it is taken to hold on every card and size"
+    if ref == target:
+        return f"compute MFU {calibration.mfu:.1%} ({calibration.source}), measured on this card; it holds at every size"
+    return (f"compute MFU {calibration.mfu:.1%} on the {ref.name} ({calibration.source}), "
+            f"{calibration.mfu_on(target):.1%} on the {target.name}: the {calibration.bandwidth_share:.0%} of the "
+            f"kernel time outside matrix multiplies and attention is taken to scale with HBM bandwidth "
+            f"({ref.hbm_tb_s:g} -> {target.hbm_tb_s:g} TB/s), the rest with peak FLOP/s ({ref.bf16_tflops:g} -> "
+            f"{target.bf16_tflops:g} TFLOP/s); it holds at every size")
+
+
 def assumptions(request: PlanRequest, work: plan.Workload, calibration: Calibration) -> list[str]:
     c = request.cluster
     return [
@@ -86,7 +99,7 @@ def assumptions(request: PlanRequest, work: plan.Workload, calibration: Calibrat
          f"GPU per direction at {plan.LINK_EFFICIENCY:.0%} efficiency, HBM {c.card.hbm_tb_s:g} TB/s"),
         (f"nodes of {c.gpus_per_node} GPUs joined by {c.network_gb_s:g} GB/s per node per direction "
          f"({c.network_gb_s * 8:g} Gb/s) at {plan.NETWORK_EFFICIENCY:.0%} efficiency"),
-        f"compute MFU {calibration.mfu:.1%} ({calibration.source}); it is taken to hold on every card and size",
+        compute_mfu_line(calibration, c.card),
         host_floor_line(calibration),
         (f"ZeRO-3, per micro-step: all-gather {work.params_forward / 1e9:.2f}B params before the forward, "
          f"{work.params_backward / 1e9:.2f}B before the backward ({work.param_bytes} B each), reduce-scatter "
@@ -114,7 +127,7 @@ def flop_text(value: float) -> str:
 
 
 def paper_lines(work: plan.Workload, request: PlanRequest, count: FlopCount, planned_gpus: int,
-                host_s: float) -> list[str]:
+                compute_mfu: float, host_s: float) -> list[str]:
     """The InternVL3-2B recipe next to DESIGN.md's count, the paper's 68 h and the 12 h target."""
     paper_card = card(plan.PAPER_CARD)
     paper_mfu = plan.mfu_for_hours(work, plan.PAPER_HOURS, plan.PAPER_GPUS, paper_card)
@@ -123,7 +136,7 @@ def paper_lines(work: plan.Workload, request: PlanRequest, count: FlopCount, pla
     if needed is None:
         reachable = "above 100 %: communication alone is too slow"
     else:
-        reachable = f"{needed:.1%}"
+        reachable = f"{needed:.1%} (this plan's: {compute_mfu:.1%})"
         if host_s > 0:  # the host must then keep up with that compute time
             budget = plan.estimate_step(work, request.cluster, planned_gpus, needed, request.overlap).compute_s
             reachable += (f", and a host that issues a micro-step in {budget / work.grad_accum * 1e3:.0f} ms or less "
@@ -145,12 +158,13 @@ def plan_report(cfg: JalaConfig, count: FlopCount, work: plan.Workload, request:
     c = request.cluster
     counts = plan.gpu_counts(c.gpus_per_node, request.max_gpus, c.gpus_per_node * request.nodes)
     host_s, activation_gb = calibration.host_s, calibration.activation_gb
-    weak = plan.scaling_table(work, c, counts, calibration.mfu, request.overlap, host_s=host_s,
+    compute_mfu = calibration.mfu_on(c.card)
+    weak = plan.scaling_table(work, c, counts, compute_mfu, request.overlap, host_s=host_s,
                               activation_gb=activation_gb)
-    strong = plan.scaling_table(work, c, counts, calibration.mfu, request.overlap, request.global_batch, host_s,
+    strong = plan.scaling_table(work, c, counts, compute_mfu, request.overlap, request.global_batch, host_s,
                                 activation_gb)
     planned_gpus = c.gpus_per_node * request.nodes
-    planned = plan.estimate_step(work, c, planned_gpus, calibration.mfu, request.overlap, host_s=host_s,
+    planned = plan.estimate_step(work, c, planned_gpus, compute_mfu, request.overlap, host_s=host_s,
                                  activation_gb=activation_gb)
     lines = [
         f"# jala plan: {cfg.name} on {c.card.name}, {c.gpus_per_node} GPUs per node", "",
@@ -163,10 +177,10 @@ def plan_report(cfg: JalaConfig, count: FlopCount, work: plan.Workload, request:
         dominance_line(strong) if strong else "", "",
         f"## Planned: {planned_gpus} x {c.card.name} ({request.nodes} node{'s' if request.nodes > 1 else ''})", "",
         (f"- this plan: {planned.epoch_hours:.3g} h per epoch, {planned.samples_per_s:.4g} samples/s at global "
-         f"batch {planned.global_batch}, {planned.mfu:.1%} end-to-end MFU (compute MFU {calibration.mfu:.1%}; "
+         f"batch {planned.global_batch}, {planned.mfu:.1%} end-to-end MFU (compute MFU {compute_mfu:.1%}; "
          f"paced by the {'host' if planned.host_bound else 'GPU'})"),
         f"- memory: {memory_line(planned, c.card)}",
-        *(paper_lines(work, request, count, planned_gpus, host_s) if cfg.model.arch == "internvl3_2b" else []), "",
+        *(paper_lines(work, request, count, planned_gpus, compute_mfu, host_s) if cfg.model.arch == "internvl3_2b" else []), "",
         "## Assumptions", "",
         *[f"- {line}" for line in assumptions(request, work, calibration)],
     ]

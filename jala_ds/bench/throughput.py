@@ -27,9 +27,19 @@ import torch
 log = logging.getLogger(__name__)
 
 PHASES = ("data", "forward", "backward", "step")
+"""Parts of a step: waiting for the batch (and copying it over), forward, backward, optimiser step + EMA."""
 PROFILED_STEPS = 2
 """Steps ``--profile`` records after the timed ones: one is enough for the table, two show step-to-step drift."""
-"""Parts of a step: waiting for the batch (and copying it over), forward, backward, optimiser step + EMA."""
+MATMUL_AND_ATTENTION_OPS = frozenset({
+    "aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_scaled_mm",
+    "aten::_cudnn_attention_forward", "aten::_cudnn_attention_backward",
+    "aten::_flash_attention_forward", "aten::_flash_attention_backward",
+    "aten::_efficient_attention_forward", "aten::_efficient_attention_backward",
+    "jala_kernels::chunk_attention", "jala_kernels::chunk_attention_backward"})
+"""Operators whose kernels are bound by tensor-core arithmetic. The GPU's other kernel time (elementwise work,
+norms, copies, the optimiser) is bound by memory bandwidth, and ``jala plan`` scales the two parts to another
+card by different figures. Kernels torch.compile generates itself (FlexAttention, fused Triton matmuls) are
+not matched and count with the rest."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,9 @@ class ThroughputResult:
     """Seconds per step the GPU's kernels ran, from the profiled steps (``--profile`` on a GPU; this rank's, the
     only figure that differs between ranks); well under ``step_seconds`` means the host set the pace. None when
     not profiled."""
+    gpu_matmul_seconds: float | None = None
+    """The part of ``gpu_busy_seconds`` in matrix multiplies and attention (``MATMUL_AND_ATTENTION_OPS``), whose
+    speed follows a card's peak FLOP/s; the rest follows its memory bandwidth. None when not profiled."""
 
     @property
     def achieved_tflops_per_rank(self) -> float:
@@ -204,18 +217,19 @@ def measure_throughput(plan, steps: int, warmup: int, name_device: Callable[[], 
     if profile_dir is not None:  # after the timed steps, so the profiler's overhead never enters the figures
         log.info("measured %.1f ms/step, %.2f samples/s per rank; profiling %d more steps",
                  result.step_seconds * 1e3, result.samples_per_s_per_rank, PROFILED_STEPS)
-        busy = profile_steps(step, PROFILED_STEPS, Path(profile_dir), rank, engine.device, clock.now)
-        result = dataclasses.replace(result, gpu_busy_seconds=busy)
+        busy, matmul = profile_steps(step, PROFILED_STEPS, Path(profile_dir), rank, engine.device, clock.now)
+        result = dataclasses.replace(result, gpu_busy_seconds=busy, gpu_matmul_seconds=matmul)
     return result
 
 
 def profile_steps(step: Callable[[], None], count: int, out_dir: Path, rank: int, device: torch.device,
-                  now: Callable[[], float]) -> float | None:
+                  now: Callable[[], float]) -> tuple[float | None, float | None]:
     """Run ``step`` ``count`` times under ``torch.profiler`` and write this rank's Chrome trace
     (``trace_rank<r>.json.gz``, for Perfetto or chrome://tracing) and ``top_ops_rank<r>.txt``: the time the GPU
     was busy per step against the wall time (much less means the host, not the GPU, sets the pace), then the 30
     costliest operators by device time (on a GPU) and by host time. ``now`` reads a synchronised clock. Returns
-    the GPU's busy seconds per step (None on a CPU)."""
+    the GPU's busy seconds per step and the part of them in matrix multiplies and attention (None, None on a
+    CPU)."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
@@ -230,12 +244,18 @@ def profile_steps(step: Callable[[], None], count: int, out_dir: Path, rank: int
     operators = prof.key_averages()
     summary = f"per step: wall {wall_ms:.1f} ms"
     tables = [operators.table(sort_by="self_cpu_time_total", row_limit=30)]
-    busy_ms = None
-    if device.type == "cuda":
-        # Kernels are the device-side events; the operators that launched them repeat their time, so skip those.
-        busy_ms = sum(event.self_device_time_total for event in operators
-                      if event.device_type != DeviceType.CPU and not event.is_user_annotation) / count / 1e3
-        summary += f", GPU busy {busy_ms:.1f} ms ({busy_ms / wall_ms:.0%}; kernels on concurrent streams count twice)"
-        tables.insert(0, operators.table(sort_by="self_device_time_total", row_limit=30))
+    if device.type != "cuda":
+        (out_dir / f"top_ops_rank{rank}.txt").write_text("\n".join([summary, *tables]) + "\n")
+        return None, None
+    # Kernels are the device-side events; the operators that launched them repeat their time, so skip those.
+    busy_ms = sum(event.self_device_time_total for event in operators
+                  if event.device_type != DeviceType.CPU and not event.is_user_annotation) / count / 1e3
+    # An operator's self device time is that of the kernels it launched itself, so nested operators never
+    # count twice.
+    matmul_ms = sum(event.self_device_time_total for event in operators
+                    if event.device_type == DeviceType.CPU and event.key in MATMUL_AND_ATTENTION_OPS) / count / 1e3
+    summary += (f", GPU busy {busy_ms:.1f} ms ({busy_ms / wall_ms:.0%}; kernels on concurrent streams count twice), "
+                f"of which matrix multiplies and attention {matmul_ms:.1f} ms")
+    tables.insert(0, operators.table(sort_by="self_device_time_total", row_limit=30))
     (out_dir / f"top_ops_rank{rank}.txt").write_text("\n".join([summary, *tables]) + "\n")
-    return None if busy_ms is None else busy_ms / 1e3
+    return busy_ms / 1e3, matmul_ms / 1e3
