@@ -122,6 +122,7 @@ def test_profile_writes_a_trace_and_the_costliest_operators(smoke_result):
     summary, table = (profile / "top_ops_rank0.txt").read_text().split("\n", 1)
     assert re.fullmatch(r"per step: wall \d+\.\d ms", summary)
     assert "Self CPU" in table and "aten::" in table
+    assert "Input Shapes" in table  # the (operator, shapes) table that tells the model's copies from ZeRO's
 
 
 def made_result(**changes) -> ThroughputResult:

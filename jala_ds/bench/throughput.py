@@ -227,14 +227,17 @@ def profile_steps(step: Callable[[], None], count: int, out_dir: Path, rank: int
     """Run ``step`` ``count`` times under ``torch.profiler`` and write this rank's Chrome trace
     (``trace_rank<r>.json.gz``, for Perfetto or chrome://tracing) and ``top_ops_rank<r>.txt``: the time the GPU
     was busy per step against the wall time (much less means the host, not the GPU, sets the pace), then the 30
-    costliest operators by device time (on a GPU) and by host time. ``now`` reads a synchronised clock. Returns
+    costliest operators by device time (on a GPU) and by host time, then the 40 costliest (operator, input
+    shapes) pairs, which tell the model's work from ZeRO's (a copy of a weight's shape is ZeRO moving a
+    parameter or gradient; one of an activation's shape is the model's). ``now`` reads a synchronised clock. Returns
     the GPU's busy seconds per step and the part of them in matrix multiplies and attention (None, None on a
     CPU)."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
+    # Recording shapes costs host time in these steps only; the kernels' busy time does not change.
+    with profile(activities=activities, record_shapes=True) as prof:
         started = now()
         for _ in range(count):
             step()
@@ -243,7 +246,9 @@ def profile_steps(step: Callable[[], None], count: int, out_dir: Path, rank: int
     prof.export_chrome_trace(str(out_dir / f"trace_rank{rank}.json.gz"))
     operators = prof.key_averages()
     summary = f"per step: wall {wall_ms:.1f} ms"
-    tables = [operators.table(sort_by="self_cpu_time_total", row_limit=30)]
+    sort_by = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    by_shape = prof.key_averages(group_by_input_shape=True).table(sort_by=sort_by, row_limit=40)
+    tables = [operators.table(sort_by="self_cpu_time_total", row_limit=30), by_shape]
     if device.type != "cuda":
         (out_dir / f"top_ops_rank{rank}.txt").write_text("\n".join([summary, *tables]) + "\n")
         return None, None
