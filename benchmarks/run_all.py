@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import attention, data_loader, grvq
+from benchmarks import attention, data_loader, fused_lm_ops, grvq
 from benchmarks.report import RESULTS_DIR, device_name
 from jala_ds.cli import main as jala
 
@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     status = {
         "attention": attention.main([*flag, "--out", str(args.out)]),
         "grvq": grvq.main([*flag, "--out", str(args.out)]),
+        "fused_lm_ops": fused_lm_ops.main([*flag, "--out", str(args.out)]),
         "data_loader": data_loader.main([*(["--smoke"] if args.smoke else []), "--out", str(args.out)]),
         "throughput": throughput(not kernel_smoke, args.out),
     }

@@ -10,13 +10,12 @@ a graph break around it; the fake implementations give the output shapes and str
 from __future__ import annotations
 
 import torch
-import triton.language as tl
-from triton.runtime.interpreter import InterpretedFunction
 
 from jala_kernels.chunk_attention_backward import chunk_attention_backward
 from jala_kernels.chunk_attention_bounds import ChunkBounds
 from jala_kernels.chunk_attention_forward import chunk_attention_forward
 from jala_kernels.chunk_attention_tiles import INTERPRETED
+from jala_kernels.triton_mode import check_triton_mode
 
 
 @torch.library.custom_op("jala_kernels::chunk_attention", mutates_args=())
@@ -24,7 +23,7 @@ def chunk_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_st
                        key_stop: torch.Tensor, query_start: torch.Tensor, query_stop: torch.Tensor,
                        scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Flash-style forward: O (q's shape, dtype and layout) and the fp32 LSE ``[B, Hq, N]`` the backward reads."""
-    _check_triton_mode(q)
+    check_triton_mode("chunk_attention", q, INTERPRETED)
     return chunk_attention_forward(q, k, v, ChunkBounds(key_start, key_stop, query_start, query_stop), scale)
 
 
@@ -65,14 +64,3 @@ def _backward(ctx, grad_out: torch.Tensor, grad_lse: torch.Tensor | None) -> tup
 
 
 chunk_attention_op.register_autograd(_backward, setup_context=_setup_context)
-
-
-def _check_triton_mode(q: torch.Tensor) -> None:
-    """Triton builds its own library (``tl.max``, ...) and these kernels for the interpreter or the compiler
-    when each is first imported; a mix, or compiled kernels given CPU tensors, fails deep inside Triton."""
-    library_interpreted = isinstance(tl.max, InterpretedFunction)
-    if library_interpreted != INTERPRETED or (not q.is_cuda and not INTERPRETED):
-        raise RuntimeError(
-            f"chunk_attention: Triton was imported for the {'interpreter' if library_interpreted else 'GPU'} and "
-            f"jala_kernels' kernels for the {'interpreter' if INTERPRETED else 'GPU'}, with {q.device} tensors; "
-            "set TRITON_INTERPRET=1 before anything imports triton to run on CPU, and leave it unset on a GPU")

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
-from triton.runtime.interpreter import InterpretedFunction
+
+from jala_kernels.triton_mode import built_for_interpreter
 
 
 @triton.jit
@@ -30,7 +31,7 @@ def visible_tile_range(start_ptr, stop_ptr, offs, n_ctx, BLOCK: tl.constexpr):
     return start, stop, first, full_first, full_stop, last
 
 
-INTERPRETED = isinstance(visible_tile_range, InterpretedFunction)
+INTERPRETED = built_for_interpreter(visible_tile_range)
 """Whether the kernels were built for Triton's CPU interpreter (``TRITON_INTERPRET=1`` when first imported)."""
 
 

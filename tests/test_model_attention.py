@@ -123,18 +123,19 @@ def test_flex_and_reference_models_agree_with_one_block_mask_per_batch(setup, mo
     assert len(built) == 1, f"{len(built)} BlockMasks for one batch through 3 layers"
 
 
-@pytest.mark.parametrize("backend", [
-    pytest.param("flex", marks=pytest.mark.skipif(
+@pytest.mark.parametrize("kernels", [
+    pytest.param("model.attention=flex", marks=pytest.mark.skipif(
         not torch.cuda.is_available(), reason="FlexAttention has no CPU backward; its CPU forward is checked in "
                                               "test_flex_and_reference_models_agree_with_one_block_mask_per_batch")),
-    "triton",
+    "model.attention=triton",
+    "model.fused_ops=true",
 ])
-def test_backend_models_agree_with_reference_in_loss_and_gradients(setup, monkeypatch, backend):
+def test_kernel_models_agree_with_reference_in_loss_and_gradients(setup, monkeypatch, kernels):
     cfg, vocab, reference = setup
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":  # the Triton kernels run in Triton's interpreter
         monkeypatch.setenv("TRITON_INTERPRET", "1")
-    backend_cfg, _ = tiny_setup(f"model.attention={backend}")
+    backend_cfg, _ = tiny_setup(kernels)
     models = [copy.deepcopy(reference), build_model(backend_cfg, vocab)]
     models[1].load_state_dict(reference.state_dict())
     batch = to_device(make_batch(cfg, vocab, [[Doc(), Doc(hands=(0,), chunks=1)], [Doc(labeled=False)]], seed=4),

@@ -17,6 +17,7 @@ import torch
 from jala_ds.config import JalaConfig
 from jala_ds.model.backbone import pretrained_backbone, random_backbone
 from jala_ds.model.chunk_mask_attention import attention_implementation, register_chunk_attention
+from jala_ds.model.fused_lm_ops import fuse_language_model_ops
 from jala_ds.model.jala_model import JalaModel
 from jala_ds.model.perceiver import Perceiver
 from jala_ds.model.visual_encoder import build_visual_encoder
@@ -34,6 +35,8 @@ def build_model(cfg: JalaConfig, vocab: MotionVocab) -> JalaModel:
     register_chunk_attention()
     backbone = pretrained_backbone(model_cfg, vocab) if model_cfg.pretrained else random_backbone(model_cfg, vocab)
     backbone.set_attn_implementation({"text_config": attention_implementation(model_cfg.attention)})
+    if model_cfg.fused_ops:
+        fuse_language_model_ops(backbone.model.language_model)
     if model_cfg.gradient_checkpointing:
         backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 

@@ -62,6 +62,9 @@ class ModelConfig:
     """EMA coefficient tau."""
     gradient_checkpointing: bool = False
     """Recompute language-model activations in the backward to save memory."""
+    fused_ops: bool = False
+    """Run the language model's RMSNorms and SwiGLU activations as fused Triton kernels on GPUs
+    (``jala_ds/model/fused_lm_ops.py``); CPU tensors keep the eager arithmetic."""
 
     def validate(self) -> None:
         require(self.align_layer >= 1, "model.align_layer", "must be >= 1 (layer numbers start at 1)")

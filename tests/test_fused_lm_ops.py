@@ -1,0 +1,104 @@
+"""The fused RMSNorm and SwiGLU kernels against a float64 reference, by the rule of the attention tests.
+
+Without a GPU the kernels run in Triton's interpreter on CPU tensors (fp32, fp16); with one, on CUDA tensors,
+bf16 included. Rule: in the output and in every input gradient the kernel's largest error against float64 is at
+most twice that of the plain-PyTorch reference (eager Qwen2) computed in the kernel's dtype, plus a small floor.
+"""
+import pytest
+import torch
+
+from jala_kernels import rms_norm, rms_norm_reference, swiglu, swiglu_reference
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])
+FLOOR = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}
+# (leading shape, features): rows that do not fill a program, features that do not fill a block, one row.
+RMS_SHAPES = [((2, 37), 48), ((5,), 100), ((1, 1), 16), ((3, 70), 1536)]
+SWIGLU_SHAPES = [(3, 50, 77), (2, 1025), (1,)]
+
+
+@pytest.fixture(autouse=True)
+def triton_interpreter(monkeypatch):
+    if DEVICE == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+def output_and_grads(fn, inputs, grad_out):
+    leaves = [t.clone().requires_grad_() for t in inputs]
+    out = fn(*leaves)
+    out.backward(grad_out.to(out.dtype))
+    return [out.detach()] + [t.grad for t in leaves]
+
+
+def assert_within_twice_the_eager_error(kernel, eager, exact, dtype):
+    for got, reference, truth in zip(kernel, eager, exact):
+        error = (got.double() - truth).abs().max().item()
+        allowed = 2 * (reference.double() - truth).abs().max().item() + FLOOR[dtype]
+        assert error <= allowed, (error, allowed)
+
+
+def rms_problem(lead, features, dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(*lead, features, generator=gen) * 3
+    weight = torch.randn(features, generator=gen) * 0.5 + 1
+    grad = torch.randn(*lead, features, generator=gen)
+    return [t.to(DEVICE, dtype) for t in (x, weight)], grad.to(DEVICE, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("lead,features", RMS_SHAPES)
+def test_rms_norm_matches_float64(lead, features, dtype):
+    inputs, grad = rms_problem(lead, features, dtype)
+    kernel = output_and_grads(lambda x, w: rms_norm(x, w, 1e-6), inputs, grad)
+    eager = output_and_grads(lambda x, w: rms_norm_reference(x, w, 1e-6), inputs, grad)
+    exact = output_and_grads(lambda x, w: rms_norm_reference(x, w, 1e-6), [t.double() for t in inputs], grad)
+    assert kernel[0].dtype == dtype and kernel[2].dtype == dtype
+    assert_within_twice_the_eager_error(kernel, eager, exact, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SWIGLU_SHAPES, ids=str)
+def test_swiglu_matches_float64(shape, dtype):
+    gen = torch.Generator().manual_seed(1)
+    gate, up, grad = (torch.randn(*shape, generator=gen).mul(3).to(DEVICE, dtype) for _ in range(3))
+    kernel = output_and_grads(swiglu, [gate, up], grad)
+    eager = output_and_grads(swiglu_reference, [gate, up], grad)
+    exact = output_and_grads(swiglu_reference, [gate.double(), up.double()], grad)
+    assert_within_twice_the_eager_error(kernel, eager, exact, dtype)
+
+
+def test_a_float32_weight_on_half_rows_gives_float32_as_eager_does():
+    (x, weight), grad = rms_problem((4,), 32, torch.float16)
+    out = rms_norm(x, weight.float(), 1e-5)
+    assert out.dtype == torch.float32
+    assert (out - rms_norm_reference(x, weight.float(), 1e-5)).abs().max() < 1e-5
+
+
+def test_compiled_calls_trace_into_one_graph_and_give_the_eager_results():
+    """Compiled layers keep both kernels as custom operators: ``fullgraph`` tracing succeeds, and the compiled
+    call gives exactly the eager output and gradients."""
+    torch._dynamo.reset()
+    (x, weight), grad = rms_problem((2, 9), 64, torch.float32)
+
+    def norm_then_gate(x, weight):
+        h = rms_norm(x, weight, 1e-6)
+        return swiglu(h, h.flip(-1))
+
+    compiled = torch.compile(norm_then_gate, backend="aot_eager", fullgraph=True, dynamic=True)
+    eager = output_and_grads(norm_then_gate, [x, weight], grad)
+    traced = output_and_grads(compiled, [x, weight], grad)
+    assert all(torch.equal(a, b) for a, b in zip(traced, eager))
+
+
+def test_cpu_tensors_without_the_interpreter_run_the_reference(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    x, weight, gate = torch.randn(3, 8, dtype=torch.float64), torch.rand(8, dtype=torch.float64), torch.randn(5)
+    assert torch.equal(rms_norm(x, weight, 1e-6), rms_norm_reference(x, weight, 1e-6))
+    assert torch.equal(swiglu(gate, gate + 1), swiglu_reference(gate, gate + 1))
+
+
+def test_mismatched_inputs_are_refused_with_the_fix():
+    with pytest.raises(ValueError, match=r"needs a weight of shape \[8\]"):
+        rms_norm(torch.randn(2, 8), torch.ones(7), 1e-6)
+    with pytest.raises(ValueError, match="one shape and dtype"):
+        swiglu(torch.randn(2, 8), torch.randn(2, 9))
