@@ -8,7 +8,8 @@ running (best score, best code) pair per vector. Only a strictly smaller score r
 codewords are then gathered, subtracted from the residual and added to the quantized sum. The N x K distance
 matrix never exists in memory: HBM traffic is x in, codes and quantized out, and the codebooks (L2-resident).
 
-Decode: one program per (tile, group) gathers the R codewords of each vector and sums them in fp32.
+Decode: one program per (tile, group) gathers the R codewords of each vector and sums them in fp32, the R
+gathers unrolled so that they overlap; the tile height is autotuned on the GPU.
 
 Dot products: bf16/fp16 codebooks multiply in their dtype with fp32 accumulation (the residual is cast down
 for the dot only; it stays fp32 in registers). fp32 codebooks follow PyTorch's own switch,
@@ -31,7 +32,6 @@ from jala_kernels.grvq_reference import check_codes, check_grvq_shapes
 # Small tiles for the interpreter: it runs every program in Python, and tl.dot needs sides of at least 16.
 INTERPRETER_BLOCK_N = 16
 INTERPRETER_BLOCK_K = 16
-DECODE_BLOCK_N = 64
 
 
 # TRITON_INTERPRET is read per call, but triton decides compiler or interpreter for its own library (tl.min,
@@ -94,13 +94,20 @@ def grvq_decode_kernel(codes_ptr, books_ptr, out_ptr, N, K, GROUP_DIM, G: tl.con
     row_ok = rows < N
     tile_ok = row_ok[:, None] & (dims < GROUP_DIM)[None, :]
     total = tl.full([BLOCK_N, BLOCK_D], 0.0, dtype=tl.float32)
-    for stage in range(R):
+    # Unrolled: the R gathers of a tile are independent until the sum, so all of them can be in flight at once.
+    for stage in tl.static_range(R):
         code = tl.load(codes_ptr + rows.to(tl.int64) * (G * R) + group * R + stage, mask=row_ok, other=0)
         book = books_ptr + (group * R + stage).to(tl.int64) * K * GROUP_DIM
         total += tl.load(book + code.to(tl.int64)[:, None] * GROUP_DIM + dims[None, :], mask=tile_ok,
                          other=0.0).to(tl.float32)
     out_offsets = rows.to(tl.int64)[:, None] * (G * GROUP_DIM) + group * GROUP_DIM + dims[None, :]
     tl.store(out_ptr + out_offsets, total.to(out_ptr.dtype.element_ty), mask=tile_ok)
+
+
+def decode_configs() -> list[triton.Config]:
+    """Tile heights and warps the GPU autotuner tries for decode (keyed on the group width and R): the gathers
+    are latency-bound, so the best trade between rows in flight per program and programs per SM is measured."""
+    return [triton.Config({"BLOCK_N": bn}, num_warps=w) for bn in (16, 32, 64, 128) for w in (2, 4, 8)]
 
 
 def encode_configs() -> list[triton.Config]:
@@ -112,11 +119,12 @@ def encode_configs() -> list[triton.Config]:
 
 @functools.cache
 def compiled_kernels(interpret: bool):
-    """``(encode, decode)``: wrapped for the interpreter, or jitted for the GPU with encode autotuned."""
+    """``(encode, decode)``: wrapped for the interpreter, or jitted and autotuned for the GPU."""
     if interpret:
         return InterpretedFunction(grvq_encode_kernel), InterpretedFunction(grvq_decode_kernel)
     encode = triton.autotune(configs=encode_configs(), key=["K", "GROUP_DIM", "R"])(JITFunction(grvq_encode_kernel))
-    return encode, JITFunction(grvq_decode_kernel)
+    decode = triton.autotune(configs=decode_configs(), key=["GROUP_DIM", "R"])(JITFunction(grvq_decode_kernel))
+    return encode, decode
 
 
 def interpret_on(tensor: torch.Tensor) -> bool:
@@ -176,7 +184,10 @@ def grvq_decode_triton(codes: torch.Tensor, codebooks: torch.Tensor) -> torch.Te
         return out
     interpret = interpret_on(books)
     _, decode = compiled_kernels(interpret)
-    block_n = INTERPRETER_BLOCK_N if interpret else DECODE_BLOCK_N
-    decode[(triton.cdiv(n, block_n), groups)](codes, books, out, n, k, group_dim, G=groups, R=stages,
-                                              BLOCK_N=block_n, BLOCK_D=block_dim(group_dim))
+    args = (codes, books, out, n, k, group_dim)
+    common = {"G": groups, "R": stages, "BLOCK_D": block_dim(group_dim)}
+    if interpret:
+        decode[(triton.cdiv(n, INTERPRETER_BLOCK_N), groups)](*args, **common, BLOCK_N=INTERPRETER_BLOCK_N)
+    else:
+        decode[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), groups)](*args, **common)
     return out
