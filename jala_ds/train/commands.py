@@ -54,6 +54,7 @@ def run_train(args: argparse.Namespace) -> int:
     from jala_ds.train.loop import train
 
     train(plan)
+    leave_process_group()
     return 0
 
 
@@ -65,7 +66,17 @@ def run_posttrain(args: argparse.Namespace) -> int:
     from jala_ds.train.posttrain import posttrain
 
     posttrain(plan)
+    leave_process_group()
     return 0
+
+
+def leave_process_group() -> None:
+    """Close the process group before the interpreter exits: left to the exit, its threads can abort a finished
+    rank ("terminate called without an active exception"), which the launcher reports as a failed job."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def run_export(args: argparse.Namespace) -> int:
