@@ -1,15 +1,16 @@
-"""The language model's fused RMSNorm and SwiGLU kernels against eager PyTorch and torch.compile, forward + backward.
+"""The language model's fused RMSNorm, SwiGLU and rotary kernels against eager PyTorch and torch.compile.
 
     python -m benchmarks.fused_lm_ops            # GPU: one micro-step's activations of InternVL3-2B's LM, bf16
     python -m benchmarks.fused_lm_ops --smoke    # tiny CPU run (Triton in the interpreter): what the tests call
 
-Shapes: 16 samples x 576 tokens = 9216 rows of the LM's 1536 features (RMSNorm) and 8960 MLP features
-(SwiGLU). Each contender runs one training call, forward then backward, side by side in one process on the same
-inputs. Per row: ms, effective GB/s over the bytes the call must move at least (RMSNorm: read x, write y; read
-dy and x, write dx: 10 B per bf16 element; SwiGLU: 16 B), that as a share of the card's peak bandwidth, speed-ups
-over eager and torch.compile, and the time per training step, which runs each op 57 times (two RMSNorms per layer
-and a final one) or 28 times. Results: a dated markdown table in benchmarks/results/ and the ``benchmarks`` MLflow
-experiment.
+Shapes: 16 samples x 576 tokens = 9216 rows of the LM's 1536 features (RMSNorm), 8960 MLP features (SwiGLU),
+12 query heads and 2 key heads of 128 (rotary, in the transposed layout the projections hand over). Each
+contender runs one training call, forward then backward, side by side in one process on the same inputs. Per
+row: ms, effective GB/s over the bytes the call must move at least (RMSNorm: read x, write y; read dy and x,
+write dx: 10 B per bf16 element; SwiGLU: 16 B; rotary: 8 B), that as a share of the card's peak bandwidth,
+speed-ups over eager and torch.compile, and the time per training step, which runs each op 57 times (two
+RMSNorms per layer and a final one) or 28 times. Results: a dated markdown table in benchmarks/results/ and the
+``benchmarks`` MLflow experiment.
 """
 from __future__ import annotations
 
@@ -23,33 +24,37 @@ import torch
 
 from benchmarks.report import device_name, write_results
 from benchmarks.timing import environment, peak_bandwidth, time_ms
-from jala_kernels import rms_norm, rms_norm_reference, swiglu, swiglu_reference
+from jala_kernels import rms_norm, rms_norm_reference, rotary, rotary_reference, swiglu, swiglu_reference
 
-FULL = {"rows": 16 * 576, "hidden": 1536, "intermediate": 8960}
-SMOKE = {"rows": 40, "hidden": 48, "intermediate": 80}
-CALLS_PER_STEP = {"rms_norm": 2 * 28 + 1, "swiglu": 28}
+FULL = {"rows": 16 * 576, "hidden": 1536, "intermediate": 8960, "heads": 12, "kv_heads": 2, "head_dim": 128}
+SMOKE = {"rows": 40, "hidden": 48, "intermediate": 80, "heads": 3, "kv_heads": 1, "head_dim": 16}
+CALLS_PER_STEP = {"rms_norm": 2 * 28 + 1, "swiglu": 28, "rotary_q": 28, "rotary_k": 28}
 """How often one training step of InternVL3-2B's 28-layer language model runs each op."""
-MIN_BYTES_PER_ELEMENT = {"rms_norm": 5, "swiglu": 8}
-"""Elements of 2-byte activations read or written at least by forward + backward, per activation element."""
+MIN_ACCESSES_PER_ELEMENT = {"rms_norm": 5, "swiglu": 8, "rotary_q": 4, "rotary_k": 4}
+"""Times forward + backward must at least read or write each element of the op's output."""
 REPS = 2
 
 
-def problems(shape: dict, device: str, dtype: torch.dtype) -> dict[str, tuple[list[torch.Tensor], torch.Tensor]]:
-    """op -> (its inputs, the gradient of its output)."""
+def problems(shape: dict, device: str, dtype: torch.dtype) -> dict[str, tuple]:
+    """op -> (its inputs, the gradient of its output, the fused call, the eager one)."""
     gen = torch.Generator().manual_seed(0)
 
     def rand(*size: int) -> torch.Tensor:
         return torch.randn(*size, generator=gen).to(device, dtype)
 
-    rows, hidden, inner = shape["rows"], shape["hidden"], shape["intermediate"]
-    return {"rms_norm": ([rand(rows, hidden), rand(hidden)], rand(rows, hidden)),
-            "swiglu": ([rand(rows, inner), rand(rows, inner)], rand(rows, inner))}
+    rows, hidden, inner, head_dim = shape["rows"], shape["hidden"], shape["intermediate"], shape["head_dim"]
+    angles = torch.rand(1, rows, head_dim // 2, generator=gen).repeat(1, 1, 2) * 100
+    cos, sin = angles.cos().to(device, dtype), angles.sin().to(device, dtype)
+    out = {"rms_norm": ([rand(rows, hidden), rand(hidden)], rand(rows, hidden),
+                        functools.partial(rms_norm, eps=1e-6), functools.partial(rms_norm_reference, eps=1e-6)),
+           "swiglu": ([rand(rows, inner), rand(rows, inner)], rand(rows, inner), swiglu, swiglu_reference)}
+    for op, heads in (("rotary_q", shape["heads"]), ("rotary_k", shape["kv_heads"])):
+        out[op] = ([rand(1, rows, heads, head_dim).transpose(1, 2)], rand(1, heads, rows, head_dim),
+                   lambda x: rotary(x, cos, sin), lambda x: rotary_reference(x, cos, sin))
+    return out
 
 
-def contenders(op: str, cuda: bool) -> dict[str, Callable | str]:
-    kernel, reference = {"rms_norm": (functools.partial(rms_norm, eps=1e-6),
-                                      functools.partial(rms_norm_reference, eps=1e-6)),
-                         "swiglu": (swiglu, swiglu_reference)}[op]
+def contenders(kernel: Callable, reference: Callable, cuda: bool) -> dict[str, Callable | str]:
     return {"triton": kernel, "eager": reference,
             "compile": torch.compile(reference, dynamic=False) if cuda
             else "skipped on CPU (compiling takes about a minute)"}
@@ -72,10 +77,10 @@ def run(smoke: bool = False, dtype: str = "bf16", out_dir: Path | None = None) -
     device = device_name() if cuda else "cpu"
     peak = peak_bandwidth(device) if cuda else None
     rows = []
-    for op, (inputs, grad) in problems(shape, "cuda" if cuda else "cpu", torch_dtype).items():
-        moved = MIN_BYTES_PER_ELEMENT[op] * grad.numel() * grad.element_size()
+    for op, (inputs, grad, kernel, reference) in problems(shape, "cuda" if cuda else "cpu", torch_dtype).items():
+        moved = MIN_ACCESSES_PER_ELEMENT[op] * grad.numel() * grad.element_size()
         timed: dict[str, float] = {}
-        for name, fn in contenders(op, cuda).items():
+        for name, fn in contenders(kernel, reference, cuda).items():
             row = {"op": op, "impl": name, "rows": shape["rows"], "features": grad.shape[-1]}
             if isinstance(fn, str):
                 rows.append({**row, "note": fn})
@@ -93,11 +98,11 @@ def run(smoke: bool = False, dtype: str = "bf16", out_dir: Path | None = None) -
     notes = [f"`python -m benchmarks.fused_lm_ops{' --smoke' if smoke else ''}`: forward + backward of one call, "
              f"{dtype if cuda else 'fp32'}; " + ("median of triton.testing.do_bench (L2 flushed)" if cuda else
                                                  "median of 2 runs, Triton in its CPU interpreter (not a speed)"),
-             "GB/s: the bytes forward + backward must move at least (RMSNorm 10 B, SwiGLU 16 B per element of "
-             "2-byte activations) over the time; ms per step: times the calls in one training step of the 28-layer "
-             "LM (57 RMSNorms, 28 SwiGLUs)"]
+             "GB/s: the bytes forward + backward must move at least (RMSNorm 10 B, SwiGLU 16 B, rotary 8 B per "
+             "element of 2-byte activations) over the time; ms per step: times the calls in one training step of "
+             "the 28-layer LM (57 RMSNorms, 28 SwiGLUs, 28 rotations of q and of k)"]
     metrics = {f"{r['op']}_{r['impl']}_ms": r["ms"] for r in rows if "ms" in r}
-    md = write_results("fused_lm_ops", rows, title="Fused RMSNorm and SwiGLU against eager and torch.compile",
+    md = write_results("fused_lm_ops", rows, title="Fused RMSNorm, SwiGLU and rotary against eager and torch.compile",
                        device=device, notes=notes, out_dir=out_dir, mlflow_metrics=metrics)
     return md, rows
 

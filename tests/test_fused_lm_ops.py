@@ -1,4 +1,4 @@
-"""The fused RMSNorm and SwiGLU kernels against a float64 reference, by the rule of the attention tests.
+"""The fused RMSNorm, SwiGLU and rotary kernels against a float64 reference, by the rule of the attention tests.
 
 Without a GPU the kernels run in Triton's interpreter on CPU tensors (fp32, fp16); with one, on CUDA tensors,
 bf16 included. Rule: in the output and in every input gradient the kernel's largest error against float64 is at
@@ -7,7 +7,7 @@ most twice that of the plain-PyTorch reference (eager Qwen2) computed in the ker
 import pytest
 import torch
 
-from jala_kernels import rms_norm, rms_norm_reference, swiglu, swiglu_reference
+from jala_kernels import rms_norm, rms_norm_reference, rotary, rotary_reference, swiglu, swiglu_reference
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])
@@ -15,6 +15,8 @@ FLOOR = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}
 # (leading shape, features): rows that do not fill a program, features that do not fill a block, one row.
 RMS_SHAPES = [((2, 37), 48), ((5,), 100), ((1, 1), 16), ((3, 70), 1536)]
 SWIGLU_SHAPES = [(3, 50, 77), (2, 1025), (1,)]
+# (batch, heads, tokens, head dim, q laid out as transformers hands it over: a transposed view of [B, T, H, D])
+ROTARY_SHAPES = [(2, 3, 37, 16, True), (1, 2, 5, 128, True), (2, 1, 20, 32, False)]
 
 
 @pytest.fixture(autouse=True)
@@ -67,6 +69,28 @@ def test_swiglu_matches_float64(shape, dtype):
     assert_within_twice_the_eager_error(kernel, eager, exact, dtype)
 
 
+def rotary_problem(batch, heads, tokens, head_dim, transposed, dtype, seed=2):
+    gen = torch.Generator().manual_seed(seed)
+    shape = (batch, tokens, heads, head_dim) if transposed else (batch, heads, tokens, head_dim)
+    x = torch.randn(*shape, generator=gen).to(DEVICE, dtype)
+    x = x.transpose(1, 2) if transposed else x
+    angles = torch.rand(batch, tokens, head_dim // 2, generator=gen) * 100
+    angles = torch.cat([angles, angles], dim=-1)  # as Qwen2's rotary embedding repeats its frequencies
+    grad = torch.randn(batch, heads, tokens, head_dim, generator=gen).to(DEVICE, dtype)
+    return x, angles.cos().to(DEVICE, dtype), angles.sin().to(DEVICE, dtype), grad
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", ROTARY_SHAPES, ids=str)
+def test_rotary_matches_float64(shape, dtype):
+    x, cos, sin, grad = rotary_problem(*shape, dtype)
+    kernel = output_and_grads(lambda t: rotary(t, cos, sin), [x], grad)
+    eager = output_and_grads(lambda t: rotary_reference(t, cos, sin), [x], grad)
+    exact = output_and_grads(lambda t: rotary_reference(t, cos.double(), sin.double()), [x.double()], grad)
+    assert kernel[0].stride() == x.stride()  # written in q's own layout: no copy for the attention after it
+    assert_within_twice_the_eager_error(kernel, eager, exact, dtype)
+
+
 def test_a_float32_weight_on_half_rows_gives_float32_as_eager_does():
     (x, weight), grad = rms_problem((4,), 32, torch.float16)
     out = rms_norm(x, weight.float(), 1e-5)
@@ -80,9 +104,11 @@ def test_compiled_calls_trace_into_one_graph_and_give_the_eager_results():
     torch._dynamo.reset()
     (x, weight), grad = rms_problem((2, 9), 64, torch.float32)
 
+    cos, sin = torch.ones(2, 9, 64), torch.zeros(2, 9, 64)
+
     def norm_then_gate(x, weight):
         h = rms_norm(x, weight, 1e-6)
-        return swiglu(h, h.flip(-1))
+        return swiglu(h, rotary(h[:, None], cos, sin)[:, 0])
 
     compiled = torch.compile(norm_then_gate, backend="aot_eager", fullgraph=True, dynamic=True)
     eager = output_and_grads(norm_then_gate, [x, weight], grad)
@@ -95,6 +121,13 @@ def test_cpu_tensors_without_the_interpreter_run_the_reference(monkeypatch):
     x, weight, gate = torch.randn(3, 8, dtype=torch.float64), torch.rand(8, dtype=torch.float64), torch.randn(5)
     assert torch.equal(rms_norm(x, weight, 1e-6), rms_norm_reference(x, weight, 1e-6))
     assert torch.equal(swiglu(gate, gate + 1), swiglu_reference(gate, gate + 1))
+    q, cos, sin = torch.randn(1, 2, 3, 8), torch.randn(1, 3, 8), torch.randn(1, 3, 8)
+    assert torch.equal(rotary(q, cos, sin), rotary_reference(q, cos, sin))
+
+
+def test_rotary_heads_of_no_power_of_two_take_the_reference():
+    x, cos, sin, _ = rotary_problem(1, 2, 6, 24, True, torch.float32)
+    assert torch.equal(rotary(x, cos, sin), rotary_reference(x, cos, sin))
 
 
 def test_mismatched_inputs_are_refused_with_the_fix():
@@ -102,3 +135,5 @@ def test_mismatched_inputs_are_refused_with_the_fix():
         rms_norm(torch.randn(2, 8), torch.ones(7), 1e-6)
     with pytest.raises(ValueError, match="one shape and dtype"):
         swiglu(torch.randn(2, 8), torch.randn(2, 9))
+    with pytest.raises(ValueError, match=r"cos, sin \[B, T, D\]"):
+        rotary(torch.randn(1, 2, 3, 8), torch.randn(3, 8), torch.randn(3, 8))

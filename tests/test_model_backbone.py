@@ -104,10 +104,14 @@ def test_without_a_checkpoint_a_published_arch_gets_its_vocabulary_size():
     assert padded.convert_tokens_to_ids("<IMG_CONTEXT>") == INTERNVL3_2B_TEXT_VOCAB - 1
 
 
-def test_fused_ops_switch_every_norm_and_mlp_of_the_language_model_and_nothing_else():
-    from transformers.models.qwen2.modeling_qwen2 import Qwen2MLP, Qwen2RMSNorm
-
-    from jala_ds.model.fused_lm_ops import FusedQwen2MLP, FusedQwen2RMSNorm, fuse_language_model_ops
+def test_fused_ops_switch_every_norm_mlp_and_attention_of_the_language_model_and_nothing_else():
+    from jala_ds.model.fused_lm_ops import (
+        FUSED,
+        FusedQwen2Attention,
+        FusedQwen2MLP,
+        FusedQwen2RMSNorm,
+        fuse_language_model_ops,
+    )
 
     cfg, vocab = tiny_setup("model.fused_ops=true")
     model = build_model(cfg, vocab)
@@ -116,8 +120,9 @@ def test_fused_ops_switch_every_norm_and_mlp_of_the_language_model_and_nothing_e
     layers = lm.config.num_hidden_layers
     assert sum(isinstance(m, FusedQwen2RMSNorm) for m in lm.modules()) == 2 * layers + 1  # two per layer, final
     assert sum(isinstance(m, FusedQwen2MLP) for m in lm.modules()) == layers
-    assert not any(type(m) in (Qwen2RMSNorm, Qwen2MLP) for m in model.modules())
-    assert not any(isinstance(m, (FusedQwen2RMSNorm, FusedQwen2MLP)) for m in model.backbone.model.vision_tower.modules())
+    assert sum(isinstance(m, FusedQwen2Attention) for m in lm.modules()) == layers
+    assert not any(type(m) in FUSED for m in model.modules())
+    assert not any(type(m) in FUSED.values() for m in model.backbone.model.vision_tower.modules())
     assert model.state_dict().keys() == plain.state_dict().keys()  # checkpoints load either way
     with pytest.raises(ValueError, match="model.fused_ops=false"):
         fuse_language_model_ops(model.backbone.model.vision_tower)

@@ -63,7 +63,7 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     """Recompute language-model activations in the backward to save memory."""
     fused_ops: bool = False
-    """Run the language model's RMSNorms and SwiGLU activations as fused Triton kernels on GPUs
+    """Run the language model's RMSNorms, SwiGLU activations and rotary embeddings as fused Triton kernels on GPUs
     (``jala_ds/model/fused_lm_ops.py``); CPU tensors keep the eager arithmetic."""
 
     def validate(self) -> None:

@@ -1,0 +1,42 @@
+"""Rotary position embedding (RoPE) as Qwen2 applies it to queries and keys, fused where Triton can run.
+
+Eager PyTorch rotates each of q and k with five kernels forward (two products, a negation, a concatenation, a
+sum) and more backward; the fused kernel reads the head once and writes it once each way. Same roundings as
+eager: both products are rounded to the input dtype before their sum.
+
+    q = rotary(q, cos, sin)    # q [B, H, T, D] (any layout with unit stride along D), cos/sin [B, T, D]
+
+CUDA tensors go to Triton; CPU tensors to the Triton interpreter when ``TRITON_INTERPRET=1`` is set at call time,
+and to ``rotary_reference`` otherwise (also for head sizes that are not a power of two).
+"""
+from __future__ import annotations
+
+import torch
+
+from jala_kernels.chunk_attention import interpreter_requested
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """``[x1, x2] -> [-x2, x1]`` over the last dim."""
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat((-second, first), dim=-1)
+
+
+def rotary_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Qwen2's ``apply_rotary_pos_emb`` for one of q, k: the definition the kernel is checked against."""
+    return x * cos.unsqueeze(1) + rotate_half(x) * sin.unsqueeze(1)
+
+
+def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """``x`` rotated by the angles in ``cos``/``sin``; differentiable in ``x`` (the angles are constants)."""
+    if x.dim() != 4 or cos.shape != sin.shape or cos.shape != (x.shape[0], x.shape[2], x.shape[3]):
+        raise ValueError(f"rotary: x must be [B, H, T, D] and cos, sin [B, T, D]; got x {tuple(x.shape)}, cos "
+                         f"{tuple(cos.shape)}, sin {tuple(sin.shape)}")
+    head_dim = x.shape[-1]
+    if (not x.is_cuda and not interpreter_requested()) or head_dim < 2 or head_dim & (head_dim - 1):
+        return rotary_reference(x, cos, sin)
+    import jala_kernels.rotary_triton  # noqa: F401  registers torch.ops.jala_kernels.rotary
+
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    return torch.ops.jala_kernels.rotary(x, cos.contiguous(), sin.contiguous())
