@@ -4,8 +4,7 @@
     python -m jala_kernels.chunk_attention_resources --head-dim 128 --first --dtype fp16
 
 For every config: shared memory (it must fit the card: 227 KiB per block on an H100), registers per thread
-and the bytes per thread spilled to the stack (Triton ships ptxas and cuobjdump, so no GPU or driver is
-needed). This checks what the interpreter tests cannot: that the kernels compile for the GPU at all, and
+and the bytes per thread spilled to the stack (``gpu_compile.compile_for_gpu``: no GPU or driver needed). This checks what the interpreter tests cannot: that the kernels compile for the GPU at all, and
 which configs are worth autotuning. The arguments are specialised as a launch specialises them (16-byte
 aligned pointers; strides and N divisible by 16), without which Triton would not pipeline the loads.
 Run it where Triton has not been imported for the interpreter (no ``TRITON_INTERPRET=1``).
@@ -13,68 +12,33 @@ Run it where Triton has not been imported for the interpreter (no ``TRITON_INTER
 from __future__ import annotations
 
 import argparse
-import re
-import subprocess
-import tempfile
-from dataclasses import dataclass
-from pathlib import Path
-
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 
 from jala_kernels.chunk_attention_backward import _delta_kernel, chunk_attention_dkdv_kernel, chunk_attention_dq_kernel
 from jala_kernels.chunk_attention_forward import chunk_attention_forward_kernel
 from jala_kernels.chunk_attention_tiles import INTERPRETED
+from jala_kernels.gpu_compile import SHARED_MEMORY_LIMIT, Resources, compile_for_gpu
 
 KERNELS = {"forward": chunk_attention_forward_kernel, "dk/dv": chunk_attention_dkdv_kernel,
            "dq": chunk_attention_dq_kernel}
-SHARED_MEMORY_LIMIT = {90: 232448, 80: 166912}
-"""Largest dynamic shared memory per block in bytes: H100/H200 (sm_90), A100/A800 (sm_80)."""
 SIZES, SCALES = {"N_CTX", "H_Q", "H_KV"}, {"qk_scale", "scale"}
 FP32_POINTERS, INT32_POINTERS = {"LSE", "DELTA"}, {"KEY_START", "KEY_STOP", "QUERY_START", "QUERY_STOP"}
 
 
-@dataclass(frozen=True)
-class Resources:
-    shared_bytes: int
-    registers: int
-    spill_bytes: int
-    """Stack bytes per thread: register spills (0 when everything fits in registers)."""
-
-
 def compile_kernel(jit_fn, constants: dict, num_warps: int, num_stages: int, dtype: str, arch: int) -> Resources:
     """Compile ``jit_fn`` (a ``JITFunction``) for ``sm_<arch>`` with ``dtype`` data pointers; read its costs."""
-    signature, attrs = {}, {}
-    for index, name in enumerate(jit_fn.arg_names):
+    signature = {}
+    for name in jit_fn.arg_names:
         if name in constants:
-            signature[name] = "constexpr"
-        elif name in SCALES:
+            continue
+        if name in SCALES:
             signature[name] = "fp32"
         elif name in SIZES or name.startswith("stride"):
             signature[name] = "i32"
         else:  # a pointer: capitals name every pointer argument of these kernels
             signature[name] = "*fp32" if name in FP32_POINTERS else "*i32" if name in INT32_POINTERS else f"*{dtype}"
-        if signature[name].startswith("*") or name.startswith("stride") or name == "N_CTX":
-            attrs[(index,)] = [["tt.divisibility", 16]]
-    source = ASTSource(fn=jit_fn, signature=signature, constexprs=constants, attrs=attrs)
-    kernel = triton.compile(source, target=GPUTarget("cuda", arch, 32),
-                            options={"num_warps": num_warps, "num_stages": num_stages})
-    registers, stack = _register_usage(kernel.asm["cubin"])
-    return Resources(kernel.metadata.shared, registers, stack)
-
-
-def _register_usage(cubin: bytes) -> tuple[int, int]:
-    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
-        file.write(cubin)
-        file.flush()
-        report = subprocess.run([str(cuobjdump), "--dump-resource-usage", file.name], capture_output=True, text=True,
-                                check=True).stdout
-    match = re.search(r"REG:(\d+) STACK:(\d+)", report)
-    if match is None:
-        raise RuntimeError(f"cuobjdump printed no register usage:\n{report}")
-    return int(match.group(1)), int(match.group(2))
+    aligned = tuple(name for name, kind in signature.items()
+                    if kind.startswith("*") or name.startswith("stride") or name == "N_CTX")
+    return compile_for_gpu(jit_fn, signature, constants, num_warps, num_stages, arch, aligned)
 
 
 def config_resources(dtype: str = "bf16", head_dims: tuple[int, ...] = (64, 128), group: int = 6, arch: int = 90,

@@ -8,8 +8,8 @@ running (best score, best code) pair per vector. Only a strictly smaller score r
 codewords are then gathered, subtracted from the residual and added to the quantized sum. The N x K distance
 matrix never exists in memory: HBM traffic is x in, codes and quantized out, and the codebooks (L2-resident).
 
-Decode: one program per (tile, group) gathers the R codewords of each vector and sums them in fp32, the R
-gathers unrolled so that they overlap; the tile height is autotuned on the GPU.
+Decode: one program per (tile, group) gathers the R codewords of each vector and sums them in fp32; the tile
+height and warps are autotuned on the GPU among shapes that do not spill registers.
 
 Dot products: bf16/fp16 codebooks multiply in their dtype with fp32 accumulation (the residual is cast down
 for the dot only; it stays fp32 in registers). fp32 codebooks follow PyTorch's own switch,
@@ -94,8 +94,7 @@ def grvq_decode_kernel(codes_ptr, books_ptr, out_ptr, N, K, GROUP_DIM, G: tl.con
     row_ok = rows < N
     tile_ok = row_ok[:, None] & (dims < GROUP_DIM)[None, :]
     total = tl.full([BLOCK_N, BLOCK_D], 0.0, dtype=tl.float32)
-    # Unrolled: the R gathers of a tile are independent until the sum, so all of them can be in flight at once.
-    for stage in tl.static_range(R):
+    for stage in range(R):
         code = tl.load(codes_ptr + rows.to(tl.int64) * (G * R) + group * R + stage, mask=row_ok, other=0)
         book = books_ptr + (group * R + stage).to(tl.int64) * K * GROUP_DIM
         total += tl.load(book + code.to(tl.int64)[:, None] * GROUP_DIM + dims[None, :], mask=tile_ok,
@@ -105,9 +104,12 @@ def grvq_decode_kernel(codes_ptr, books_ptr, out_ptr, N, K, GROUP_DIM, G: tl.con
 
 
 def decode_configs() -> list[triton.Config]:
-    """Tile heights and warps the GPU autotuner tries for decode (keyed on the group width and R): the gathers
-    are latency-bound, so the best trade between rows in flight per program and programs per SM is measured."""
-    return [triton.Config({"BLOCK_N": bn}, num_warps=w) for bn in (16, 32, 64, 128) for w in (2, 4, 8)]
+    """Tile heights and warps the GPU autotuner tries for decode (keyed on the group width and R). The gathers
+    are latency-bound, so the trade between rows in flight per program and programs per SM is measured; only
+    shapes that compile for sm_90 without register spills at 256-wide groups are offered (the 64-row, 4-warp
+    tile decode had before spilled; ``python -m jala_kernels.gpu_compile`` shows each kernel's registers)."""
+    return [triton.Config({"BLOCK_N": bn}, num_warps=w) for bn, w in ((16, 2), (16, 4), (16, 8), (32, 4), (32, 8),
+                                                                      (64, 8))]
 
 
 def encode_configs() -> list[triton.Config]:
