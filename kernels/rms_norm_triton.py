@@ -4,8 +4,8 @@ Triton: load it only on the kernel path, through ``jala_kernels.rms_norm``).
 Forward: each program normalises a run of rows, one row at a time in registers (the LM's 1536 features fit),
 and keeps each row's fp32 ``1 / rms`` for the backward. Backward: ``dx = rstd * (g - x_hat * mean(g * x_hat))``
 with ``g = dy * weight`` and ``x_hat = x * rstd``, row by row, while each program sums its rows' ``dy * x_hat``
-into an fp32 partial weight gradient; the partials are added on the host. No atomics, so the weight gradient is
-the same from run to run.
+into an fp32 partial weight gradient; one more reduction adds the partials. No atomics, so the weight gradient
+is the same from run to run.
 
 A custom operator is one opaque node to ``torch.compile``, so compiled layers (``train.compile_blocks``) keep
 the call inside their graph.

@@ -11,8 +11,9 @@ call. ``benchmarks/lm_traffic.py`` counts both.
 
 The modules keep their class's parameters and state-dict keys; only their forward changes, so checkpoints, ZeRO-3
 partitioning and the per-block gathers see the same model. The attention's forward is transformers' (4.57) with
-the rotation swapped; ``tests/test_model_attention.py`` holds the fused model to eager's loss and gradients. On CPU tensors the kernels' dispatchers fall back to
-the same eager arithmetic (or Triton's interpreter under ``TRITON_INTERPRET=1``).
+the rotation swapped; ``tests/test_model_attention.py`` holds the fused model to eager's loss and gradients. On
+CPU tensors the kernels' dispatchers fall back to the same eager arithmetic (or to Triton's interpreter under
+``TRITON_INTERPRET=1``).
 """
 from __future__ import annotations
 
