@@ -70,7 +70,7 @@ throughput_args() {  # VARIANT STEPS [OVERRIDES...]
     tracking.enabled=false data.num_workers=6 "$@"
 }
 
-PHASES=${PHASES:-"env base fused compiled cudnn_sdp zero2 repeat kernel_tests fused_ops attention grvq flex"}
+PHASES=${PHASES:-"env base fused_tests fused compiled cudnn_sdp zero2 repeat kernel_tests fused_ops attention grvq flex"}
 for name in $PHASES; do
   case $name in
     env) phase env 20 python3 -c "import sys, torch, triton, transformers, deepspeed, streaming
@@ -84,7 +84,9 @@ print(sys.version, 'torch', torch.__version__, 'triton', triton.__version__, 'tr
     # torch's SDPA with its cuDNN backend allowed again in the vision tower, frame encoder and perceivers (the
     # recipe turns it off: the last profile showed ~2 ms of host time per cuDNN attention call, 44 calls a step)
     cudnn_sdp) phase throughput_cudnn_sdp 80 $(throughput_args cudnn_sdp 5 train.cudnn_attention=true) ;;
-    # the language model's RMSNorms and SwiGLUs as fused Triton kernels (fewer launches, less memory traffic)
+    # the language model's RMSNorms, SwiGLUs and rotary embeddings as fused Triton kernels (fewer launches, less
+    # memory traffic): their tests on the GPU first (bf16 included), then the recipe with them
+    fused_tests) phase fused_tests 60 python3 -m pytest -q -p no:cacheprovider tests/test_fused_lm_ops.py ;;
     fused) phase throughput_fused 80 $(throughput_args fused 5 model.fused_ops=true) ;;
     # every repeated layer compiled by inductor; warm-up long enough to hold every compilation (the result warns
     # when a graph was compiled while timing), recompilations logged
@@ -98,7 +100,7 @@ print(sys.version, 'torch', torch.__version__, 'triton', triton.__version__, 'tr
     ckpt) phase throughput_ckpt 90 $(throughput_args ckpt 5 model.gradient_checkpointing=true) ;;
     flex) phase throughput_flex 90 $(throughput_args flex 5 model.attention=flex) ;;
     kernel_tests) phase kernel_tests 90 python3 -m pytest -q -p no:cacheprovider tests/test_chunk_attention.py \
-      tests/test_grvq_kernels.py tests/test_fused_lm_ops.py -k "bfloat16 or grvq or deterministic" ;;
+      tests/test_grvq_kernels.py -k "bfloat16 or grvq or deterministic" ;;
     fused_ops) phase fused_ops_bench 60 python3 -m benchmarks.fused_lm_ops --out "$RESULTS" ;;
     attention) phase attention_bench 90 python3 -m benchmarks.attention --out "$RESULTS" --seq-lens 8192 ;;
     grvq) phase grvq_bench 60 python3 -m benchmarks.grvq --out "$RESULTS" --n 1048576 --k 512 --kernels-only ;;
