@@ -2,6 +2,7 @@
 
     python -m benchmarks.host_overhead                        # every variant, 2 rounds, ~5 min on 2 cores
     python -m benchmarks.host_overhead --variants base zero2 --rounds 1 --steps 3
+    python -m benchmarks.host_overhead --variants base zero2 zero1   # the ZeRO stages side by side
 
 On a GPU the full recipe is host-bound (docs/performance.md, section 5): the GPU is busy for under a third of
 a step, and the rest is Python and launch overhead in the model, ZeRO-3's hooks and the optimiser. That
@@ -66,6 +67,8 @@ def variant_overrides(scratch: Path) -> dict[str, list[str]]:
             "mel_on": [scaled_ds_config(CONFIGS / "zero3_bf16.json", scratch, "zero3_mel_on",
                                         memory_efficient_linear=True)],
             "zero2": [scaled_ds_config(CONFIGS / "zero2.json", scratch, "zero2")],
+            # ZeRO-1: gradients stay whole, so no per-parameter reduce-scatter bookkeeping in the backward
+            "zero1": [scaled_ds_config(CONFIGS / "zero2.json", scratch, "zero1", stage=1)],
             "compiled": [zero3, "train.compile_blocks=inductor"]}
 
 
