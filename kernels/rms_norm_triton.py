@@ -1,10 +1,10 @@
 """Fused RMSNorm in Triton, as the custom operator ``torch.ops.jala_kernels.rms_norm`` with its autograd (imports
 Triton: load it only on the kernel path, through ``jala_kernels.rms_norm``).
 
-Forward: each program normalises a run of rows, one row at a time in registers (the LM's 1536 features fit),
-and keeps each row's fp32 ``1 / rms`` for the backward. Backward: ``dx = rstd * (g - x_hat * mean(g * x_hat))``
-with ``g = dy * weight`` and ``x_hat = x * rstd``, row by row, while each program sums its rows' ``dy * x_hat``
-into an fp32 partial weight gradient; one more reduction adds the partials. No atomics, so the weight gradient
+Forward: each program normalises a tile of whole rows in registers (2 of the LM's 1536-feature rows) and keeps
+each row's fp32 ``1 / rms`` for the backward. Backward: ``dx = rstd * (g - x_hat * mean(g * x_hat))`` with
+``g = dy * weight`` and ``x_hat = x * rstd``, tile by tile, while each program sums its rows' ``dy * x_hat`` into
+an fp32 partial weight gradient; one more reduction adds the partials. No atomics, so the weight gradient
 is the same from run to run.
 
 A custom operator is one opaque node to ``torch.compile``, so compiled layers (``train.compile_blocks``) keep
@@ -20,50 +20,55 @@ from jala_kernels.triton_mode import built_for_interpreter, check_triton_mode
 
 MAX_FEATURES = 65536
 """Widest row a program holds in registers."""
-FORWARD_ROWS_PER_PROGRAM = 4
-"""Forward: enough programs to fill the GPU at the LM's ~10k rows, each loading the weight once per 4 rows."""
+TILE_ELEMENTS = 4096
+"""Rows per tile on a GPU: as many as fit this many elements (2 rows of the LM's 1536 features, padded to 2048)."""
+INTERPRETER_TILE_ROWS = 64
+"""The interpreter pays per operation, not per element: tall tiles keep the tests quick."""
 BACKWARD_PROGRAMS = 512
-"""Backward: at most this many programs (and fp32 partial weight gradients) share the rows: a few per SM."""
+"""Backward: at most this many programs (and fp32 partial weight gradients) share the tiles: a few per SM."""
+INTERPRETER_BACKWARD_PROGRAMS = 2
+"""In the interpreter, few enough that a program loops over several tiles, as on a GPU."""
 
 
 @triton.jit
-def rms_norm_forward_kernel(X, W, Y, RSTD, n_rows, n_cols, rows_per_program, stride_x, stride_y, eps,
-                            BLOCK: tl.constexpr):
+def rms_norm_forward_kernel(X, W, Y, RSTD, n_rows, n_cols, stride_x, stride_y, eps, BLOCK: tl.constexpr,
+                            BLOCK_R: tl.constexpr):
     cols = tl.arange(0, BLOCK)
     col_ok = cols < n_cols
     weight = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
-    first = tl.program_id(0) * rows_per_program
-    for i in range(rows_per_program):
-        row = first + i
-        ok = col_ok & (row < n_rows)
-        x = tl.load(X + row.to(tl.int64) * stride_x + cols, mask=ok, other=0.0).to(tl.float32)
-        rstd = tl.rsqrt(tl.sum(x * x, axis=0) / n_cols + eps)
-        # Eager rounds the normalised row to the input dtype before the weight scales it; so does this.
-        normalised = (x * rstd).to(X.dtype.element_ty).to(tl.float32)
-        tl.store(Y + row.to(tl.int64) * stride_y + cols, (normalised * weight).to(Y.dtype.element_ty), mask=ok)
-        tl.store(RSTD + row, rstd, mask=row < n_rows)
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_ok = rows < n_rows
+    ok = row_ok[:, None] & col_ok[None, :]
+    x = tl.load(X + rows.to(tl.int64)[:, None] * stride_x + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+    rstd = tl.rsqrt(tl.sum(x * x, axis=1) / n_cols + eps)
+    # Eager rounds the normalised row to the input dtype before the weight scales it; so does this.
+    normalised = (x * rstd[:, None]).to(X.dtype.element_ty).to(tl.float32)
+    y = (normalised * weight[None, :]).to(Y.dtype.element_ty)
+    tl.store(Y + rows.to(tl.int64)[:, None] * stride_y + cols[None, :], y, mask=ok)
+    tl.store(RSTD + rows, rstd, mask=row_ok)
 
 
 @triton.jit
-def rms_norm_backward_kernel(DY, X, W, RSTD, DX, DW_PARTIAL, n_rows, n_cols, rows_per_program, stride_dy,
-                             stride_x, stride_dx, BLOCK: tl.constexpr):
+def rms_norm_backward_kernel(DY, X, W, RSTD, DX, DW_PARTIAL, n_rows, n_cols, tiles_per_program, stride_dy,
+                             stride_x, stride_dx, BLOCK: tl.constexpr, BLOCK_R: tl.constexpr):
     cols = tl.arange(0, BLOCK)
     col_ok = cols < n_cols
     weight = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
     weight_grad = tl.zeros([BLOCK], dtype=tl.float32)
-    first = tl.program_id(0) * rows_per_program
-    for i in range(rows_per_program):
-        row = first + i
-        row_ok = row < n_rows
-        ok = col_ok & row_ok
-        x = tl.load(X + row.to(tl.int64) * stride_x + cols, mask=ok, other=0.0).to(tl.float32)
-        dy = tl.load(DY + row.to(tl.int64) * stride_dy + cols, mask=ok, other=0.0).to(tl.float32)
-        rstd = tl.load(RSTD + row, mask=row_ok, other=0.0)
+    first = tl.program_id(0) * tiles_per_program * BLOCK_R
+    for i in range(tiles_per_program):
+        rows = first + i * BLOCK_R + tl.arange(0, BLOCK_R)
+        row_ok = rows < n_rows
+        ok = row_ok[:, None] & col_ok[None, :]
+        offsets = rows.to(tl.int64)[:, None]
+        x = tl.load(X + offsets * stride_x + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+        dy = tl.load(DY + offsets * stride_dy + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+        rstd = tl.load(RSTD + rows, mask=row_ok, other=0.0)[:, None]
         x_hat = x * rstd
-        weight_grad += dy * x_hat.to(X.dtype.element_ty).to(tl.float32)
-        g = dy * weight
-        dx = rstd * (g - x_hat * (tl.sum(g * x_hat, axis=0) / n_cols))
-        tl.store(DX + row.to(tl.int64) * stride_dx + cols, dx.to(DX.dtype.element_ty), mask=ok)
+        weight_grad += tl.sum(dy * x_hat.to(X.dtype.element_ty).to(tl.float32), axis=0)
+        g = dy * weight[None, :]
+        dx = rstd * (g - x_hat * (tl.sum(g * x_hat, axis=1) / n_cols)[:, None])
+        tl.store(DX + offsets * stride_dx + cols[None, :], dx.to(DX.dtype.element_ty), mask=ok)
     tl.store(DW_PARTIAL + tl.program_id(0).to(tl.int64) * n_cols + cols, weight_grad, mask=col_ok)
 
 
@@ -71,10 +76,14 @@ INTERPRETED = built_for_interpreter(rms_norm_forward_kernel)
 """Whether the kernels were built for Triton's CPU interpreter (``TRITON_INTERPRET=1`` when first imported)."""
 
 
-def _launch_shape(n_cols: int) -> tuple[int, int]:
-    """(BLOCK, num_warps) for rows of ``n_cols`` features: the whole row in one block, a warp per 256 of them."""
+def launch_shape(n_cols: int) -> tuple[int, int, int]:
+    """(BLOCK, BLOCK_R, num_warps) for rows of ``n_cols`` features: whole rows, a tile of ``TILE_ELEMENTS``, a
+    warp per 256 elements of it."""
     block = triton.next_power_of_2(n_cols)
-    return block, 1 if INTERPRETED else min(max(block // 256, 1), 16)
+    if INTERPRETED:
+        return block, INTERPRETER_TILE_ROWS, 1
+    tile_rows = max(1, TILE_ELEMENTS // block)
+    return block, tile_rows, min(max(block * tile_rows // 256, 1), 16)
 
 
 @torch.library.custom_op("jala_kernels::rms_norm", mutates_args=())
@@ -89,11 +98,10 @@ def rms_norm_op(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torc
     rstd = torch.empty(n_rows, dtype=torch.float32, device=x.device)
     if n_rows == 0:
         return y, rstd
-    block, warps = _launch_shape(n_cols)
-    rows_per_program = FORWARD_ROWS_PER_PROGRAM
-    rms_norm_forward_kernel[(triton.cdiv(n_rows, rows_per_program),)](
-        x, weight.contiguous(), y, rstd, n_rows, n_cols, rows_per_program, x.stride(0), y.stride(0), eps,
-        BLOCK=block, num_warps=warps)
+    block, tile_rows, warps = launch_shape(n_cols)
+    rms_norm_forward_kernel[(triton.cdiv(n_rows, tile_rows),)](
+        x, weight.contiguous(), y, rstd, n_rows, n_cols, x.stride(0), y.stride(0), eps, BLOCK=block,
+        BLOCK_R=tile_rows, num_warps=warps)
     return y, rstd
 
 
@@ -109,15 +117,16 @@ def rms_norm_backward_op(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Te
     """``(dx, dweight)`` in the dtypes of x and weight."""
     n_rows, n_cols = x.shape
     dx = torch.empty_like(x)
-    programs = max(1, min(n_rows, BACKWARD_PROGRAMS))
-    rows_per_program = triton.cdiv(max(n_rows, 1), programs)
-    programs = triton.cdiv(max(n_rows, 1), rows_per_program)
+    block, tile_rows, warps = launch_shape(n_cols)
+    tiles = triton.cdiv(max(n_rows, 1), tile_rows)
+    tiles_per_program = triton.cdiv(tiles, min(tiles, INTERPRETER_BACKWARD_PROGRAMS if INTERPRETED
+                                                else BACKWARD_PROGRAMS))
+    programs = triton.cdiv(tiles, tiles_per_program)
     partial = torch.zeros(programs, n_cols, dtype=torch.float32, device=x.device)
     if n_rows:
-        block, warps = _launch_shape(n_cols)
         rms_norm_backward_kernel[(programs,)](
-            grad_y, x, weight.contiguous(), rstd, dx, partial, n_rows, n_cols, rows_per_program, grad_y.stride(0),
-            x.stride(0), dx.stride(0), BLOCK=block, num_warps=warps)
+            grad_y, x, weight.contiguous(), rstd, dx, partial, n_rows, n_cols, tiles_per_program, grad_y.stride(0),
+            x.stride(0), dx.stride(0), BLOCK=block, BLOCK_R=tile_rows, num_warps=warps)
     return dx, partial.sum(0).to(weight.dtype)
 
 

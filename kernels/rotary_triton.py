@@ -17,6 +17,8 @@ from jala_kernels.triton_mode import built_for_interpreter, check_triton_mode
 BLOCK_T, NUM_WARPS = 32, 8
 """Tokens per program and its warps: the largest tile that compiles for sm_90 without register spills in both
 directions (``python -m jala_kernels.gpu_compile``; 16 tokens on 4 warps spilled in the backward)."""
+INTERPRETER_BLOCK_T = 256
+"""The interpreter pays per operation, not per element: tall tiles keep the tests quick."""
 
 
 @triton.jit
@@ -58,10 +60,11 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, transposed: b
     if out.stride(-1) != 1:
         out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if x.numel():
-        rotary_kernel[(triton.cdiv(tokens, BLOCK_T), batch * heads)](
+        block_t, warps = (INTERPRETER_BLOCK_T, 1) if INTERPRETED else (BLOCK_T, NUM_WARPS)
+        rotary_kernel[(triton.cdiv(tokens, block_t), batch * heads)](
             x, cos, sin, out, tokens, heads, x.stride(0), x.stride(1), x.stride(2), cos.stride(0), cos.stride(1),
-            out.stride(0), out.stride(1), out.stride(2), HEAD_DIM=head_dim, BLOCK_T=BLOCK_T, TRANSPOSED=transposed,
-            num_warps=1 if INTERPRETED else NUM_WARPS)
+            out.stride(0), out.stride(1), out.stride(2), HEAD_DIM=head_dim, BLOCK_T=block_t, TRANSPOSED=transposed,
+            num_warps=warps)
     return out
 
 
