@@ -40,5 +40,5 @@ setup(
         # CUDA-only packages: never needed for the CPU tests.
         "gpu": ["flash-attn>=2.7", "vector-quantize-pytorch>=1.20"],
     },
-    entry_points={"console_scripts": ["jala=jala_ds.cli:main"]},
+    entry_points={"console_scripts": ["jala=jala_ds.cli:console"]},
 )

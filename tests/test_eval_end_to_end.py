@@ -4,29 +4,19 @@ and its alignment number, logged to MLflow next to (and tagged with) the trainin
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from jala_jobs import JALA, run, torchrun
 from mlflow import MlflowClient
 
 from jala_ds.config import load_config
 from jala_ds.data.convert import convert_corpus
 from jala_ds.eval.motion_eval import EVAL_TAG
 
-BIN = Path(sys.executable).parent
-
 
 def jala(tmp_path: Path, *args: str, launcher: tuple[str, ...] = ()) -> str:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT")}
-    env.update(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", TOKENIZERS_PARALLELISM="false",
-               MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    done = subprocess.run([*launcher, str(BIN / "jala"), *args], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-    return done.stdout
+    return run([*launcher, JALA, *args], tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +28,7 @@ def trained_run(tmp_path_factory, tiny_corpus):
     jala(tmp_path, "train", "--recipe", "tiny_cpu", f"data.mds_dir={tmp_path / 'mds'}",
          f"train.out_dir={tmp_path / 'run'}", "train.max_steps=4", "train.micro_batch_size=1",
          "train.global_batch_size=2", "train.save_every=4", "train.log_every=2", "train.eval_every=4",
-         "train.eval_limit=2", launcher=(str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", "29681"))
+         "train.eval_limit=2", launcher=torchrun(29681))
     return tmp_path
 
 

@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from jala_jobs import JALA, deepspeed_launcher, run, torchrun
 
 from jala_ds.config import ConfigError, load_config
 from jala_ds.data.robot_norm import NORM_STATS_FILE, NormStats
@@ -24,7 +22,6 @@ from jala_ds.eval.policy import JalaPolicy, ObservationError, PolicyLoadError
 from jala_ds.eval.policy_server import PolicyClient, decode_array, encode_array, make_server
 from jala_ds.train.posttrain import check_posttrain
 
-BIN = Path(sys.executable).parent
 RECIPE = "posttrain_tiny_cpu"
 HORIZON = 8  # posttrain_tiny_cpu's action_head.action_horizon
 
@@ -140,35 +137,20 @@ def test_arrays_cross_the_wire_exactly_and_bad_ones_are_named():
         encode_array(np.array([{}], dtype=object))
 
 
-def job_env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT")}
-    env.update(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", TOKENIZERS_PARALLELISM="false",
-               MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}", PATH=f"{BIN}:{env['PATH']}")
-    return env
-
-
-def run(cmd: list[str], tmp_path: Path) -> str:
-    done = subprocess.run(cmd, cwd=tmp_path, env=job_env(tmp_path), capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-    return done.stdout + done.stderr
-
-
 @pytest.fixture(scope="module")
 def pretrained(tiny_corpus, tmp_path_factory) -> Path:
     """A pretrained tiny JALA, exported, as `make demo` leaves it (a few steps: the weights only have to be JALA's)."""
     tmp_path = tmp_path_factory.mktemp("pretrained")
-    run([str(BIN / "jala"), "train", "--recipe", "tiny_cpu", f"data.mds_dir={tiny_corpus.mds}",
+    run([JALA, "train", "--recipe", "tiny_cpu", f"data.mds_dir={tiny_corpus.mds}",
          f"train.out_dir={tmp_path / 'pretrain'}", "train.max_steps=2", "train.global_batch_size=2",
          "tracking.enabled=false"], tmp_path)
-    run([str(BIN / "jala"), "export", "--run", str(tmp_path / "pretrain"), "--out", str(tmp_path / "pretrained")],
-        tmp_path)
+    run([JALA, "export", "--run", str(tmp_path / "pretrain"), "--out", str(tmp_path / "pretrained")], tmp_path)
     return tmp_path / "pretrained"
 
 
-def posttrain_on_two_ranks(pretrained: Path, robot_mds: Path, out: Path, port: int, *overrides: str) -> None:
-    run([str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(port), str(BIN / "jala"), "posttrain",
-         "--recipe", RECIPE, "--init", str(pretrained), f"robot.mds_dir={robot_mds}", f"train.out_dir={out}",
-         *overrides], out.parent)
+def posttrain_on_two_ranks(launcher: list[str], pretrained: Path, robot_mds: Path, out: Path, *overrides: str) -> None:
+    run([*launcher, JALA, "posttrain", "--recipe", RECIPE, "--init", str(pretrained), f"robot.mds_dir={robot_mds}",
+         f"train.out_dir={out}", *overrides], out.parent)
 
 
 @pytest.mark.slow
@@ -179,8 +161,8 @@ def test_gathering_by_block_posttrains_like_gathering_by_module(pretrained, robo
     from jala_ds.train.export import merged_state_dict
 
     steps = ["train.max_steps=3", "tracking.enabled=false"]
-    posttrain_on_two_ranks(pretrained, robot_mds, tmp_path / "by_block", 29672, *steps)
-    posttrain_on_two_ranks(pretrained, robot_mds, tmp_path / "by_module", 29673, *steps,
+    posttrain_on_two_ranks(torchrun(29672), pretrained, robot_mds, tmp_path / "by_block", *steps)
+    posttrain_on_two_ranks(torchrun(29673), pretrained, robot_mds, tmp_path / "by_module", *steps,
                            "train.zero3_gather_by_block=false")
     by_block, by_module = (merged_state_dict(latest_checkpoint(tmp_path / run)) for run in ("by_block", "by_module"))
     assert by_block.keys() == by_module.keys()
@@ -197,8 +179,8 @@ def test_posttrain_on_two_ranks_exports_a_policy_that_answers_through_the_server
     from jala_ds.train.checkpoint_layout import latest_checkpoint
 
     steps = 30
-    posttrain_on_two_ranks(pretrained, robot_mds, tmp_path / "posttrain", 29671, f"train.max_steps={steps}",
-                           "train.save_every=15", "train.log_every=5")
+    posttrain_on_two_ranks(deepspeed_launcher(29671), pretrained, robot_mds, tmp_path / "posttrain",
+                           f"train.max_steps={steps}", "train.save_every=15", "train.log_every=5")
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     (mlflow_run,) = client.search_runs([client.get_experiment_by_name("jala-tiny-posttrain").experiment_id])
@@ -211,7 +193,7 @@ def test_posttrain_on_two_ranks_exports_a_policy_that_answers_through_the_server
         assert (checkpoint / name).read_bytes() == (robot_mds / name).read_bytes()
 
     export = tmp_path / "policy"
-    run([str(BIN / "jala"), "export", "--run", str(tmp_path / "posttrain"), "--out", str(export), "--dtype", "fp32"],
+    run([JALA, "export", "--run", str(tmp_path / "posttrain"), "--out", str(export), "--dtype", "fp32"],
         tmp_path)
     policy = JalaPolicy.from_checkpoint(export, device="cpu")
     server = make_server(policy, port=0)

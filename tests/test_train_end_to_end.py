@@ -1,21 +1,20 @@
 """``jala train`` on 2 ranks under the deepspeed launcher (gloo, CPU, ZeRO-3 with cpu.json), across an epoch end:
-a run killed mid-way and resumed ends with exactly the weights of an uninterrupted run and continues its MLflow
-run; ``jala export`` of it loads with ``from_pretrained``, and a ZeRO-3 run can start from the export. The same
-job as two "nodes" of one process each (torchrun, each node with its own /dev/shm as on separate machines)
-ends with exactly the weights of the single-node run, and so does a run that gathers ZeRO-3 parameters module by
-module instead of layer by layer."""
+a run killed mid-way and resumed (under torchrun) ends with exactly the weights of an uninterrupted run and
+continues its MLflow run; ``jala export`` of it loads with ``from_pretrained``, and a ZeRO-3 run can start from the
+export. The same job as two "nodes" of one process each (torchrun, each node with its own /dev/shm as on separate
+machines) ends with exactly the weights of the single-node run, and so does a run that gathers ZeRO-3 parameters
+module by module instead of layer by layer. No job leaves DeepSpeed's CPU all-reduce files in /dev/shm."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 import torch
+from jala_jobs import BIN, JALA, deepspeed_launcher, finish, leftover_allreduce_buffers, run, start, torchrun
 from mlflow import MlflowClient
 from train_parts import gathered_state, world_of_one
 
@@ -26,45 +25,23 @@ from jala_ds.train.checkpoint_layout import (
 )
 from jala_ds.train.export import HEADS_FILE, RECIPE_FILE, load_heads, merged_state_dict
 
-BIN = Path(sys.executable).parent
 STEPS = 14  # tiny_corpus: 44 samples, 11 micro-batches of 2 per rank and epoch, so the run crosses an epoch end
 
 
-def job_env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT")}
-    env.update(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", TOKENIZERS_PARALLELISM="false",
-               MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}", PATH=f"{BIN}:{env['PATH']}")
-    return env
-
-
 def train_args(tmp_path: Path, corpus: Path, out: str) -> list[str]:
-    return [str(BIN / "jala"), "train", "--recipe", "tiny_cpu", f"data.mds_dir={corpus}",
-            f"train.out_dir={tmp_path / out}", f"train.max_steps={STEPS}", "train.save_every=4",
-            "train.log_every=2", "train.keep_last=2"]
-
-
-def launch(tmp_path: Path, corpus: Path, out: str, port: int) -> subprocess.Popen:
-    cmd = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(port), *train_args(tmp_path, corpus, out)]
-    return subprocess.Popen(cmd, cwd=tmp_path, env=job_env(tmp_path), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return [JALA, "train", "--recipe", "tiny_cpu", f"data.mds_dir={corpus}", f"train.out_dir={tmp_path / out}",
+            f"train.max_steps={STEPS}", "train.save_every=4", "train.log_every=2", "train.keep_last=2"]
 
 
 def launch_node(tmp_path: Path, corpus: Path, out: str, port: int, node_rank: int) -> subprocess.Popen:
     """One of two single-process "nodes" on this machine. Each gets a private /dev/shm (a mount namespace with
     its own tmpfs), as separate machines have: streaming's per-node shared memory must not be shared."""
-    torchrun = [str(BIN / "torchrun"), "--nnodes", "2", "--nproc_per_node", "1", "--node_rank", str(node_rank),
-                "--master_addr", "127.0.0.1", "--master_port", str(port)]
+    nodes = [str(BIN / "torchrun"), "--nnodes", "2", "--nproc_per_node", "1", "--node_rank", str(node_rank),
+             "--master_addr", "127.0.0.1", "--master_port", str(port)]
     # The same canonical node count as the single-node run: the same samples on the same ranks.
-    job = [*torchrun, *train_args(tmp_path, corpus, out), "data.num_canonical_nodes=1", "tracking.enabled=false"]
-    cmd = ["unshare", "--mount", "sh", "-c", 'mount -t tmpfs tmpfs /dev/shm && exec "$@"', "node", *job]
-    return subprocess.Popen(cmd, cwd=tmp_path, env=job_env(tmp_path), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-
-
-def finish(process: subprocess.Popen) -> str:
-    output, _ = process.communicate(timeout=900)
-    assert process.returncode == 0, output[-4000:]
-    return output
+    job = [*nodes, *train_args(tmp_path, corpus, out), "data.num_canonical_nodes=1", "tracking.enabled=false"]
+    return start(["unshare", "--mount", "sh", "-c", 'mount -t tmpfs tmpfs /dev/shm && exec "$@"', "node", *job],
+                 tmp_path)
 
 
 def kill_a_rank_after_first_checkpoint(process: subprocess.Popen, out: Path) -> None:
@@ -85,7 +62,8 @@ def kill_a_rank_after_first_checkpoint(process: subprocess.Popen, out: Path) -> 
 def workdir(tmp_path_factory, tiny_corpus) -> Path:
     """Where the uninterrupted single-node run (the reference of every test here) has trained."""
     tmp_path = tmp_path_factory.mktemp("end_to_end")
-    finish(launch(tmp_path, tiny_corpus.mds, "whole", 29651))
+    run([*deepspeed_launcher(29651), *train_args(tmp_path, tiny_corpus.mds, "whole")], tmp_path)
+    assert not leftover_allreduce_buffers(29651)
     return tmp_path
 
 
@@ -104,11 +82,8 @@ def test_two_single_process_nodes_end_with_the_weights_of_the_single_node_run(wo
 @pytest.mark.slow
 def test_gathering_by_block_trains_exactly_like_gathering_by_module(workdir, tiny_corpus):
     # The reference run gathers each repeated layer whole (the default); per-module gathers are DeepSpeed's own.
-    cmd = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", "29655",
-           *train_args(workdir, tiny_corpus.mds, "by_module"), "train.zero3_gather_by_block=false",
-           "tracking.enabled=false"]
-    finish(subprocess.Popen(cmd, cwd=workdir, env=job_env(workdir), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True))
+    run([*torchrun(29655), *train_args(workdir, tiny_corpus.mds, "by_module"), "train.zero3_gather_by_block=false",
+         "tracking.enabled=false"], workdir)
     whole = merged_state_dict(latest_checkpoint(workdir / "whole"))
     by_module = merged_state_dict(latest_checkpoint(workdir / "by_module"))
     assert whole.keys() == by_module.keys()
@@ -124,11 +99,13 @@ def test_gathering_by_block_trains_exactly_like_gathering_by_module(workdir, tin
 def test_killed_and_resumed_run_matches_uninterrupted_run_and_exports(workdir, tiny_corpus):
     tmp_path = workdir
 
-    interrupted = launch(tmp_path, tiny_corpus.mds, "resumed", 29652)
+    interrupted = start([*deepspeed_launcher(29652), *train_args(tmp_path, tiny_corpus.mds, "resumed")], tmp_path)
     kill_a_rank_after_first_checkpoint(interrupted, tmp_path / "resumed")
     killed_at = latest_checkpoint(tmp_path / "resumed").name
     assert killed_at != f"step_{STEPS:08d}"
-    log = finish(launch(tmp_path, tiny_corpus.mds, "resumed", 29653))
+    assert not leftover_allreduce_buffers(29652)  # unlinked at start: a killed job leaves none either
+    # Resumed under the other launcher: nothing a run saves may depend on which one started it.
+    log = run([*torchrun(29653), *train_args(tmp_path, tiny_corpus.mds, "resumed")], tmp_path)
     assert f"resumed from {tmp_path / 'resumed'}" in log
 
     whole = merged_state_dict(latest_checkpoint(tmp_path / "whole"))
@@ -147,16 +124,15 @@ def test_killed_and_resumed_run_matches_uninterrupted_run_and_exports(workdir, t
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("jala-tiny").experiment_id])
     assert len(runs) == 2  # one per out_dir: the resumed job continued its run
-    for run in runs:
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
+    for mlflow_run in runs:
+        steps = [m.step for m in client.get_metric_history(mlflow_run.info.run_id, "loss")]
         assert steps[-1] == STEPS and set(range(2, STEPS + 1, 2)) <= set(steps)
-        assert {"mcp_loss", "align_loss", "lr", "grad_norm", "samples_per_s", "tokens_per_s"} <= run.data.metrics.keys()
-        assert run.data.params["train.max_steps"] == str(STEPS)
+        logged = mlflow_run.data.metrics.keys()
+        assert {"mcp_loss", "align_loss", "lr", "grad_norm", "samples_per_s", "tokens_per_s"} <= logged
+        assert mlflow_run.data.params["train.max_steps"] == str(STEPS)
 
     exported = tmp_path / "export"
-    done = subprocess.run([str(BIN / "jala"), "export", "--run", str(tmp_path / "whole"), "--out", str(exported)],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run([JALA, "export", "--run", str(tmp_path / "whole"), "--out", str(exported)], tmp_path)
     check_export(exported, whole)
     check_pretrained_load_under_zero3(exported, whole)
 

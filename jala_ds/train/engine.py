@@ -9,10 +9,12 @@ import contextlib
 import os
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import deepspeed
 import torch
+import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
 
 from jala_ds.train.checkpoint import install_safe_engine
@@ -41,6 +43,24 @@ def init_distributed() -> None:
                           MASTER_PORT=os.environ.get("MASTER_PORT", str(free_port())))
     deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
     get_accelerator().set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    unlink_cpu_allreduce_buffer()
+
+
+def unlink_cpu_allreduce_buffer() -> None:
+    """Remove the name of this rank's DeepSpeed CPU all-reduce buffer once every rank has mapped it.
+
+    On the CPU accelerator with all ranks on one node (the deepspeed launcher sets LOCAL_SIZE), DeepSpeed maps a
+    69 MB shared-memory file per rank, /dev/shm/deepspeed_allreduce_buffer_<uid>_<addr>_<port>_<rank>, and never
+    unlinks it: each run would leave them in RAM (/dev/shm is tmpfs). Each rank opens its peers' files inside
+    ``init_distributed``, so after a barrier the names are no longer needed; the mappings live until exit.
+    """
+    local_size = os.environ.get("LOCAL_SIZE")
+    if get_accelerator().device_name() != "cpu" or local_size != str(dist.get_world_size()):
+        return
+    dist.barrier()
+    name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ['MASTER_ADDR']}_{os.environ['MASTER_PORT']}_"
+            f"{dist.get_rank()}")
+    (Path("/dev/shm") / name).unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
