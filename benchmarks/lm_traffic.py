@@ -30,7 +30,8 @@ from jala_ds.bench.tables import markdown_table
 from jala_ds.model.backbone import INTERNVL3_2B_TEXT_VOCAB, backbone_config
 from jala_ds.model.fused_lm_ops import fuse_language_model_ops
 
-MATMULS = {"mm", "addmm", "bmm", "baddbmm"}
+MATMULS = {"mm", "addmm", "bmm", "baddbmm", "convolution", "convolution_backward"}
+"""Tensor-core work; a vision patch embedding's convolution is a matmul over its patches."""
 ALIASES = {"_unsafe_view", "_reshape_alias", "lift_fresh"}
 """Operators that return a view without saying so in their schema: no kernel, no traffic."""
 GROUPS = ("matmul", "attention", "other")
