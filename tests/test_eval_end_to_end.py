@@ -4,6 +4,7 @@ and its alignment number, logged to MLflow next to (and tagged with) the trainin
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from jala_ds.data.convert import convert_corpus
 from jala_ds.eval.motion_eval import EVAL_TAG
 
 
-def jala(tmp_path: Path, *args: str, launcher: tuple[str, ...] = ()) -> str:
+def jala(tmp_path: Path, *args: str, launcher: Sequence[str] = ()) -> str:
     return run([*launcher, JALA, *args], tmp_path)
 
 

@@ -148,7 +148,8 @@ def pretrained(tiny_corpus, tmp_path_factory) -> Path:
     return tmp_path / "pretrained"
 
 
-def posttrain_on_two_ranks(launcher: list[str], pretrained: Path, robot_mds: Path, out: Path, *overrides: str) -> None:
+def posttrain_on_two_ranks(launcher: list[str], pretrained: Path, robot_mds: Path, out: Path,
+                           *overrides: str) -> None:
     run([*launcher, JALA, "posttrain", "--recipe", RECIPE, "--init", str(pretrained), f"robot.mds_dir={robot_mds}",
          f"train.out_dir={out}", *overrides], out.parent)
 
