@@ -52,9 +52,9 @@ def main(argv: list[str] | None = None) -> int:
 def console() -> int:
     """The console script (and ``python -m jala_ds.cli``): ``main``, then an exit without the last collections.
 
-    A training rank ends holding millions of objects (torch, transformers, DeepSpeed, MLflow and the run's own);
-    the interpreter's final garbage collections walk them all, ~3 s per process on a CPU core, only to free memory
-    the OS reclaims anyway. Frozen objects are out of the collector's sight; atexit handlers still run, and
+    A training rank ends holding a large object graph (torch, transformers, DeepSpeed, MLflow and the run's own);
+    the interpreter's final garbage collections walk all of it, about 2 s per process on a CPU core, only to free
+    memory the OS reclaims anyway. Frozen objects are out of the collector's sight; atexit handlers still run, and
     reference counting still closes files and shared memory. Not in ``main``: tests call it in their own process.
     """
     code = main()
