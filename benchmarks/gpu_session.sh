@@ -70,7 +70,7 @@ throughput_args() {  # VARIANT STEPS [OVERRIDES...]
     tracking.enabled=false data.num_workers=6 "$@"
 }
 
-PHASES=${PHASES:-"env base fused_tests fused compiled cudnn_sdp zero2 repeat kernel_tests fused_ops attention grvq flex"}
+PHASES=${PHASES:-"env base fused_tests fused cudnn_sdp kernel_tests repeat fused_ops attention compiled zero2 grvq flex"}
 for name in $PHASES; do
   case $name in
     env) phase env 20 python3 -c "import sys, torch, triton, transformers, deepspeed, streaming
@@ -87,7 +87,7 @@ print(sys.version, 'torch', torch.__version__, 'triton', triton.__version__, 'tr
     # the language model's RMSNorms, SwiGLUs and rotary embeddings as fused Triton kernels (fewer launches, less
     # memory traffic): their tests on the GPU first (bf16 included), then the recipe with them
     fused_tests) phase fused_tests 60 python3 -m pytest -q -p no:cacheprovider tests/test_fused_lm_ops.py ;;
-    fused) phase throughput_fused 80 $(throughput_args fused 5 model.fused_ops=true) ;;
+    fused) phase throughput_fused 110 $(throughput_args fused 5 model.fused_ops=true --profile "$RESULTS/fused/profile") ;;
     # every repeated layer compiled by inductor; warm-up long enough to hold every compilation (the result warns
     # when a graph was compiled while timing), recompilations logged
     compiled) TORCH_LOGS=recompiles phase throughput_compiled 240 \
