@@ -99,8 +99,10 @@ print(sys.version, 'torch', torch.__version__, 'triton', triton.__version__, 'tr
     unpacked) phase throughput_unpacked 80 $(throughput_args unpacked 5 data.pack=false) ;;
     ckpt) phase throughput_ckpt 90 $(throughput_args ckpt 5 model.gradient_checkpointing=true) ;;
     flex) phase throughput_flex 90 $(throughput_args flex 5 model.attention=flex) ;;
-    kernel_tests) phase kernel_tests 90 python3 -m pytest -q -p no:cacheprovider tests/test_chunk_attention.py \
-      tests/test_grvq_kernels.py -k "bfloat16 or grvq or deterministic" ;;
+    # the kernels' tests where the interpreter cannot go (bf16, compiled, real launches); every new shape autotunes
+    # each kernel over all its tile configs (~30 s a test), so 8 processes share the compiling
+    kernel_tests) phase kernel_tests 170 python3 -m pytest -v -p no:cacheprovider -n 8 tests/test_chunk_attention.py \
+      tests/test_grvq_kernels.py tests/test_fused_lm_ops.py -k "bfloat16 or grvq or deterministic or compiled or devices" ;;
     fused_ops) phase fused_ops_bench 60 python3 -m benchmarks.fused_lm_ops --out "$RESULTS" ;;
     attention) phase attention_bench 90 python3 -m benchmarks.attention --out "$RESULTS" --seq-lens 8192 ;;
     grvq) phase grvq_bench 60 python3 -m benchmarks.grvq --out "$RESULTS" --n 1048576 --k 512 --kernels-only ;;

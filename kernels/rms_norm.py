@@ -28,6 +28,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     if weight.dim() != 1 or x.shape[-1] != weight.shape[0]:
         raise ValueError(f"rms_norm: x [..., {x.shape[-1]}] needs a weight of shape [{x.shape[-1]}], got "
                          f"{tuple(weight.shape)}")
+    if weight.device != x.device:
+        raise ValueError(f"rms_norm: x is on {x.device} but weight on {weight.device}: move the weight to x's device")
     if not x.is_cuda and not interpreter_requested():
         return rms_norm_reference(x, weight, eps)
     import jala_kernels.rms_norm_triton  # noqa: F401  registers torch.ops.jala_kernels.rms_norm

@@ -32,6 +32,9 @@ def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     if x.dim() != 4 or cos.shape != sin.shape or cos.shape != (x.shape[0], x.shape[2], x.shape[3]):
         raise ValueError(f"rotary: x must be [B, H, T, D] and cos, sin [B, T, D]; got x {tuple(x.shape)}, cos "
                          f"{tuple(cos.shape)}, sin {tuple(sin.shape)}")
+    if cos.device != x.device or sin.device != x.device:
+        raise ValueError(f"rotary: x is on {x.device} but cos on {cos.device} and sin on {sin.device}: move the "
+                         "angles to x's device")
     head_dim = x.shape[-1]
     if (not x.is_cuda and not interpreter_requested()) or head_dim < 2 or head_dim & (head_dim - 1):
         return rotary_reference(x, cos, sin)

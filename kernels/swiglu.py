@@ -27,6 +27,8 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     if gate.shape != up.shape or gate.dtype != up.dtype:
         raise ValueError(f"swiglu: gate {tuple(gate.shape)} {gate.dtype} and up {tuple(up.shape)} {up.dtype} must "
                          "have one shape and dtype (the gate_proj and up_proj outputs)")
+    if gate.device != up.device:
+        raise ValueError(f"swiglu: gate is on {gate.device} but up on {up.device}: put both on one device")
     if not gate.is_cuda and not interpreter_requested():
         return swiglu_reference(gate, up)
     import jala_kernels.swiglu_triton  # noqa: F401  registers torch.ops.jala_kernels.swiglu

@@ -106,7 +106,7 @@ def test_compiled_calls_trace_into_one_graph_and_give_the_eager_results():
     torch._dynamo.reset()
     (x, weight), grad = rms_problem((2, 9), 64, torch.float32)
 
-    cos, sin = torch.ones(2, 9, 64), torch.zeros(2, 9, 64)
+    cos, sin = torch.ones(2, 9, 64, device=DEVICE), torch.zeros(2, 9, 64, device=DEVICE)
 
     def norm_then_gate(x, weight):
         h = rms_norm(x, weight, 1e-6)
@@ -139,3 +139,15 @@ def test_mismatched_inputs_are_refused_with_the_fix():
         swiglu(torch.randn(2, 8), torch.randn(2, 9))
     with pytest.raises(ValueError, match=r"cos, sin \[B, T, D\]"):
         rotary(torch.randn(1, 2, 3, 8), torch.randn(3, 8), torch.randn(3, 8))
+
+
+def test_inputs_on_two_devices_are_refused_with_the_fix():
+    """A kernel launched with one operand elsewhere fails deep inside Triton's launcher; say which and what to move
+    (the meta device stands in for a second device)."""
+    elsewhere = {"device": "meta"}
+    with pytest.raises(ValueError, match="move the weight to x's device"):
+        rms_norm(torch.randn(2, 8), torch.ones(8, **elsewhere), 1e-6)
+    with pytest.raises(ValueError, match="put both on one device"):
+        swiglu(torch.randn(2, 8), torch.randn(2, 8, **elsewhere))
+    with pytest.raises(ValueError, match="move the angles to x's device"):
+        rotary(torch.randn(1, 2, 3, 8), torch.randn(1, 3, 8, **elsewhere), torch.randn(1, 3, 8, **elsewhere))
