@@ -1,18 +1,23 @@
-"""Fused GRVQ Triton kernels in the interpreter (fp32, CPU tensors) against the plain-PyTorch reference."""
+"""Fused GRVQ Triton kernels against the plain-PyTorch reference, fp32: compiled on a GPU when there is one, in
+Triton's interpreter on CPU tensors otherwise."""
 import pytest
 import torch
 
 from jala_kernels import grvq_decode, grvq_encode, grvq_encode_reference, grvq_triton
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
 
 @pytest.fixture(autouse=True)
 def triton_interpreter(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    if DEVICE == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
 
 
-def random_problem(seed: int, n: int, groups: int, stages: int, k: int, group_dim: int):
+def random_problem(seed: int, n: int, groups: int, stages: int, k: int, group_dim: int, device: str = DEVICE):
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn(n, groups * group_dim, generator=gen), torch.randn(groups, stages, k, group_dim, generator=gen)
+    x, books = torch.randn(n, groups * group_dim, generator=gen), torch.randn(groups, stages, k, group_dim, generator=gen)
+    return x.to(device), books.to(device)
 
 
 @pytest.mark.parametrize("n, groups, stages, k, group_dim, block_k", [
@@ -45,17 +50,19 @@ def test_ties_go_to_the_lowest_index_within_and_across_codebook_tiles():
         for twin in (9, 20, 35):
             books[0, stage, twin] = books[0, stage, 3]
     x = torch.cat([books[0, 0, 3].repeat(8, 1), torch.randint(-4, 5, (24, 6), generator=gen).float()])
+    books, x = books.to(DEVICE), x.to(DEVICE)
     codes, _ = grvq_triton.grvq_encode_triton(x, books, block_n=16, block_k=16)
     assert torch.equal(codes, grvq_encode_reference(x, books)[0])
     assert torch.all(codes[:8, 0, 0] == 3)
-    assert not torch.isin(codes, torch.tensor([9, 20, 35])).any()
+    assert not torch.isin(codes.cpu(), torch.tensor([9, 20, 35])).any()
 
 
 def test_dispatcher_reads_the_environment_at_call_time(monkeypatch):
     calls = []
     real = grvq_triton.grvq_encode_triton
     monkeypatch.setattr(grvq_triton, "grvq_encode_triton", lambda *a, **kw: calls.append(1) or real(*a, **kw))
-    x, books = random_problem(5, 16, 1, 2, 16, 16)
+    x, books = random_problem(5, 16, 1, 2, 16, 16, device="cpu")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
     interpreted = grvq_encode(x, books)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     referenced = grvq_encode(x, books)
@@ -64,14 +71,15 @@ def test_dispatcher_reads_the_environment_at_call_time(monkeypatch):
 
 
 def test_empty_input_returns_empty_results():
-    codes, quantized = grvq_encode(torch.zeros(0, 8), torch.randn(2, 3, 16, 4))
+    books = torch.randn(2, 3, 16, 4, device=DEVICE)
+    codes, quantized = grvq_encode(torch.zeros(0, 8, device=DEVICE), books)
     assert codes.shape == (0, 2, 3) and quantized.shape == (0, 8)
-    assert grvq_decode(codes, torch.randn(2, 3, 16, 4)).shape == (0, 8)
+    assert grvq_decode(codes, books).shape == (0, 8)
 
 
 def test_kernels_on_cpu_tensors_without_the_interpreter_get_one_clear_error(monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET")
-    x, books = random_problem(6, 16, 1, 1, 16, 16)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    x, books = random_problem(6, 16, 1, 1, 16, 16, device="cpu")
     with pytest.raises(ValueError, match="need CUDA tensors"):
         grvq_triton.grvq_encode_triton(x, books)
     with pytest.raises(ValueError, match="need CUDA tensors"):
