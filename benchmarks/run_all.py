@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import attention, data_loader, fused_lm_ops, grvq
+from benchmarks import attention, data_loader, fused_lm_ops, grvq, lm_head
 from benchmarks.report import RESULTS_DIR, device_name
 from jala_ds.cli import main as jala
 
@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         "attention": attention.main([*flag, "--out", str(args.out)]),
         "grvq": grvq.main([*flag, "--out", str(args.out)]),
         "fused_lm_ops": fused_lm_ops.main([*flag, "--out", str(args.out)]),
+        "lm_head": lm_head.main([*flag, "--out", str(args.out)]),
         "data_loader": data_loader.main([*(["--smoke"] if args.smoke else []), "--out", str(args.out)]),
         "throughput": throughput(not kernel_smoke, args.out),
     }

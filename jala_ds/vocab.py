@@ -20,10 +20,20 @@ IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
 MOT_START, MOT_END, MASK = "<mot>", "</mot>", "[MASK]"
 PAD = "<|endoftext|>"
 PARTS = ("wrist", "finger")
+ROW_MULTIPLE = 64
+"""The embedding and LM head have their rows rounded up to a multiple of this. With the full vocabulary's odd
+159,869 rows the head's matrix products have unaligned leading dimensions, and cuBLAS falls back to slow
+kernels for them (an H200 profile of the full recipe: a Turing-generation kernel taking 4.8 ms once per step,
+about ten times what the product's FLOPs need). The extra rows stand for no token."""
 PUBLISHED_TEXT_VOCAB = {"internvl3_2b": 151674}
 """Embedding rows of each published backbone's tokenizer (InternVL3-2B: Qwen2.5 plus InternVL's image and box
 tokens). A random-weight run of that shape pads the byte-level tokenizer to it, so that the embedding and LM
 head it trains, and so its memory and FLOPs, are the real model's."""
+
+
+def embedding_rows(vocab_size: int) -> int:
+    """Rows of the embedding and LM head for ``vocab_size`` tokens: rounded up to a multiple of ``ROW_MULTIPLE``."""
+    return -(-vocab_size // ROW_MULTIPLE) * ROW_MULTIPLE
 
 
 @dataclass(frozen=True)
@@ -39,7 +49,12 @@ class MotionVocab:
     img_context: int
     pad: int
     size: int
-    """Size of the whole vocabulary (the embedding and LM head rows)."""
+    """Tokens in the whole vocabulary."""
+
+    @property
+    def rows(self) -> int:
+        """Rows of the embedding and of the LM head."""
+        return embedding_rows(self.size)
 
     def motion_ids(self, codes: torch.Tensor, part: int) -> torch.Tensor:
         """Token ids of ``codes`` (values in [0, vocab_per_part)) of part 0 (wrist) or 1 (finger)."""

@@ -1,11 +1,18 @@
-"""The backbone: published InternVL3-2B size, motion vocabulary rows, image tokens, and reloading a checkpoint."""
+"""The backbone: published InternVL3-2B size, motion vocabulary rows (padded to a multiple of 64), image tokens, and
+reloading a checkpoint."""
 from __future__ import annotations
 
 import pytest
 import torch
 from model_batches import Doc, make_batch, tiny_setup
 
-from jala_ds.model.backbone import image_token_count, internvl3_2b_on_meta, parameter_breakdown, random_backbone
+from jala_ds.model.backbone import (
+    add_motion_rows,
+    image_token_count,
+    internvl3_2b_on_meta,
+    parameter_breakdown,
+    random_backbone,
+)
 from jala_ds.model.build import build_model
 from jala_ds.vocab import add_motion_vocab, byte_level_tokenizer, load_text_tokenizer
 
@@ -33,10 +40,47 @@ def test_motion_rows_start_at_the_text_mean_in_embedding_and_head():
     cfg, vocab = tiny_setup()
     backbone = random_backbone(cfg.model, vocab)
     for weight in (backbone.get_input_embeddings().weight, backbone.lm_head.weight):
-        assert weight.shape[0] == vocab.size
+        assert weight.shape[0] == vocab.rows
         mean = weight[:vocab.mot_start].mean(dim=0)
-        assert torch.equal(weight[vocab.mot_start:], mean.expand(vocab.size - vocab.mot_start, -1))
-    assert backbone.config.text_config.vocab_size == vocab.size
+        assert torch.equal(weight[vocab.mot_start:vocab.size], mean.expand(vocab.size - vocab.mot_start, -1))
+    assert backbone.config.text_config.vocab_size == vocab.rows
+
+
+def test_embedding_and_head_rows_are_the_vocabulary_rounded_up_to_64():
+    """The full recipe's 159,869 tokens (published text vocabulary, 3 markers, 2 x 4096 codes) get 159,872 rows:
+    the LM head's matrix products then have aligned leading dimensions."""
+    published = add_motion_vocab(load_text_tokenizer(None, "internvl3_2b"), 4096)
+    assert (published.size, published.rows) == (159_869, 159_872)
+    _, tiny = tiny_setup()
+    assert tiny.rows % 64 == 0 and 0 <= tiny.rows - tiny.size < 64
+
+
+def test_mcp_loss_leaves_the_rows_past_the_vocabulary_out_of_its_softmax():
+    cfg, vocab = tiny_setup()
+    torch.manual_seed(0)
+    model = build_model(cfg, vocab)
+    batch = make_batch(cfg, vocab, [[Doc()], [Doc()]], seed=0)
+    assert vocab.rows > vocab.size
+    with torch.no_grad():
+        before = model(batch).mcp_loss
+        model.backbone.lm_head.weight[vocab.size:] = 100.0  # logits no softmax over the vocabulary could ignore
+        after = model(batch).mcp_loss
+    assert torch.equal(before, after)
+
+
+def test_a_checkpoint_saved_before_the_rows_were_padded_keeps_its_motion_rows():
+    cfg, vocab = tiny_setup()
+    torch.manual_seed(0)
+    old = random_backbone(cfg.model, vocab)
+    old.resize_token_embeddings(vocab.size, mean_resizing=False)  # as JALA saved it: one row per token
+    with torch.no_grad():
+        for weight in (old.get_input_embeddings().weight, old.lm_head.weight):
+            weight[vocab.mot_start:] = torch.randn_like(weight[vocab.mot_start:])  # trained motion rows
+    trained = [w.detach().clone() for w in (old.get_input_embeddings().weight, old.lm_head.weight)]
+    add_motion_rows(old, vocab)
+    for weight, before in zip((old.get_input_embeddings().weight, old.lm_head.weight), trained):
+        assert weight.shape[0] == vocab.rows
+        assert torch.equal(weight[:vocab.size], before)
 
 
 @pytest.mark.parametrize("side, tokens", [(56, 4), (448, 256)])

@@ -38,7 +38,8 @@ params = dict(model.named_parameters())
 with deepspeed.zero.GatheredParameters(list(params.values())):
     rows = [w.detach().clone() for w in (embedding, model.backbone.lm_head.weight)]
     pairs_equal = all(torch.equal(params[t], params[s]) for t, s in model.ema_pairs())
-mean_rows = all(torch.allclose(w[vocab.mot_start:], w[:vocab.mot_start].mean(0).expand_as(w[vocab.mot_start:]))
+motion = slice(vocab.mot_start, vocab.size)
+mean_rows = all(w.shape[0] == vocab.rows and torch.allclose(w[motion], w[:vocab.mot_start].mean(0).expand_as(w[motion]))
                 for w in rows)
 engine, *_ = deepspeed.initialize(model=model, config=ds,
                                   model_parameters=[p for p in model.parameters() if p.requires_grad])

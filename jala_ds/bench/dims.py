@@ -131,7 +131,8 @@ class ModelDims:
 
     lm: TransformerDims
     vocab: int
-    """Rows of the embedding and of the untied LM head: text vocabulary plus the motion tokens."""
+    """Rows of the embedding and of the untied LM head: text vocabulary plus the motion tokens, rounded up to a
+    multiple of 64 (``jala_ds/vocab.py``)."""
     vision: VisionTowerDims
     frame_encoder: ViTDims
     perceiver: PerceiverDims
@@ -209,7 +210,7 @@ def model_dims(cfg: JalaConfig) -> ModelDims:
     ``internvl3_2b`` and the tiny random one for ``tiny``.
     """
     from jala_ds.model import backbone, visual_encoder
-    from jala_ds.vocab import PUBLISHED_TEXT_VOCAB, byte_level_tokenizer
+    from jala_ds.vocab import PUBLISHED_TEXT_VOCAB, byte_level_tokenizer, embedding_rows
 
     model = cfg.model
     internvl = _local_config(model.pretrained)
@@ -227,5 +228,5 @@ def model_dims(cfg: JalaConfig) -> ModelDims:
                               heads=model.perceiver_heads, layers=model.perceiver_layers,
                               queries=model.perceiver_queries, out_dim=lm.hidden)
     motion_rows = MOTION_SPECIAL_TOKENS + 2 * cfg.motion_tokenizer.vocab_per_part
-    return ModelDims(lm=lm, vocab=internvl.text_config.vocab_size + motion_rows, vision=vision,
+    return ModelDims(lm=lm, vocab=embedding_rows(internvl.text_config.vocab_size + motion_rows), vision=vision,
                      frame_encoder=vit_dims(encoder, model.visual_encoder_image_size), perceiver=perceiver)

@@ -5,7 +5,8 @@ InternVL3-2B: InternViT-300M, a 2-layer MLP projector, a Qwen2.5-1.5B-like langu
 and ``internvl3_2b_narrow`` (InternVL3-2B's depth at tiny width: as many modules, hooks and kernel launches per
 step with almost no arithmetic, so a CPU measures the framework's per-step overhead: ``benchmarks/host_overhead.py``).
 Real runs load a local transformers-format checkpoint instead. Either way the embedding and the LM head are then
-resized to the full JALA vocabulary (``jala_ds/vocab.py``): motion rows start at the mean of the text rows.
+resized to the full JALA vocabulary (``jala_ds/vocab.py``), rounded up to a multiple of 64 rows: motion rows start
+at the mean of the text rows.
 
     backbone = random_backbone(cfg.model, vocab)              # or pretrained_backbone(cfg.model, vocab)
     image_token_count(cfg.model)                               # <IMG_CONTEXT> tokens per image: 256 at 448 px
@@ -113,21 +114,24 @@ def pretrained_backbone(model_cfg: ModelConfig, vocab: MotionVocab) -> InternVLF
 
 
 def add_motion_rows(backbone: InternVLForConditionalGeneration, vocab: MotionVocab) -> None:
-    """Resize the embedding and the LM head to ``vocab.size``; rows from ``<mot>`` on start at the text rows' mean.
+    """Resize the embedding and the LM head to ``vocab.rows``; the motion tokens' rows start at the text rows' mean.
 
-    A checkpoint that already has ``vocab.size`` rows was saved by JALA: its motion rows are trained, keep them.
-    Rows a plain checkpoint has beyond its tokenizer (padding rows) are never used by text, so they are
-    overwritten like new ones.
+    A checkpoint that already has ``vocab.rows`` rows, or ``vocab.size`` (saved before the rows were padded), was
+    saved by JALA: its motion rows are trained, keep them. Rows a plain checkpoint has beyond its tokenizer
+    (padding rows) are never used by text, so they are overwritten like new ones. The rows past ``vocab.size``
+    stand for no token: no input holds their ids and the MCP loss leaves them out of its softmax.
     """
     rows = backbone.get_input_embeddings().num_embeddings  # not weight.shape: a ZeRO-3 shard reports size 0
-    if rows == vocab.size:
+    if rows in (vocab.size, vocab.rows):
+        if rows != vocab.rows:
+            backbone.resize_token_embeddings(vocab.rows, mean_resizing=False)
         return
     if rows < vocab.mot_start:
         raise ValueError(f"the tokenizer has {vocab.mot_start} text tokens but the checkpoint's embedding only "
                          f"{rows} rows: load the tokenizer that ships with the checkpoint")
     # mean_resizing=False: transformers would sample from a fitted Gaussian; we want exactly the mean.
-    backbone.resize_token_embeddings(vocab.size, mean_resizing=False)
+    backbone.resize_token_embeddings(vocab.rows, mean_resizing=False)
     weights = [backbone.get_input_embeddings().weight, backbone.get_output_embeddings().weight]
     with gathered_for_edit(weights), torch.no_grad():
         for weight in weights:
-            weight[vocab.mot_start:] = weight[:vocab.mot_start].mean(dim=0)
+            weight[vocab.mot_start:vocab.size] = weight[:vocab.mot_start].mean(dim=0)

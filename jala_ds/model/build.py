@@ -47,7 +47,7 @@ def build_model(cfg: JalaConfig, vocab: MotionVocab) -> JalaModel:
                          heads=model_cfg.perceiver_heads, layers=model_cfg.perceiver_layers,
                          queries=model_cfg.perceiver_queries, out_dim=backbone.config.text_config.hidden_size)
 
-    model = JalaModel(model_cfg, backbone, cfg.motion_tokenizer.tokens_per_chunk, visual_encoder=encoder,
+    model = JalaModel(model_cfg, backbone, cfg.motion_tokenizer.tokens_per_chunk, vocab.size, visual_encoder=encoder,
                       lap=perceiver() if model_cfg.align else None,
                       lsp=perceiver() if model_cfg.lsp_context else None)
     if model_cfg.decoupled_ema:

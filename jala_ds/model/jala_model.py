@@ -95,11 +95,12 @@ class JalaModel(nn.Module):
     (frozen), ``lap.queries``, ``lap.trunk.*``, ``lsp.queries``, ``lsp.trunk.*``."""
 
     def __init__(self, model_cfg: ModelConfig, backbone: InternVLForConditionalGeneration, tokens_per_chunk: int,
-                 visual_encoder: FrozenFrameEncoder | None = None, lap: Perceiver | None = None,
+                 vocab_size: int, visual_encoder: FrozenFrameEncoder | None = None, lap: Perceiver | None = None,
                  lsp: Perceiver | None = None):
         super().__init__()
         self.cfg = model_cfg
         self.tokens_per_chunk = tokens_per_chunk
+        self.vocab_size = vocab_size  # what the MCP softmax runs over: the LM head's rows past it stand for no token
         self.backbone = backbone
         self.visual_encoder = visual_encoder
         self.lap = lap
@@ -148,7 +149,7 @@ class JalaModel(nn.Module):
     def forward(self, batch: dict) -> JalaOutput:
         features = self.encode_frames(batch)
         final, predictive = self.hidden_states(batch, features)
-        mcp, n_mcp = mcp_loss(final, batch["labels"], self.backbone.lm_head)
+        mcp, n_mcp = mcp_loss(final, batch["labels"], self.backbone.lm_head, self.vocab_size)
         if self.lap is None:
             latent_actions = None
             align = torch.zeros((), device=mcp.device)

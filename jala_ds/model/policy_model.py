@@ -55,8 +55,8 @@ class JalaPolicyModel(JalaModel):
     ``lsp.*`` as in pretraining (so pretrained weights load by name), and ``action_head.*``."""
 
     def __init__(self, jala: JalaModel, action_head: FlowMatchingHead):
-        super().__init__(jala.cfg, jala.backbone, jala.tokens_per_chunk, visual_encoder=jala.visual_encoder,
-                         lap=None, lsp=jala.lsp)
+        super().__init__(jala.cfg, jala.backbone, jala.tokens_per_chunk, jala.vocab_size,
+                         visual_encoder=jala.visual_encoder, lap=None, lsp=jala.lsp)
         self.action_head = action_head
 
     def ema_pairs(self) -> list[tuple[str, str]]:
