@@ -180,6 +180,11 @@ def test_a_profiled_calibration_gives_back_the_measured_step_on_the_measuring_ca
     step = plan.estimate_step(work, h200, 1, found.mfu, 0.7, host_s=found.host_s)
     assert step.host_bound and step.step_s == pytest.approx(0.944 + step.optimizer_s)
     assert plan.estimate_step(work, h200, 1, found.mfu, 0.7).compute_s == pytest.approx(0.3404)
+    # Told the trained parameters, the calibration leaves the optimiser step to the plan: one GPU's kernels then
+    # come back as the measured busy time, not busy time plus a second optimiser step.
+    lean = read_throughput_result(result, work.flops_per_sample, work.params_trained)
+    gpu_only = plan.estimate_step(work, h200, 1, lean.mfu, 0.7)
+    assert gpu_only.compute_s + gpu_only.optimizer_s == pytest.approx(0.3404)
 
 
 def test_matmul_time_scales_with_peak_flops_and_the_rest_with_memory_bandwidth(work, tmp_path):

@@ -159,6 +159,13 @@ def test_a_profiled_gpu_result_splits_into_compute_mfu_host_floor_and_activation
     assert calibration.host_s == pytest.approx(0.944) and "host-bound" in calibration.source
     assert calibration.activation_gb == pytest.approx((75.9 - 38.7) / 16)  # activations per sample
     assert calibration.bandwidth_share == pytest.approx(1 - 168.7 / 340.4)  # the rest waits on memory
+    # Given the trained parameters, the optimiser step over them leaves the kernel time as the plan prices it
+    # (30 B per parameter at 80 % of the H200's 4.8 TB/s), from the memory-bound part.
+    without_optimizer = read_throughput_result(path, flops_per_sample=7.1e12, trained_params=2.14e9)
+    optimizer_s = 2.14e9 * 30 / (4.8e12 * 0.8)
+    assert without_optimizer.mfu == pytest.approx(16 * 7.1e12 / ((0.3404 - optimizer_s) * 989e12), rel=1e-3)
+    assert without_optimizer.bandwidth_share == pytest.approx(1 - 168.7 / (340.4 - optimizer_s * 1e3))
+    assert without_optimizer.host_s == calibration.host_s and "optimiser step" in without_optimizer.source
     # A GPU busy for (nearly) the whole step set the pace itself: no host floor.
     busy = dataclasses.replace(profiled, gpu_busy_seconds=0.93)
     path.write_text(f"- device: {busy.device}\n\n{markdown_table([result_row_of(busy)])}\n")

@@ -18,6 +18,12 @@ card's tensor-core speed; the rest (elementwise work, norms, copies, the optimis
 in the ratio of the two (an A800 has a third of an H200's peak FLOP/s but 42 % of its memory bandwidth), so
 ``Calibration.mfu_on`` scales each part by its own figure when the plan is for another card.
 
+The busy time also holds the measuring GPUs' optimiser step over their shards of the parameters, which the plan
+prices itself for the target's shards (``plan.estimate_step``): left in, a one-GPU result would bring the whole
+model's optimiser step into every GPU's compute time. Given the trained parameter count, the calibration prices
+that step as the plan does (``ADAM_BYTES_PER_PARAM`` at ``HBM_EFFICIENCY`` of the measuring card's bandwidth)
+and takes it out of the busy time's memory-bound part.
+
 A row with ``peak memory GB`` and ``resident memory GB`` (what stayed allocated between steps) gives the
 activations' size per sample: their difference over the micro-batch.
 """
@@ -30,7 +36,7 @@ from pathlib import Path
 
 from jala_ds.bench.cards import Card, card
 from jala_ds.bench.flops import mfu
-from jala_ds.bench.plan import DEFAULT_MFU
+from jala_ds.bench.plan import ADAM_BYTES_PER_PARAM, DEFAULT_MFU, HBM_EFFICIENCY
 
 RESULTS_GLOB = "*throughput*.md"
 """Names of the throughput benchmark's result files (``<date>_throughput_<device>.md``)."""
@@ -85,8 +91,9 @@ def _table(lines: list[str]) -> list[dict[str, str]]:
     return [dict(zip(header, row)) for row in rows[2:]]
 
 
-def read_throughput_result(path: str | Path, flops_per_sample: float) -> Calibration:
-    """The best MFU in the throughput result at ``path`` (see the module docstring for the format)."""
+def read_throughput_result(path: str | Path, flops_per_sample: float, trained_params: float = 0.0) -> Calibration:
+    """The best MFU in the throughput result at ``path`` (see the module docstring for the format); with
+    ``trained_params``, a profiled row's kernel time leaves out the optimiser step the plan prices itself."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"--calibrate {path}: no such file; pass a throughput result from benchmarks/results/")
@@ -98,7 +105,7 @@ def read_throughput_result(path: str | Path, flops_per_sample: float) -> Calibra
         gpus = int(_number(row.get("gpus", "")) or 1)
         if rate is not None and device is not None:
             value = mfu(flops_per_sample, rate, gpus, device)
-            found = _split_by_busy_time(row, flops_per_sample, device, value,
+            found = _split_by_busy_time(row, flops_per_sample, device, value, trained_params / gpus,
                                         f"measured, {path.name}: {rate:g} samples/s on {gpus} x {device}")
         elif (given := _number(row.get("mfu", ""))) is not None:
             value = given / 100 if given > 1 else given
@@ -121,21 +128,28 @@ def _activation_gb_per_sample(row: dict[str, str]) -> float | None:
 
 
 def _split_by_busy_time(row: dict[str, str], flops_per_sample: float, device: str, step_mfu: float,
-                        source: str) -> Calibration:
+                        shard_params: float, source: str) -> Calibration:
     """The row's compute MFU and host floor from its ``GPU busy ms`` (see the module docstring); the end-to-end
-    ``step_mfu`` and no floor without it."""
+    ``step_mfu`` and no floor without it. The busy time holds the measuring GPU's optimiser step over its shard
+    of ``shard_params``, which ZeRO shrinks with the GPU count and the plan prices per target shard
+    (``plan.estimate_step``): priced the same way here, it leaves the compute time, from its memory-bound part."""
     busy_ms, step_ms = _number(row.get("gpu_busy_ms", "")), _number(row.get("step_ms", ""))
     if busy_ms is None or step_ms is None or busy_ms <= 0:
         return Calibration(step_mfu, source)
     accum = int(_number(row.get("grad_accum", "")) or 1)
     samples_per_step = (_number(row.get("micro_batch", "")) or 1) * accum
-    kernel_mfu = mfu(flops_per_sample, samples_per_step / (busy_ms / 1e3), 1, device)
-    source += f", GPU busy {busy_ms:g} of {step_ms:g} ms per step"
     matmul_ms = _number(row.get("gpu_matmul_attention_ms", ""))
+    optimizer_ms = min(shard_params * ADAM_BYTES_PER_PARAM / (card(device).hbm_tb_s * 1e12 * HBM_EFFICIENCY) * 1e3,
+                       busy_ms - (matmul_ms or 0.0))
+    compute_ms = busy_ms - optimizer_ms
+    kernel_mfu = mfu(flops_per_sample, samples_per_step / (compute_ms / 1e3), 1, device)
+    parts = [f"{matmul_ms:g} in matrix multiplies and attention"] if matmul_ms is not None else []
+    if optimizer_ms > 0:
+        parts.append(f"{optimizer_ms:.1f} the optimiser step, priced as the plan prices it and left out")
+    source += f", GPU busy {busy_ms:g} of {step_ms:g} ms per step" + (f" ({'; '.join(parts)})" if parts else "")
     split = {}
     if matmul_ms is not None:
-        split = {"measured_on": card(device), "bandwidth_share": min(max(1 - matmul_ms / busy_ms, 0.0), 1.0)}
-        source += f" ({matmul_ms:g} in matrix multiplies and attention)"
+        split = {"measured_on": card(device), "bandwidth_share": min(max(1 - matmul_ms / compute_ms, 0.0), 1.0)}
     if busy_ms >= HOST_BOUND_BELOW * step_ms:
         return Calibration(kernel_mfu, source, **split)
     return Calibration(kernel_mfu, source + ", host-bound", host_s=step_ms / 1e3 / accum, **split)
@@ -149,13 +163,14 @@ def latest_result(results_dir: str | Path) -> Path | None:
 
 def calibration(flops_per_sample: float, given_mfu: float | None = None, result: str | Path | None = None,
                 results_dir: str | Path = "benchmarks/results", given_host_ms: float | None = None,
-                given_activation_gb: float | None = None) -> Calibration:
+                given_activation_gb: float | None = None, trained_params: float = 0.0) -> Calibration:
     """``given_mfu`` if set, else the result file named, else the newest one in ``results_dir``, else the default;
-    ``given_host_ms`` and ``given_activation_gb`` replace whatever host floor and activation size that gives."""
+    ``given_host_ms`` and ``given_activation_gb`` replace whatever host floor and activation size that gives.
+    ``trained_params`` (the planned model's) takes the optimiser step out of a profiled result's kernel time."""
     for flag, value in (("--host-ms", given_host_ms), ("--activation-gb", given_activation_gb)):
         if value is not None and value < 0:
             raise ValueError(f"{flag} {value}: give 0 or more")
-    found = _compute_calibration(flops_per_sample, given_mfu, result, results_dir)
+    found = _compute_calibration(flops_per_sample, given_mfu, result, results_dir, trained_params)
     if given_host_ms is not None:
         found = dataclasses.replace(found, source=f"{found.source}; host floor given with --host-ms",
                                     host_s=given_host_ms / 1e3)
@@ -165,17 +180,17 @@ def calibration(flops_per_sample: float, given_mfu: float | None = None, result:
 
 
 def _compute_calibration(flops_per_sample: float, given_mfu: float | None, result: str | Path | None,
-                         results_dir: str | Path) -> Calibration:
+                         results_dir: str | Path, trained_params: float) -> Calibration:
     if given_mfu is not None:
         if not 0 < given_mfu <= 1:
             raise ValueError(f"--mfu {given_mfu}: give a fraction in (0, 1], e.g. 0.45")
         return Calibration(given_mfu, "given with --mfu")
     if result is not None:
-        return read_throughput_result(result, flops_per_sample)
+        return read_throughput_result(result, flops_per_sample, trained_params)
     found = latest_result(results_dir)
     if found is None:
         return Calibration(DEFAULT_MFU, f"assumed: no --mfu, --calibrate or {results_dir}/{RESULTS_GLOB}")
     try:
-        return read_throughput_result(found, flops_per_sample)
+        return read_throughput_result(found, flops_per_sample, trained_params)
     except ValueError as err:  # e.g. a CPU run's result: it cannot calibrate a GPU plan, so it is skipped, visibly
         return Calibration(DEFAULT_MFU, f"assumed: {found} was not usable ({err})")
