@@ -70,7 +70,7 @@ throughput_args() {  # VARIANT STEPS [OVERRIDES...]
     tracking.enabled=false data.num_workers=6 "$@"
 }
 
-PHASES=${PHASES:-"env base fused_tests fused cudnn_sdp kernel_tests repeat fused_ops attention compiled zero2 grvq flex"}
+PHASES=${PHASES:-"env base lm_head kernel_tests grvq repeat unfused compiled attention zero2 fused_ops flex"}
 for name in $PHASES; do
   case $name in
     env) phase env 20 python3 -c "import sys, torch, triton, transformers, deepspeed, streaming
@@ -84,10 +84,10 @@ print(sys.version, 'torch', torch.__version__, 'triton', triton.__version__, 'tr
     # torch's SDPA with its cuDNN backend allowed again in the vision tower, frame encoder and perceivers (the
     # recipe turns it off: the last profile showed ~2 ms of host time per cuDNN attention call, 44 calls a step)
     cudnn_sdp) phase throughput_cudnn_sdp 80 $(throughput_args cudnn_sdp 5 train.cudnn_attention=true) ;;
-    # the language model's RMSNorms, SwiGLUs and rotary embeddings as fused Triton kernels (fewer launches, less
-    # memory traffic): their tests on the GPU first (bf16 included), then the recipe with them
-    fused_tests) phase fused_tests 60 python3 -m pytest -q -p no:cacheprovider tests/test_fused_lm_ops.py ;;
-    fused) phase throughput_fused 110 $(throughput_args fused 5 model.fused_ops=true --profile "$RESULTS/fused/profile") ;;
+    # the language model's RMSNorms, SwiGLUs and rotary embeddings on eager PyTorch instead of the recipe's fused
+    # Triton kernels, profiled: the GPU busy time and peak memory are what the kernels change on a host-bound card
+    unfused) phase throughput_unfused 110 \
+      $(throughput_args unfused 5 model.fused_ops=false --profile "$RESULTS/unfused/profile") ;;
     # every repeated layer compiled by inductor; warm-up long enough to hold every compilation (the result warns
     # when a graph was compiled while timing), recompilations logged
     compiled) TORCH_LOGS=recompiles phase throughput_compiled 240 \
@@ -104,7 +104,9 @@ print(sys.version, 'torch', torch.__version__, 'triton', triton.__version__, 'tr
     kernel_tests) phase kernel_tests 170 python3 -m pytest -v -p no:cacheprovider -n 8 tests/test_chunk_attention.py \
       tests/test_grvq_kernels.py tests/test_fused_lm_ops.py -k "bfloat16 or grvq or deterministic or compiled or devices" ;;
     fused_ops) phase fused_ops_bench 60 python3 -m benchmarks.fused_lm_ops --out "$RESULTS" ;;
-    attention) phase attention_bench 90 python3 -m benchmarks.attention --out "$RESULTS" --seq-lens 8192 ;;
+    # the LM head's products with one row per token against the model's rows padded to a multiple of 64
+    lm_head) phase lm_head_bench 40 python3 -m benchmarks.lm_head --out "$RESULTS" ;;
+    attention) phase attention_bench 150 python3 -m benchmarks.attention --out "$RESULTS" --seq-lens 8192 ;;
     grvq) phase grvq_bench 60 python3 -m benchmarks.grvq --out "$RESULTS" --n 1048576 --k 512 --kernels-only ;;
     *) echo "unknown phase $name" | tee -a "$WORK/summary.txt" ;;
   esac
