@@ -9,8 +9,10 @@ contender runs one training call, forward then backward, side by side in one pro
 row: ms, effective GB/s over the bytes the call must move at least (RMSNorm: read x, write y; read dy and x,
 write dx: 10 B per bf16 element; SwiGLU: 16 B; rotary: 8 B), that as a share of the card's peak bandwidth,
 speed-ups over eager and torch.compile, and the time per training step, which runs each op 57 times (two
-RMSNorms per layer and a final one) or 28 times. Results: a dated markdown table in benchmarks/results/ and the
-``benchmarks`` MLflow experiment.
+RMSNorms per layer and a final one) or 28 times. On a GPU also the kernels' own time per call and bandwidth: at
+these sizes an RMSNorm's or rotation's kernels finish before the host has launched the next call's, so the
+timed call measures the host (2026-11-27, H200: 0.4-0.85 ms per call whichever the implementation). Results: a
+dated markdown table in benchmarks/results/ and the ``benchmarks`` MLflow experiment.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.report import device_name, write_results
-from benchmarks.timing import environment, peak_bandwidth, time_ms
+from benchmarks.timing import environment, kernel_ms, peak_bandwidth, time_ms
 from jala_kernels import rms_norm, rms_norm_reference, rotary, rotary_reference, swiglu, swiglu_reference
 
 FULL = {"rows": 16 * 576, "hidden": 1536, "intermediate": 8960, "heads": 12, "kv_heads": 2, "head_dim": 128}
@@ -33,6 +35,8 @@ CALLS_PER_STEP = {"rms_norm": 2 * 28 + 1, "swiglu": 28, "rotary_q": 28, "rotary_
 MIN_ACCESSES_PER_ELEMENT = {"rms_norm": 5, "swiglu": 8, "rotary_q": 4, "rotary_k": 4}
 """Times forward + backward must at least read or write each element of the op's output."""
 REPS = 2
+KERNEL_CALLS = 20
+"""Calls profiled for the kernel-time columns."""
 
 
 def problems(shape: dict, device: str, dtype: torch.dtype) -> dict[str, tuple]:
@@ -85,12 +89,16 @@ def run(smoke: bool = False, dtype: str = "bf16", out_dir: Path | None = None) -
             if isinstance(fn, str):
                 rows.append({**row, "note": fn})
                 continue
+            call = training_call(fn, inputs, grad)
             with environment("TRITON_INTERPRET", "1" if name == "triton" and not cuda else None):
-                ms, _ = time_ms(training_call(fn, inputs, grad), cuda, REPS)
+                ms, _ = time_ms(call, cuda, REPS)
             timed[name] = ms
             row.update({"ms": ms, "GB/s": moved / ms / 1e6, "ms per step": ms * CALLS_PER_STEP[op]})
-            if peak:
-                row["% of peak bandwidth"] = f"{moved / ms / 1e6 / peak:.0%}"
+            if cuda:
+                kernels = kernel_ms(call, KERNEL_CALLS)
+                row.update({"kernel ms": kernels, "kernel GB/s": moved / kernels / 1e6})
+                if peak:
+                    row["kernels' % of peak bandwidth"] = f"{moved / kernels / 1e6 / peak:.0%}"
             rows.append(row)
         for row in rows:
             if row["op"] == op and "ms" in row:
@@ -100,7 +108,10 @@ def run(smoke: bool = False, dtype: str = "bf16", out_dir: Path | None = None) -
                                                  "median of 2 runs, Triton in its CPU interpreter (not a speed)"),
              "GB/s: the bytes forward + backward must move at least (RMSNorm 10 B, SwiGLU 16 B, rotary 8 B per "
              "element of 2-byte activations) over the time; ms per step: times the calls in one training step of "
-             "the 28-layer LM (57 RMSNorms, 28 SwiGLUs, 28 rotations of q and of k)"]
+             "the 28-layer LM (57 RMSNorms, 28 SwiGLUs, 28 rotations of q and of k)",
+             "kernel ms (GPU): the time the call's kernels ran, from torch.profiler over "
+             f"{KERNEL_CALLS} calls; ms, timed with events, also holds the gaps while the host launches them, "
+             "which for the small calls is most of it"]
     metrics = {f"{r['op']}_{r['impl']}_ms": r["ms"] for r in rows if "ms" in r}
     md = write_results("fused_lm_ops", rows, title="Fused RMSNorm, SwiGLU and rotary against eager and torch.compile",
                        device=device, notes=notes, out_dir=out_dir, mlflow_metrics=metrics)

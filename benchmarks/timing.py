@@ -1,5 +1,5 @@
-"""What the kernel benchmarks share: one timer for CPU and GPU, a scoped environment variable, the cards' memory
-bandwidth."""
+"""What the kernel benchmarks share: one timer for CPU and GPU, the GPU's kernel time per call, a scoped environment
+variable, the cards' memory bandwidth."""
 from __future__ import annotations
 
 import contextlib
@@ -30,6 +30,24 @@ def time_ms(fn: Callable[[], object], cuda: bool, reps: int) -> tuple[float, obj
         out = fn()
         samples.append((time.perf_counter() - start) * 1e3)
     return statistics.median(samples), out
+
+
+def kernel_ms(fn: Callable[[], object], calls: int) -> float:
+    """Mean time (ms) the GPU's kernels ran per call of ``fn``, from ``torch.profiler``. A call whose kernels take
+    less time than the host needs to launch them (small tensors, autograd, custom operators) leaves the GPU idle
+    between them, and event timing counts those gaps; this counts only the kernels."""
+    import torch
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    return sum(event.self_device_time_total for event in prof.key_averages()
+               if event.device_type != DeviceType.CPU and not event.is_user_annotation) / calls / 1e3
 
 
 @contextlib.contextmanager
