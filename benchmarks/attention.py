@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.report import device_name, write_results
+from jala_ds.bench.tables import markdown_table
 from jala_kernels import chunk_attention, chunk_attention_bounds, chunk_attention_reference, chunk_mask
 from jala_kernels.chunk_attention_bounds import visible_pairs
 
@@ -32,6 +33,15 @@ TOKENS_PER_BATCH = 16384
 SEQ_LENS = (2048, 4096, 8192, 16384)
 HEADS = ((12, 2, 128), (24, 4, 64))
 """(query heads, KV heads, head dim): InternVL3-2B's language model, and the same width at head dim 64."""
+
+
+def heads_arg(text: str) -> tuple[int, int, int]:
+    """``--heads 12/2/128``: query heads, KV heads, head dim."""
+    parts = text.split("/")
+    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts) or int(parts[0]) % int(parts[1]):
+        raise argparse.ArgumentTypeError(f"--heads {text}: give QUERY/KV/DIM with KV dividing QUERY, e.g. 12/2/128")
+    heads_q, heads_kv, head_dim = (int(p) for p in parts)
+    return heads_q, heads_kv, head_dim
 
 
 @dataclass(frozen=True)
@@ -255,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
     parser.add_argument("--seq-lens", type=int, nargs="+", default=SEQ_LENS, help="GPU sequence lengths (default: "
                         f"{' '.join(map(str, SEQ_LENS))})")
+    parser.add_argument("--heads", type=heads_arg, nargs="+", default=HEADS, help="GPU head shapes as QUERY/KV/DIM "
+                        f"(default: {' '.join('/'.join(map(str, h)) for h in HEADS)})")
     args = parser.parse_args(argv)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -266,12 +278,14 @@ def main(argv: list[str] | None = None) -> int:
         if device == "cpu":
             parser.error("the full benchmark needs a CUDA GPU; on CPU run --smoke")
         dtype, sample, repeats = torch.bfloat16, SampleShape(), 3
-        plan = [(n, heads, TOKENS_PER_BATCH) for heads in HEADS for n in args.seq_lens]
+        plan = [(n, heads, TOKENS_PER_BATCH) for heads in args.heads for n in args.seq_lens]
 
     rows = []
     for n, heads, tokens in plan:
-        rows += run_shape(n, heads, tokens, sample, device, dtype, repeats)
-        print(f"done: N={n}, heads {heads}")
+        shape_rows = run_shape(n, heads, tokens, sample, device, dtype, repeats)
+        rows += shape_rows
+        # Each shape's table as it finishes: a run stopped by a time limit keeps what it measured.
+        print(f"done: N={n}, heads {heads}\n{markdown_table(shape_rows)}", flush=True)
     notes = [f"dtype {str(dtype).removeprefix('torch.')}, {'smoke run' if args.smoke else 'full run'}",
              "`x ours` = this backend's time / our kernel's time (above 1: ours is faster)",
              ("targets: fwd+bwd >= 1.3x faster than flex with a cached BlockMask, and within 1.25x of causal flash "

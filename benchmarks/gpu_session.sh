@@ -110,7 +110,7 @@ print(sys.version, 'torch', torch.__version__, 'triton', triton.__version__, 'tr
     fused_ops) phase fused_ops_bench 60 python3 -m benchmarks.fused_lm_ops --out "$RESULTS" ;;
     # the LM head's products with one row per token against the model's rows padded to a multiple of 64
     lm_head) phase lm_head_bench 40 python3 -m benchmarks.lm_head --out "$RESULTS" ;;
-    attention) phase attention_bench 150 python3 -m benchmarks.attention --out "$RESULTS" --seq-lens 8192 ;;
+    attention) phase attention_bench 150 python3 -m benchmarks.attention --out "$RESULTS" --seq-lens 8192 --heads 12/2/128 ;;
     grvq) phase grvq_bench 60 python3 -m benchmarks.grvq --out "$RESULTS" --n 1048576 --k 512 --kernels-only ;;
     *) echo "unknown phase $name" | tee -a "$WORK/summary.txt" ;;
   esac

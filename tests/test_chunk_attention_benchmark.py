@@ -37,3 +37,12 @@ def test_smoke_run_writes_every_backend_with_matching_outputs(tmp_path, monkeypa
         assert float(by_key[key]["max abs diff vs ours"]) < 1e-5, f"{key} computes another mask"
     assert float(by_key["ours"]["fwd+bwd TFLOP/s"]) > 0
     assert torch.cuda.is_available() or "does not support backward on CPU" in by_key["flex"]["note"]
+
+
+def test_head_shapes_are_read_as_query_kv_dim_and_bad_ones_are_refused_with_the_form():
+    import argparse
+
+    assert attention.heads_arg("12/2/128") == (12, 2, 128)
+    for bad in ("12/5/128", "12x2x128", "12/0/64"):
+        with pytest.raises(argparse.ArgumentTypeError, match="QUERY/KV/DIM"):
+            attention.heads_arg(bad)
