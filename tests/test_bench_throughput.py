@@ -19,7 +19,7 @@ import pytest
 from jala_ds.bench.calibrate import read_throughput_result
 from jala_ds.bench.flops import mfu, recipe_flops
 from jala_ds.bench.tables import markdown_table
-from jala_ds.bench.throughput import ThroughputResult
+from jala_ds.bench.throughput import OPTIMIZER_RANGE, ThroughputResult
 from jala_ds.bench.throughput_report import result_notes
 from jala_ds.bench.throughput_report import result_row as result_row_of
 from jala_ds.config import load_config
@@ -119,6 +119,7 @@ def test_profile_writes_a_trace_and_the_costliest_operators(smoke_result):
     trace = json.loads(gzip.decompress((profile / "trace_rank0.json.gz").read_bytes()))
     names = {event.get("name", "") for event in trace["traceEvents"]}
     assert any(name.startswith("aten::mm") or name.startswith("aten::addmm") for name in names)
+    assert OPTIMIZER_RANGE in names  # the range whose kernels the GPU optimizer ms column sums
     summary, table = (profile / "top_ops_rank0.txt").read_text().split("\n", 1)
     assert re.fullmatch(r"per step: wall \d+\.\d ms", summary)
     assert "Self CPU" in table and "aten::" in table
@@ -166,6 +167,13 @@ def test_a_profiled_gpu_result_splits_into_compute_mfu_host_floor_and_activation
     assert without_optimizer.mfu == pytest.approx(16 * 7.1e12 / ((0.3404 - optimizer_s) * 989e12), rel=1e-3)
     assert without_optimizer.bandwidth_share == pytest.approx(1 - 168.7 / (340.4 - optimizer_s * 1e3))
     assert without_optimizer.host_s == calibration.host_s and "optimiser step" in without_optimizer.source
+    # A measured optimiser step (its column) replaces the priced one.
+    measured = dataclasses.replace(profiled, gpu_optimizer_seconds=0.045)
+    assert result_row_of(measured)["GPU optimizer ms"] == pytest.approx(45.0)
+    path.write_text(f"- device: {measured.device}\n\n{markdown_table([result_row_of(measured)])}\n")
+    from_column = read_throughput_result(path, flops_per_sample=7.1e12, trained_params=2.14e9)
+    assert from_column.mfu == pytest.approx(16 * 7.1e12 / ((0.3404 - 0.045) * 989e12), rel=1e-3)
+    assert "45.0 the optimiser step, measured" in from_column.source
     # A GPU busy for (nearly) the whole step set the pace itself: no host floor.
     busy = dataclasses.replace(profiled, gpu_busy_seconds=0.93)
     path.write_text(f"- device: {busy.device}\n\n{markdown_table([result_row_of(busy)])}\n")

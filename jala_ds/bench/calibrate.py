@@ -20,9 +20,10 @@ in the ratio of the two (an A800 has a third of an H200's peak FLOP/s but 42 % o
 
 The busy time also holds the measuring GPUs' optimiser step over their shards of the parameters, which the plan
 prices itself for the target's shards (``plan.estimate_step``): left in, a one-GPU result would bring the whole
-model's optimiser step into every GPU's compute time. Given the trained parameter count, the calibration prices
-that step as the plan does (``ADAM_BYTES_PER_PARAM`` at ``HBM_EFFICIENCY`` of the measuring card's bandwidth)
-and takes it out of the busy time's memory-bound part.
+model's optimiser step into every GPU's compute time. So it leaves the busy time's memory-bound part: as
+measured, when the row has ``GPU optimizer ms`` (the kernels launched by the engine step and the EMA update:
+Adam, gradient norms, the partitions' casts and copies); else, given the trained parameter count, priced as the
+plan prices it (``ADAM_BYTES_PER_PARAM`` at ``HBM_EFFICIENCY`` of the measuring card's bandwidth).
 
 A row with ``peak memory GB`` and ``resident memory GB`` (what stayed allocated between steps) gives the
 activations' size per sample: their difference over the micro-batch.
@@ -139,13 +140,16 @@ def _split_by_busy_time(row: dict[str, str], flops_per_sample: float, device: st
     accum = int(_number(row.get("grad_accum", "")) or 1)
     samples_per_step = (_number(row.get("micro_batch", "")) or 1) * accum
     matmul_ms = _number(row.get("gpu_matmul_attention_ms", ""))
-    optimizer_ms = min(shard_params * ADAM_BYTES_PER_PARAM / (card(device).hbm_tb_s * 1e12 * HBM_EFFICIENCY) * 1e3,
+    measured_optimizer_ms = _number(row.get("gpu_optimizer_ms", ""))
+    priced_optimizer_ms = shard_params * ADAM_BYTES_PER_PARAM / (card(device).hbm_tb_s * 1e12 * HBM_EFFICIENCY) * 1e3
+    optimizer_ms = min(priced_optimizer_ms if measured_optimizer_ms is None else measured_optimizer_ms,
                        busy_ms - (matmul_ms or 0.0))
     compute_ms = busy_ms - optimizer_ms
     kernel_mfu = mfu(flops_per_sample, samples_per_step / (compute_ms / 1e3), 1, device)
     parts = [f"{matmul_ms:g} in matrix multiplies and attention"] if matmul_ms is not None else []
     if optimizer_ms > 0:
-        parts.append(f"{optimizer_ms:.1f} the optimiser step, priced as the plan prices it and left out")
+        how = "priced as the plan prices it" if measured_optimizer_ms is None else "measured"
+        parts.append(f"{optimizer_ms:.1f} the optimiser step, {how} and left out")
     source += f", GPU busy {busy_ms:g} of {step_ms:g} ms per step" + (f" ({'; '.join(parts)})" if parts else "")
     split = {}
     if matmul_ms is not None:

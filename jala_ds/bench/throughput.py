@@ -30,6 +30,8 @@ PHASES = ("data", "forward", "backward", "step")
 """Parts of a step: waiting for the batch (and copying it over), forward, backward, optimiser step + EMA."""
 PROFILED_STEPS = 2
 """Steps ``--profile`` records after the timed ones: one is enough for the table, two show step-to-step drift."""
+OPTIMIZER_RANGE = "jala::optimizer_step"
+"""Profiler range around the engine step and the EMA update: the kernels launched in it are the optimiser's."""
 MATMUL_AND_ATTENTION_OPS = frozenset({
     "aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_scaled_mm",
     "aten::_cudnn_attention_forward", "aten::_cudnn_attention_backward",
@@ -80,6 +82,10 @@ class ThroughputResult:
     gpu_matmul_seconds: float | None = None
     """The part of ``gpu_busy_seconds`` in matrix multiplies and attention (``MATMUL_AND_ATTENTION_OPS``), whose
     speed follows a card's peak FLOP/s; the rest follows its memory bandwidth. None when not profiled."""
+    gpu_optimizer_seconds: float | None = None
+    """The part of ``gpu_busy_seconds`` launched by the optimiser step and the EMA update (``OPTIMIZER_RANGE``):
+    work over this rank's shard of the parameters, which ZeRO shrinks as GPUs are added. None when not
+    profiled."""
 
     @property
     def achieved_tflops_per_rank(self) -> float:
@@ -150,6 +156,7 @@ def measure_throughput(plan, steps: int, warmup: int, name_device: Callable[[], 
     """
     import torch.distributed as dist
     from deepspeed.accelerator import get_accelerator
+    from torch.profiler import record_function
 
     from jala_ds.bench.flops import recipe_flops
     from jala_ds.train.compiled_blocks import compilations
@@ -182,9 +189,9 @@ def measure_throughput(plan, steps: int, warmup: int, name_device: Callable[[], 
                 out = engine(batch)
             with clock.phase("backward"):
                 engine.backward(out.loss)
-            with clock.phase("step"):
+            with clock.phase("step"), record_function(OPTIMIZER_RANGE):
                 engine.step()  # the optimiser moves only at the accumulation boundary, as in training
-        with clock.phase("step"):
+        with clock.phase("step"), record_function(OPTIMIZER_RANGE):
             ema.update()
 
     for index in range(warmup + steps):
@@ -217,21 +224,23 @@ def measure_throughput(plan, steps: int, warmup: int, name_device: Callable[[], 
     if profile_dir is not None:  # after the timed steps, so the profiler's overhead never enters the figures
         log.info("measured %.1f ms/step, %.2f samples/s per rank; profiling %d more steps",
                  result.step_seconds * 1e3, result.samples_per_s_per_rank, PROFILED_STEPS)
-        busy, matmul = profile_steps(step, PROFILED_STEPS, Path(profile_dir), rank, engine.device, clock.now)
-        result = dataclasses.replace(result, gpu_busy_seconds=busy, gpu_matmul_seconds=matmul)
+        busy, matmul, optimizer = profile_steps(step, PROFILED_STEPS, Path(profile_dir), rank, engine.device,
+                                                clock.now)
+        result = dataclasses.replace(result, gpu_busy_seconds=busy, gpu_matmul_seconds=matmul,
+                                     gpu_optimizer_seconds=optimizer)
     return result
 
 
 def profile_steps(step: Callable[[], None], count: int, out_dir: Path, rank: int, device: torch.device,
-                  now: Callable[[], float]) -> tuple[float | None, float | None]:
+                  now: Callable[[], float]) -> tuple[float | None, float | None, float | None]:
     """Run ``step`` ``count`` times under ``torch.profiler`` and write this rank's Chrome trace
     (``trace_rank<r>.json.gz``, for Perfetto or chrome://tracing) and ``top_ops_rank<r>.txt``: the time the GPU
     was busy per step against the wall time (much less means the host, not the GPU, sets the pace), then the 30
     costliest operators by device time (on a GPU) and by host time, then the 40 costliest (operator, input
     shapes) pairs, which tell the model's work from ZeRO's (a copy of a weight's shape is ZeRO moving a
     parameter or gradient; one of an activation's shape is the model's). ``now`` reads a synchronised clock. Returns
-    the GPU's busy seconds per step and the part of them in matrix multiplies and attention (None, None on a
-    CPU)."""
+    the GPU's busy seconds per step, the part of them in matrix multiplies and attention and the part launched
+    inside ``OPTIMIZER_RANGE`` (None, None, None on a CPU)."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
@@ -251,7 +260,7 @@ def profile_steps(step: Callable[[], None], count: int, out_dir: Path, rank: int
     tables = [operators.table(sort_by="self_cpu_time_total", row_limit=30), by_shape]
     if device.type != "cuda":
         (out_dir / f"top_ops_rank{rank}.txt").write_text("\n".join([summary, *tables]) + "\n")
-        return None, None
+        return None, None, None
     # Kernels are the device-side events; the operators that launched them repeat their time, so skip those.
     busy_ms = sum(event.self_device_time_total for event in operators
                   if event.device_type != DeviceType.CPU and not event.is_user_annotation) / count / 1e3
@@ -259,8 +268,12 @@ def profile_steps(step: Callable[[], None], count: int, out_dir: Path, rank: int
     # count twice.
     matmul_ms = sum(event.self_device_time_total for event in operators
                     if event.device_type == DeviceType.CPU and event.key in MATMUL_AND_ATTENTION_OPS) / count / 1e3
+    # A range's device time holds the kernels of every operator inside it (the host-side event; the profiler
+    # also records a device-side copy of each range, spanning idle gaps, which is not used).
+    optimizer_ms = sum(event.device_time_total for event in prof.events()
+                       if event.name == OPTIMIZER_RANGE and event.device_type == DeviceType.CPU) / count / 1e3
     summary += (f", GPU busy {busy_ms:.1f} ms ({busy_ms / wall_ms:.0%}; kernels on concurrent streams count twice), "
-                f"of which matrix multiplies and attention {matmul_ms:.1f} ms")
+                f"of which matrix multiplies and attention {matmul_ms:.1f} ms, the optimiser step {optimizer_ms:.1f} ms")
     tables.insert(0, operators.table(sort_by="self_device_time_total", row_limit=30))
     (out_dir / f"top_ops_rank{rank}.txt").write_text("\n".join([summary, *tables]) + "\n")
-    return busy_ms / 1e3, matmul_ms / 1e3
+    return busy_ms / 1e3, matmul_ms / 1e3, optimizer_ms / 1e3

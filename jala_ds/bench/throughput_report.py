@@ -45,6 +45,8 @@ def result_row(result: ThroughputResult) -> dict[str, Any]:
         row["GPU busy ms"] = result.gpu_busy_seconds * 1e3
     if result.gpu_matmul_seconds is not None:
         row["GPU matmul+attention ms"] = result.gpu_matmul_seconds * 1e3
+    if result.gpu_optimizer_seconds is not None:
+        row["GPU optimizer ms"] = result.gpu_optimizer_seconds * 1e3
     return row
 
 
@@ -72,7 +74,9 @@ def result_notes(result: ThroughputResult, recipe: str) -> list[str]:
                      "upper bound); well under the step time means the host set the pace, and `jala plan` then "
                      "takes the step time as a host floor; GPU matmul+attention ms is the part of it in matrix "
                      "multiplies and attention, which `jala plan` scales to another card by its peak FLOP/s, and "
-                     "the rest by its memory bandwidth")
+                     "the rest by its memory bandwidth; GPU optimizer ms is the part the optimiser step and the EMA "
+                     "update launched, over this rank's shard, which `jala plan` leaves out of the compute and "
+                     "prices per target shard itself")
     if result.compilations:
         notes.append(f"WARNING: torch.compile compiled {result.compilations} graph(s) during the measured steps, so "
                      "their compile time is in the figures: rerun with a larger --warmup")
@@ -116,7 +120,8 @@ def write_throughput_result(result: ThroughputResult, recipe: str, out_dir: str 
         ("tflops_per_rank", result.achieved_tflops_per_rank), ("peak_memory_gb", result.peak_memory_gb),
         ("epoch_hours_8_gpus", result.epoch_hours(EPOCH_SAMPLES, PROJECTION_GPUS)), ("mfu", result.mfu),
         ("gpu_busy_ms", None if result.gpu_busy_seconds is None else result.gpu_busy_seconds * 1e3),
-        ("gpu_matmul_ms", None if result.gpu_matmul_seconds is None else result.gpu_matmul_seconds * 1e3))
+        ("gpu_matmul_ms", None if result.gpu_matmul_seconds is None else result.gpu_matmul_seconds * 1e3),
+        ("gpu_optimizer_ms", None if result.gpu_optimizer_seconds is None else result.gpu_optimizer_seconds * 1e3))
         if value is not None}
     metrics.update({f"{name}_ms": seconds * 1e3 for name, seconds in result.phase_seconds.items()})
     return benchmark_report().write_results("throughput", [row], title=title, device=result.device,
