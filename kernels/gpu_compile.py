@@ -66,7 +66,12 @@ def lm_and_grvq_kernels(dtype: str) -> list[tuple[str, JITFunction, dict[str, st
     """(name, kernel, signature, constants, warps) of the fused LM ops at InternVL3-2B's sizes and of GRVQ at the
     paper tokenizer's (D=512, G=2, R=8), as their launches set them."""
     from jala_kernels.grvq_triton import block_dim, decode_configs, grvq_decode_kernel, grvq_encode_kernel
-    from jala_kernels.rms_norm_triton import launch_shape, rms_norm_backward_kernel, rms_norm_forward_kernel
+    from jala_kernels.rms_norm_triton import (
+        BACKWARD_CONFIGS,
+        launch_shape,
+        rms_norm_backward_kernel,
+        rms_norm_forward_kernel,
+    )
     from jala_kernels.rotary_triton import BLOCK_T, NUM_WARPS, rotary_kernel
     from jala_kernels.swiglu_triton import BLOCK, swiglu_backward_kernel, swiglu_forward_kernel
 
@@ -81,9 +86,10 @@ def lm_and_grvq_kernels(dtype: str) -> list[tuple[str, JITFunction, dict[str, st
         ("rms_norm forward", rms_norm_forward_kernel,
          {"X": data, "W": data, "Y": data, "RSTD": "*fp32", "n_rows": i32, "n_cols": i32, "stride_x": i32,
           "stride_y": i32, "eps": "fp32"}, norm, warps),
-        ("rms_norm backward", rms_norm_backward_kernel,
-         {"DY": data, "X": data, "W": data, "RSTD": "*fp32", "DX": data, "DW_PARTIAL": "*fp32", "n_rows": i32,
-          "n_cols": i32, "tiles_per_program": i32, "stride_dy": i32, "stride_x": i32, "stride_dx": i32}, norm, warps),
+        *((f"rms_norm backward {config.kwargs['BLOCK_R']} rows", rms_norm_backward_kernel,
+           {"DY": data, "X": data, "W": data, "RSTD": "*fp32", "DX": data, "DW_PARTIAL": "*fp32", "n_rows": i32,
+            "n_cols": i32, "stride_dy": i32, "stride_x": i32, "stride_dx": i32}, {"BLOCK": block, **config.kwargs},
+           config.num_warps) for config in BACKWARD_CONFIGS),
         ("swiglu forward", swiglu_forward_kernel, {"GATE": data, "UP": data, "OUT": data, "n": i32},
          {"BLOCK": BLOCK}, 4),
         ("swiglu backward", swiglu_backward_kernel,
