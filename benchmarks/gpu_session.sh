@@ -4,7 +4,7 @@
 # call; logs and results are packed into $OUT/gpu_session.tgz after every phase, so a cut-off run still returns
 # what it finished. PHASES picks and orders the phases (default: all, in the order below).
 #
-#     OUT=/tmp/out BUDGET_S=560 PHASES="base compiled zero2 unpacked grvq" bash benchmarks/gpu_session.sh
+#     OUT=/tmp/out BUDGET_S=560 PHASES="base zero3 eager_layers grvq" bash benchmarks/gpu_session.sh
 #
 # Inputs the caller puts in the checkout (both git-ignored):
 #   .whl/          wheels for what the machine's image lacks or has at other versions (transformers 4.57,
@@ -20,7 +20,7 @@ WORK=/tmp/gpu_session
 ROOT=$PWD
 RESULTS=$WORK/results
 mkdir -p "$OUT" "$RESULTS"
-export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4 TOKENIZERS_PARALLELISM=false
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4 TOKENIZERS_PARALLELISM=false TORCH_LOGS=recompiles  # a recompile shows in the log
 
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -46,7 +46,7 @@ phase() {
   pack
 }
 
-# The recipe's ZeRO-3 config with DeepSpeed's memory-efficient linear back on (the `mel_on` variant).
+# ZeRO-3 with DeepSpeed's memory-efficient linear back on (the `mel_on` variant).
 python3 - <<'EOF'
 import json
 cfg = json.load(open("ds_configs/zero3_bf16.json"))
@@ -59,47 +59,52 @@ EOF
 python3 -c "import transformers as t; t.Dinov2Model(t.Dinov2Config(image_size=518)).save_pretrained('/tmp/dinov2-base')" \
   >"$WORK/encoder.log" 2>&1 || { echo "frame encoder build failed"; cat "$WORK/encoder.log"; }
 
-# The full recipe with random weights on the carried corpus; VARIANT names the results folder. WARMUP (default 2)
-# untimed steps come first: compiled variants need the compilation inside them.
+# The full recipe with random weights on the carried corpus; VARIANT names the results folder. WARMUP (default 4)
+# untimed steps come first: the recipe compiles its layers, and the compilations must fall inside them (the
+# result warns when a graph was compiled while timing).
 throughput_args() {  # VARIANT STEPS [OVERRIDES...]
   local variant=$1 steps=$2; shift 2
   mkdir -p "$RESULTS/$variant"
-  echo python3 -m jala_ds.cli bench throughput --recipe pretrain_internvl3_2b --steps "$steps" --warmup "${WARMUP:-2}" \
+  echo python3 -m jala_ds.cli bench throughput --recipe pretrain_internvl3_2b --steps "$steps" --warmup "${WARMUP:-4}" \
     --out "$RESULTS/$variant" data.mds_dir=$ROOT/.gpu_corpus/mds model.pretrained=null model.visual_encoder_path=/tmp/dinov2-base \
     motion_tokenizer.kind=binning train.micro_batch_size=16 train.global_batch_size=16 train.grad_accum_steps=1 \
     tracking.enabled=false data.num_workers=6 "$@"
 }
+ZERO3="train.ds_config=ds_configs/zero3_bf16.json"
 
-PHASES=${PHASES:-"env base compiled lm_head kernel_tests grvq repeat unfused attention zero2 fused_ops flex"}
+PHASES=${PHASES:-"env base repeat zero3 eager_layers ga8 lm_head kernel_tests attention unfused fused_ops flex"}
 for name in $PHASES; do
   case $name in
     env) phase env 20 python3 -c "import sys, torch, triton, transformers, deepspeed, streaming
 print(sys.version, 'torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__,
       'deepspeed', deepspeed.__version__, 'streaming', streaming.__version__, torch.cuda.get_device_name())" ;;
-    # the recipe as shipped, then one change at a time
-    base) phase throughput_base 150 $(throughput_args base 6 --profile "$RESULTS/base/profile") ;;
-    by_module) phase throughput_by_module 80 $(throughput_args by_module 5 train.zero3_gather_by_block=false) ;;
-    zero2) phase throughput_zero2 80 $(throughput_args zero2 5 train.ds_config=ds_configs/zero2.json) ;;
-    mel_on) phase throughput_mel_on 80 $(throughput_args mel_on 5 train.ds_config=/tmp/ds_zero3_mel_on.json) ;;
+    # the recipe as shipped (ZeRO-2, compiled layers), profiled; then one change at a time
+    base) phase throughput_base 220 $(throughput_args base 6 --profile "$RESULTS/base/profile") ;;
+    # the shipped recipe once more, last or second: how far two runs of one setting drift within a lease
+    repeat) phase throughput_repeat 160 $(throughput_args repeat 5) ;;
+    # the recipe until 2026-11-27's second lease: ZeRO-3 (gathers per block), eager layers
+    zero3) phase throughput_zero3 110 $(WARMUP=2 throughput_args zero3 5 $ZERO3 train.compile_blocks=null) ;;
+    zero3_compiled) phase throughput_zero3_compiled 200 $(throughput_args zero3_compiled 5 $ZERO3) ;;
+    eager_layers) phase throughput_eager_layers 110 $(WARMUP=2 throughput_args eager_layers 5 train.compile_blocks=null) ;;
+    # ZeRO-3 choices, each against the zero3 row
+    by_module) phase throughput_by_module 80 \
+      $(WARMUP=2 throughput_args by_module 5 $ZERO3 train.compile_blocks=null train.zero3_gather_by_block=false) ;;
+    mel_on) phase throughput_mel_on 80 \
+      $(WARMUP=2 throughput_args mel_on 5 train.ds_config=/tmp/ds_zero3_mel_on.json train.compile_blocks=null) ;;
+    # the paper's batch of 128 on one GPU: 8 micro-batches of 16 per optimiser step, as a one-GPU run takes it
+    ga8) phase throughput_ga8 160 $(WARMUP=2 throughput_args ga8 3 train.global_batch_size=128 train.grad_accum_steps=8) ;;
     # torch's SDPA with its cuDNN backend allowed again in the vision tower, frame encoder and perceivers (the
-    # recipe turns it off: the last profile showed ~2 ms of host time per cuDNN attention call, 44 calls a step)
-    cudnn_sdp) phase throughput_cudnn_sdp 80 $(throughput_args cudnn_sdp 5 train.cudnn_attention=true) ;;
+    # recipe turns it off: the 2026-11-26 profile showed ~2 ms of host time per cuDNN attention call, 44 a step)
+    cudnn_sdp) phase throughput_cudnn_sdp 160 $(throughput_args cudnn_sdp 5 train.cudnn_attention=true) ;;
     # the language model's RMSNorms, SwiGLUs and rotary embeddings on eager PyTorch instead of the recipe's fused
     # Triton kernels, profiled: the GPU busy time and peak memory are what the kernels change on a host-bound card
-    unfused) phase throughput_unfused 110 \
+    unfused) phase throughput_unfused 190 \
       $(throughput_args unfused 5 model.fused_ops=false --profile "$RESULTS/unfused/profile") ;;
-    # every repeated layer compiled by inductor; warm-up long enough to hold every compilation (the result warns
-    # when a graph was compiled while timing), recompilations logged; profiled, since on a host-bound card the
-    # fused elementwise work shows in the GPU busy time (what the A800 projection scales), not in the step
-    compiled) TORCH_LOGS=recompiles phase throughput_compiled 270 \
-      $(WARMUP=4 throughput_args compiled 5 train.compile_blocks=inductor --profile "$RESULTS/compiled/profile") ;;
-    # the shipped recipe once more, last: how far two runs of one setting drift within a lease
-    repeat) phase throughput_repeat 80 $(throughput_args repeat 5) ;;
     # the same variant run by an earlier commit's code, unpacked there by the caller into .gpu_prev/
-    previous) phase throughput_previous 80 bash -c "cd .gpu_prev && $(throughput_args previous 5)" ;;
-    unpacked) phase throughput_unpacked 80 $(throughput_args unpacked 5 data.pack=false) ;;
-    ckpt) phase throughput_ckpt 90 $(throughput_args ckpt 5 model.gradient_checkpointing=true) ;;
-    flex) phase throughput_flex 90 $(throughput_args flex 5 model.attention=flex) ;;
+    previous) phase throughput_previous 160 bash -c "cd .gpu_prev && $(throughput_args previous 5)" ;;
+    unpacked) phase throughput_unpacked 160 $(throughput_args unpacked 5 data.pack=false) ;;
+    ckpt) phase throughput_ckpt 160 $(throughput_args ckpt 5 model.gradient_checkpointing=true) ;;
+    flex) phase throughput_flex 160 $(throughput_args flex 5 model.attention=flex) ;;
     # the kernels' tests where the interpreter cannot go (bf16, compiled, real launches); every new shape autotunes
     # each kernel over all its tile configs (~30 s a test), so 8 processes share the compiling. The dispatcher test
     # runs Triton's interpreter, which in the image's Triton 3.6 fails with its numpy 2.5 (range over a run-time
@@ -107,6 +112,9 @@ print(sys.version, 'torch', torch.__version__, 'triton', triton.__version__, 'tr
     kernel_tests) phase kernel_tests 170 python3 -m pytest -v -p no:cacheprovider -n 8 tests/test_chunk_attention.py \
       tests/test_grvq_kernels.py tests/test_fused_lm_ops.py \
       -k "(bfloat16 or grvq or deterministic or compiled or devices) and not environment_at_call_time" ;;
+    # the GRVQ kernels' tests alone, compiled on CUDA tensors
+    grvq_tests) phase grvq_tests 90 python3 -m pytest -v -p no:cacheprovider -n 4 tests/test_grvq_kernels.py \
+      -k "not environment_at_call_time" ;;
     fused_ops) phase fused_ops_bench 60 python3 -m benchmarks.fused_lm_ops --out "$RESULTS" ;;
     # the LM head's products with one row per token against the model's rows padded to a multiple of 64
     lm_head) phase lm_head_bench 40 python3 -m benchmarks.lm_head --out "$RESULTS" ;;

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from jala_ds.bench import plan
+from jala_ds.bench import plan, plan_report
 from jala_ds.bench.calibrate import calibration, read_throughput_result
 from jala_ds.bench.cards import CARDS
 from jala_ds.bench.dims import model_dims
@@ -20,7 +20,8 @@ COUNTS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
 
 @pytest.fixture(scope="module")
 def work():
-    cfg = load_config("pretrain_internvl3_2b")
+    """The full recipe under ZeRO-3, whose gathers make communication grow with the GPU count."""
+    cfg = load_config("pretrain_internvl3_2b", ["train.ds_config=ds_configs/zero3_bf16.json"])
     dims = model_dims(cfg)
     return plan.Workload.from_recipe(cfg, recipe_flops(cfg, dims=dims), dims)
 
@@ -185,6 +186,25 @@ def test_a_profiled_calibration_gives_back_the_measured_step_on_the_measuring_ca
     lean = read_throughput_result(result, work.flops_per_sample, work.params_trained)
     gpu_only = plan.estimate_step(work, h200, 1, lean.mfu, 0.7)
     assert gpu_only.compute_s + gpu_only.optimizer_s == pytest.approx(0.3404)
+
+
+def test_a_host_floor_carries_only_to_a_plan_of_the_stage_it_was_measured_under(work, tmp_path):
+    result = write_result(tmp_path / "2026-11-27_throughput_h200.md", "NVIDIA H200",
+                          ["gpus", "micro batch", "grad accum", "step ms", "samples/s", "GPU busy ms"],
+                          ["1", "16", "1", "466.4", f"{16 / 0.4664:.4g}", "296.1"])
+    text = result.read_text().replace("- device:", "- ZeRO stage: 2 (as the benchmark notes it)\n- device:")
+    result.write_text(text)
+    same = calibration(work.flops_per_sample, result=result, zero_stage=2)
+    assert same.zero_stage == 2 and same.host_s == pytest.approx(0.4664)
+    other = calibration(work.flops_per_sample, result=result, zero_stage=3)
+    assert other.host_s == 0 and other.mfu == same.mfu
+    assert "measured under ZeRO-2 and this plan is ZeRO-3" in plan_report.host_floor_line(other)
+    given = calibration(work.flops_per_sample, result=result, zero_stage=3, given_host_ms=700)
+    assert given.host_s == pytest.approx(0.7) and given.host_note is None
+    unnamed = write_result(tmp_path / "2026-11-26_throughput_h200.md", "NVIDIA H200",
+                           ["gpus", "micro batch", "grad accum", "step ms", "samples/s", "GPU busy ms"],
+                           ["1", "16", "1", "944", f"{16 / 0.944:.4g}", "340.4"])
+    assert calibration(work.flops_per_sample, result=unnamed, zero_stage=2).host_s == pytest.approx(0.944)
 
 
 def test_matmul_time_scales_with_peak_flops_and_the_rest_with_memory_bandwidth(work, tmp_path):

@@ -70,6 +70,7 @@ def test_result_holds_every_column_with_a_positive_number(smoke_result):
     assert number(row, "gpus") == 1 and number(row, "micro batch") == 2
     assert number(row, "samples/s") == pytest.approx(number(row, "samples/s per rank"), rel=1e-3)
     assert path.with_suffix(".png").is_file()
+    assert "\n- ZeRO stage: 3 (" in path.read_text()  # tiny_cpu's cpu.json: the planner matches host floors by it
 
 
 def test_step_time_parts_add_up_to_the_measured_step(smoke_result):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from train_parts import EMA_PAIRS, OnlineAndTarget, ds_config_for, gathered_state, train_step, world_of_one
+from two_ranks import run_two_ranks
 
 from jala_ds.config_checks import ConfigError
 from jala_ds.train import checkpoint_layout
@@ -28,12 +29,12 @@ def one_rank():
         yield
 
 
-def fresh_run(ds: dict, seed: int = 0):
+def fresh_run(ds: dict, seed: int = 0, world_size: int = 1):
     from jala_ds.train.config import TrainConfig
     torch.manual_seed(seed)
     with model_init_context(ds):
         model = OnlineAndTarget()
-    train = TrainConfig(micro_batch_size=2, global_batch_size=2, lr=1e-2, warmup_frac=0.2)
+    train = TrainConfig(micro_batch_size=2, global_batch_size=2 * world_size, lr=1e-2, warmup_frac=0.2)
     engine = build_engine(model, ds, train, total_steps=TOTAL_STEPS)
     return engine, ShardedEMA(engine.module, EMA_PAIRS, tau=0.9)
 
@@ -138,6 +139,50 @@ def test_a_process_killed_mid_save_leaves_latest_on_the_previous_checkpoint(tmp_
     engine, _ = fresh_run(ds_config_for(tmp_path, 3, "fp32"), seed=1)
     run_state, rank_state = load_checkpoint(engine, latest_checkpoint(tmp_path / "run"))
     assert run_state["step"] == 1 and set(rank_state) == {"rng", "ema", "loader"}
+
+
+TWO_RANK_RESUME = """
+import json, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import torch.distributed as dist
+from jala_ds.train.checkpoint import load_checkpoint
+from jala_ds.train.checkpoint_layout import latest_checkpoint
+from jala_ds.train.engine import init_distributed
+from jala_ds.train.rng_state import restore_rng_state
+from train_parts import ds_config_for, gathered_state, train_step
+from test_train_checkpoint import fresh_run, save
+
+init_distributed()
+rank, out = dist.get_rank(), Path(sys.argv[2])
+(out / f"config{rank}").mkdir()
+ds = ds_config_for(out / f"config{rank}", 2, "bf16", world_size=2)
+engine, ema = fresh_run(ds, world_size=2)
+for _ in range(3):
+    train_step(engine, ema)
+save(engine, ema, out / "run", step=3)
+losses = [train_step(engine, ema) for _ in range(2)]
+expected = gathered_state(engine.module)
+engine, ema = fresh_run(ds, seed=1, world_size=2)
+_, rank_state = load_checkpoint(engine, latest_checkpoint(out / "run"))
+ema.load_state_dict(rank_state["ema"])
+restore_rng_state(rank_state["rng"])
+resumed = [train_step(engine, ema) for _ in range(2)]
+differ = [name for name, value in gathered_state(engine.module).items() if not value.equal(expected[name])]
+(out / f"rank{rank}.json").write_text(json.dumps({"losses": losses, "resumed": resumed, "differ": differ}))
+"""
+
+
+@pytest.mark.slow
+def test_zero2_optimizer_state_split_over_two_ranks_resumes_exactly(tmp_path):
+    """The full recipe's ZeRO-2: each rank saves and reloads its half of the fp32 weights and Adam moments."""
+    results = run_two_ranks(TWO_RANK_RESUME, [str(Path(__file__).parent)], tmp_path)
+    for result in results:
+        assert result["resumed"] == result["losses"] and result["differ"] == []
+    assert results[0]["losses"] == results[1]["losses"]
+    saved = latest_checkpoint(tmp_path / "run")
+    assert sorted(p.name for p in saved.rglob("*optim_states.pt")) == [
+        f"bf16_zero_pp_rank_{rank}_mp_rank_00_optim_states.pt" for rank in (0, 1)]
 
 
 def test_resume_target_reads_auto_none_and_folders(tmp_path):

@@ -1,5 +1,6 @@
 """Compiled layers (``train.compile_blocks``): the same loss and gradients as eager layers, a few graphs that cover
-every batch shape, and under ZeRO-3 (every matrix partitioned, so each call needs its gather) the same training."""
+every batch shape, and the same training under ZeRO-3 (every matrix partitioned, so each call needs its gather) and
+under ZeRO-2 (the full recipe's setting: whole weights, gradients reduced by hooks as the backward produces them)."""
 from __future__ import annotations
 
 import dataclasses
@@ -62,13 +63,15 @@ def test_compiled_layers_give_eager_losses_and_gradients_for_every_batch_shape()
     assert [count for *_, count in compiled][0] > 0
 
 
-def zero3_training(tmp_path, backend: str | None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Weights before and after three optimiser steps of the tiny backbone under ZeRO-3 on one rank, one per batch
-    shape, with no parameter resident: each layer call runs between a gather and a release."""
+def zero_training(tmp_path, backend: str | None, stage: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Weights before and after three optimiser steps of the tiny backbone under ZeRO ``stage`` on one rank, one per
+    batch shape; under ZeRO-3 with no parameter resident, so each layer call runs between a gather and a release."""
     template = json.loads((PROJECT_ROOT / "ds_configs" / "cpu.json").read_text())
+    template["zero_optimization"]["stage"] = stage
     template["zero_optimization"]["stage3_param_persistence_threshold"] = 0
-    (tmp_path / "zero3.json").write_text(json.dumps(template))
-    cfg, vocab = tiny_setup(f"train.ds_config={tmp_path / 'zero3.json'}", "train.global_batch_size=2", *BACKBONE_ONLY)
+    (tmp_path / f"zero{stage}.json").write_text(json.dumps(template))
+    cfg, vocab = tiny_setup(f"train.ds_config={tmp_path / f'zero{stage}.json'}", "train.global_batch_size=2",
+                            *BACKBONE_ONLY)
     train = dataclasses.replace(cfg.train, compile_blocks=backend)
     ds = build_ds_config(train, world_size=1)
     torch.manual_seed(0)
@@ -83,10 +86,11 @@ def zero3_training(tmp_path, backend: str | None) -> tuple[dict[str, torch.Tenso
 
 
 @pytest.mark.slow
-def test_compiled_layers_train_like_eager_layers_under_zero3(tmp_path):
+@pytest.mark.parametrize("stage", [3, 2])
+def test_compiled_layers_train_like_eager_layers_under_zero(tmp_path, stage):
     with world_of_one():
-        initial, eager = zero3_training(tmp_path, None)
-        _, compiled = zero3_training(tmp_path, "aot_eager")
+        initial, eager = zero_training(tmp_path, None, stage)
+        _, compiled = zero_training(tmp_path, "aot_eager", stage)
     assert compiled.keys() == eager.keys()
     moved = [name for name in eager if not torch.equal(eager[name], initial[name])]
     assert any("language_model.layers." in name for name in moved)

@@ -27,6 +27,10 @@ plan prices it (``ADAM_BYTES_PER_PARAM`` at ``HBM_EFFICIENCY`` of the measuring 
 
 A row with ``peak memory GB`` and ``resident memory GB`` (what stayed allocated between steps) gives the
 activations' size per sample: their difference over the micro-batch.
+
+A ``- ZeRO stage: N`` line says under which stage the result ran. The host's time per step depends on it (ZeRO-3
+gathers and releases every module's parameters in Python, ZeRO-2 does not), so a plan for another stage leaves
+that result's host floor out and says so.
 """
 from __future__ import annotations
 
@@ -59,6 +63,10 @@ class Calibration:
     """The card the compute MFU was measured on; None when given or assumed (then it holds on every card)."""
     bandwidth_share: float = 0.0
     """The share of the measured GPU time outside matrix multiplies and attention: bound by memory bandwidth."""
+    zero_stage: int | None = None
+    """The ZeRO stage of the measured run, when the result names it; its host floor holds for that stage only."""
+    host_note: str | None = None
+    """Why a measured host floor was left out, when it was."""
 
     def mfu_on(self, target: Card) -> float:
         """The compute MFU on ``target``: the measured kernel time split into its tensor-core part, which scales
@@ -119,7 +127,8 @@ def read_throughput_result(path: str | Path, flops_per_sample: float, trained_pa
         raise ValueError(f"{path}: no row with samples_per_s (and a '- device:' line) or mfu: pass a result of "
                          "the throughput benchmark, or give --mfu")
     _, found, row = best
-    return dataclasses.replace(found, activation_gb=_activation_gb_per_sample(row))
+    stage = next((int(_number(line.split(":", 1)[1])) for line in lines if line.startswith("- ZeRO stage:")), None)
+    return dataclasses.replace(found, activation_gb=_activation_gb_per_sample(row), zero_stage=stage)
 
 
 def _activation_gb_per_sample(row: dict[str, str]) -> float | None:
@@ -167,17 +176,25 @@ def latest_result(results_dir: str | Path) -> Path | None:
 
 def calibration(flops_per_sample: float, given_mfu: float | None = None, result: str | Path | None = None,
                 results_dir: str | Path = "benchmarks/results", given_host_ms: float | None = None,
-                given_activation_gb: float | None = None, trained_params: float = 0.0) -> Calibration:
+                given_activation_gb: float | None = None, trained_params: float = 0.0,
+                zero_stage: int | None = None) -> Calibration:
     """``given_mfu`` if set, else the result file named, else the newest one in ``results_dir``, else the default;
     ``given_host_ms`` and ``given_activation_gb`` replace whatever host floor and activation size that gives.
-    ``trained_params`` (the planned model's) takes the optimiser step out of a profiled result's kernel time."""
+    ``trained_params`` (the planned model's) takes the optimiser step out of a profiled result's kernel time; a
+    measured host floor is left out when the result ran under another ZeRO stage than ``zero_stage``."""
     for flag, value in (("--host-ms", given_host_ms), ("--activation-gb", given_activation_gb)):
         if value is not None and value < 0:
             raise ValueError(f"{flag} {value}: give 0 or more")
     found = _compute_calibration(flops_per_sample, given_mfu, result, results_dir, trained_params)
+    if found.host_s > 0 and None not in (found.zero_stage, zero_stage) and found.zero_stage != zero_stage:
+        found = dataclasses.replace(
+            found, host_s=0.0,
+            host_note=(f"the result's host floor ({found.host_s * 1e3:.4g} ms per micro-step) was measured under "
+                       f"ZeRO-{found.zero_stage} and this plan is ZeRO-{zero_stage}, whose host time differs: left "
+                       f"out (give --host-ms, or --calibrate a ZeRO-{zero_stage} result)"))
     if given_host_ms is not None:
         found = dataclasses.replace(found, source=f"{found.source}; host floor given with --host-ms",
-                                    host_s=given_host_ms / 1e3)
+                                    host_s=given_host_ms / 1e3, host_note=None)
     if given_activation_gb is not None:
         found = dataclasses.replace(found, activation_gb=given_activation_gb)
     return found

@@ -101,7 +101,7 @@ def run_plan(args: argparse.Namespace) -> int:
         count = recipe_flops(cfg, args.text_tokens, vision_trained=not args.frozen_vision, dims=dims)
         work = plan.Workload.from_recipe(cfg, count, dims, args.epoch_samples, vision_trained=not args.frozen_vision)
         calib = calibration(count.per_sample, args.mfu, args.calibrate, args.results_dir, args.host_ms,
-                            args.activation_gb, work.params_trained)
+                            args.activation_gb, work.params_trained, work.zero_stage)
     except ValueError as err:
         return _fail("plan", str(err))
     request = PlanRequest(cluster=plan.Cluster(gpu, args.gpus, args.network_gbps / 8), nodes=args.nodes,

@@ -69,6 +69,8 @@ def memory_line(step: plan.StepEstimate, card: Card) -> str:
 
 
 def host_floor_line(calibration: Calibration) -> str:
+    if calibration.host_s == 0 and calibration.host_note is not None:
+        return f"no host floor: {calibration.host_note}"
     if calibration.host_s == 0:
         return ("no host floor: the GPU sets the pace (give --host-ms, or calibrate from a result profiled with "
                 "`jala bench throughput --profile`, which measures how long the GPU was busy)")
@@ -101,15 +103,10 @@ def assumptions(request: PlanRequest, work: plan.Workload, calibration: Calibrat
          f"({c.network_gb_s * 8:g} Gb/s) at {plan.NETWORK_EFFICIENCY:.0%} efficiency"),
         compute_mfu_line(calibration, c.card),
         host_floor_line(calibration),
-        (f"ZeRO-3, per micro-step: all-gather {work.params_forward / 1e9:.2f}B params before the forward, "
-         f"{work.params_backward / 1e9:.2f}B before the backward ({work.param_bytes} B each), reduce-scatter "
-         f"{work.params_trained / 1e9:.2f}B gradients ({work.grad_bytes} B each); parameters below DeepSpeed's "
-         "persistence threshold are ignored"),
+        collectives_line(work),
         (f"ring collectives: (n-1)/n of the bytes through each GPU's link, (nodes-1)/nodes through each node's "
-         f"network; {work.gather_calls} all-gather calls per pass and one reduce-scatter per "
-         f"{work.reduce_bucket_params / 1e6:g}M gradients (the ds_config's reduce_bucket_size), each call paying "
-         f"(n-1) hop latencies of {plan.HOP_LATENCY_LINK_S * 1e6:g} us (NVLink) or "
-         f"{plan.HOP_LATENCY_NETWORK_S * 1e6:g} us (network)"),
+         f"network; {calls_text(work)}, each call paying (n-1) hop latencies of "
+         f"{plan.HOP_LATENCY_LINK_S * 1e6:g} us (NVLink) or {plan.HOP_LATENCY_NETWORK_S * 1e6:g} us (network)"),
         f"{request.overlap:.0%} of the communication can hide behind compute; the rest adds to the step",
         f"Adam update: {plan.ADAM_BYTES_PER_PARAM} B of HBM traffic per trained parameter of each rank's shard",
         (f"memory: ZeRO-{work.zero_stage} state of {plan.STATE_BYTES[work.zero_stage][0]} B per trained parameter "
@@ -120,6 +117,27 @@ def assumptions(request: PlanRequest, work: plan.Workload, calibration: Calibrat
          + "; no allocator fragmentation or gathered working set"),
         f"epoch: {work.epoch_samples:,} samples; data loading keeps up (DESIGN.md's loader target)",
     ]
+
+
+def collectives_line(work: plan.Workload) -> str:
+    """What the plan's communication term moves, for the recipe's ZeRO stage."""
+    reduce = f"reduce-scatter {work.params_trained / 1e9:.2f}B gradients ({work.grad_bytes} B each)"
+    if work.zero_stage == 2:
+        return (f"ZeRO-2: per micro-step, {reduce}; per step, after the optimiser, all-gather the "
+                f"{work.params_trained / 1e9:.2f}B updated parameters ({work.param_bytes} B each), exposed")
+    return (f"ZeRO-3, per micro-step: all-gather {work.params_forward / 1e9:.2f}B params before the forward, "
+            f"{work.params_backward / 1e9:.2f}B before the backward ({work.param_bytes} B each), {reduce}; "
+            "parameters below DeepSpeed's persistence threshold are ignored")
+
+
+def calls_text(work: plan.Workload) -> str:
+    """The collective calls that pay hop latency: ZeRO-3 gathers layer by layer, ZeRO-2 in buckets."""
+    bucket = f"{work.reduce_bucket_params / 1e6:g}M"
+    if work.zero_stage == 2:
+        return (f"one reduce-scatter per {bucket} gradients and one all-gather per {bucket} parameters (the "
+                "ds_config's reduce_bucket_size)")
+    return (f"{work.gather_calls} all-gather calls per pass and one reduce-scatter per {bucket} gradients (the "
+            "ds_config's reduce_bucket_size)")
 
 
 def flop_text(value: float) -> str:

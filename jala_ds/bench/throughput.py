@@ -69,6 +69,9 @@ class ThroughputResult:
     peak_memory_gb: float
     """CUDA max allocated during the measured steps on a GPU, the process's peak resident set on a CPU (largest
     over ranks)."""
+    zero_stage: int | None = None
+    """The ds_config's ZeRO stage. The host's time per step depends on it (ZeRO-3's per-module gathers), so a host
+    floor measured under one stage does not carry to a plan of another."""
     compilations: int = 0
     """Graphs torch.compile compiled during the measured steps (``train.compile_blocks``), most over ranks: when
     not 0, compile time is inside the step times and ``--warmup`` was too short."""
@@ -220,7 +223,8 @@ def measure_throughput(plan, steps: int, warmup: int, name_device: Callable[[], 
         step_seconds=step_total / steps, samples_per_s_per_rank=samples / step_total,
         tokens_per_s_per_rank=tokens / step_total, flops_per_sample=recipe_flops(cfg).per_sample,
         peak_flops=card_peak_flops(device_name, engine.device), peak_memory_gb=most[0].item(),
-        compilations=int(most[1].item()), resident_memory_gb=most[2].item() if on_gpu else None)
+        zero_stage=engine.zero_optimization_stage(), compilations=int(most[1].item()),
+        resident_memory_gb=most[2].item() if on_gpu else None)
     if profile_dir is not None:  # after the timed steps, so the profiler's overhead never enters the figures
         log.info("measured %.1f ms/step, %.2f samples/s per rank; profiling %d more steps",
                  result.step_seconds * 1e3, result.samples_per_s_per_rank, PROFILED_STEPS)
@@ -235,8 +239,8 @@ def profile_steps(step: Callable[[], None], count: int, out_dir: Path, rank: int
                   now: Callable[[], float]) -> tuple[float | None, float | None, float | None]:
     """Run ``step`` ``count`` times under ``torch.profiler`` and write this rank's Chrome trace
     (``trace_rank<r>.json.gz``, for Perfetto or chrome://tracing) and ``top_ops_rank<r>.txt``: the time the GPU
-    was busy per step against the wall time (much less means the host, not the GPU, sets the pace), then the 30
-    costliest operators by device time (on a GPU) and by host time, then the 40 costliest (operator, input
+    was busy per step against the wall time (much less means the host, not the GPU, sets the pace), then the 60
+    costliest operators by device time (on a GPU), the 30 costliest by host time, then the 80 costliest (operator, input
     shapes) pairs, which tell the model's work from ZeRO's (a copy of a weight's shape is ZeRO moving a
     parameter or gradient; one of an activation's shape is the model's). ``now`` reads a synchronised clock. Returns
     the GPU's busy seconds per step, the part of them in matrix multiplies and attention and the part launched
@@ -256,7 +260,7 @@ def profile_steps(step: Callable[[], None], count: int, out_dir: Path, rank: int
     operators = prof.key_averages()
     summary = f"per step: wall {wall_ms:.1f} ms"
     sort_by = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    by_shape = prof.key_averages(group_by_input_shape=True).table(sort_by=sort_by, row_limit=40)
+    by_shape = prof.key_averages(group_by_input_shape=True).table(sort_by=sort_by, row_limit=80)
     tables = [operators.table(sort_by="self_cpu_time_total", row_limit=30), by_shape]
     if device.type != "cuda":
         (out_dir / f"top_ops_rank{rank}.txt").write_text("\n".join([summary, *tables]) + "\n")
@@ -274,6 +278,6 @@ def profile_steps(step: Callable[[], None], count: int, out_dir: Path, rank: int
                        if event.name == OPTIMIZER_RANGE and event.device_type == DeviceType.CPU) / count / 1e3
     summary += (f", GPU busy {busy_ms:.1f} ms ({busy_ms / wall_ms:.0%}; kernels on concurrent streams count twice), "
                 f"of which matrix multiplies and attention {matmul_ms:.1f} ms, the optimiser step {optimizer_ms:.1f} ms")
-    tables.insert(0, operators.table(sort_by="self_device_time_total", row_limit=30))
+    tables.insert(0, operators.table(sort_by="self_device_time_total", row_limit=60))
     (out_dir / f"top_ops_rank{rank}.txt").write_text("\n".join([summary, *tables]) + "\n")
     return busy_ms / 1e3, matmul_ms / 1e3, optimizer_ms / 1e3

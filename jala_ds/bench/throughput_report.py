@@ -59,6 +59,9 @@ def result_notes(result: ThroughputResult, recipe: str) -> list[str]:
         f"{result.world_size} rank(s)",
         "samples/s is all ranks together (what `jala plan --calibrate` reads); the per-rank columns are one rank's",
         f"communication: {communication}",
+        *([] if result.zero_stage is None else
+          [f"ZeRO stage: {result.zero_stage} (host time per step differs between stages: `jala plan` takes a host "
+           "floor from this result only for a plan of the same stage)"]),
         "mfu: n/a without a known GPU (model TFLOP/s is still reported)" if result.mfu is None
         else "mfu: model FLOP/s per rank over the card's dense bf16 peak",
         f"one epoch of {EPOCH_SAMPLES / 1e6:g}M samples on {PROJECTION_GPUS} GPUs at this per-rank rate: "
