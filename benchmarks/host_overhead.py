@@ -3,6 +3,7 @@
     python -m benchmarks.host_overhead                        # every variant, 2 rounds, ~5 min on 2 cores
     python -m benchmarks.host_overhead --variants base zero2 --rounds 1 --steps 3
     python -m benchmarks.host_overhead --variants base zero2 zero1   # the ZeRO stages side by side
+    python -m benchmarks.host_overhead --variants base zero2 zero2_compiled   # the full recipe's setting last
 
 On a GPU the full recipe is host-bound (docs/performance.md, section 5): the GPU is busy for under a third of
 a step, and the rest is Python and launch overhead in the model, ZeRO-3's hooks and the optimiser. That
@@ -60,16 +61,20 @@ def scaled_ds_config(path: str | Path, scratch: Path, name: str, **zero_changes)
 
 
 def variant_overrides(scratch: Path) -> dict[str, list[str]]:
-    """Each variant's overrides on top of ``PROXY``: the shipped setting first, then one change at a time."""
+    """Each variant's overrides on top of ``PROXY``: ZeRO-3 gathering by block first (the full recipe's setting
+    until 2026-11-27, and what the ZeRO-3 configs do), then one change at a time; ``zero2_compiled`` is the full
+    recipe's setting since."""
     zero3 = scaled_ds_config(CONFIGS / "zero3_bf16.json", scratch, "zero3")
+    zero2 = scaled_ds_config(CONFIGS / "zero2.json", scratch, "zero2")
     return {"base": [zero3],
             "by_module": [zero3, "train.zero3_gather_by_block=false"],
             "mel_on": [scaled_ds_config(CONFIGS / "zero3_bf16.json", scratch, "zero3_mel_on",
                                         memory_efficient_linear=True)],
-            "zero2": [scaled_ds_config(CONFIGS / "zero2.json", scratch, "zero2")],
+            "zero2": [zero2],
             # ZeRO-1: gradients stay whole, so no per-parameter reduce-scatter bookkeeping in the backward
             "zero1": [scaled_ds_config(CONFIGS / "zero2.json", scratch, "zero1", stage=1)],
-            "compiled": [zero3, "train.compile_blocks=inductor"]}
+            "compiled": [zero3, "train.compile_blocks=inductor"],
+            "zero2_compiled": [zero2, "train.compile_blocks=inductor"]}
 
 
 def measure_one(mds: Path, overrides: list[str], steps: int, out: Path) -> None:

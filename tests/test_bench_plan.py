@@ -188,6 +188,26 @@ def test_a_profiled_calibration_gives_back_the_measured_step_on_the_measuring_ca
     assert gpu_only.compute_s + gpu_only.optimizer_s == pytest.approx(0.3404)
 
 
+def test_accumulation_repeats_the_micro_steps_host_time_not_the_optimiser_steps(work, tmp_path):
+    """The shipped H200 result's phases: 297 ms of data, forward and backward, 168.7 ms of optimiser step."""
+    result = write_result(tmp_path / "2026-11-27_throughput_h200.md", "NVIDIA H200",
+                          ["gpus", "micro batch", "grad accum", "step ms", "data wait ms", "forward ms",
+                           "backward ms", "optimizer step ms", "samples/s", "GPU busy ms"],
+                          ["1", "16", "1", "466.4", "2.3", "98.1", "196.6", "168.7", f"{16 / 0.4664:.4g}", "296.1"])
+    found = read_throughput_result(result, work.flops_per_sample)
+    assert found.host_s == pytest.approx(0.297) and found.host_step_s == pytest.approx(0.1687)
+    h200 = plan.Cluster(CARDS["h200"])
+    one = plan.estimate_step(work, h200, 1, found.mfu, 0.7, host_s=found.host_s, host_step_s=found.host_step_s)
+    assert one.host_bound and one.compute_s == pytest.approx(0.4657)  # the measured step's phases, summed
+    eight = plan.estimate_step(work, h200, 1, found.mfu, 0.7, grad_accum=8, host_s=found.host_s,
+                               host_step_s=found.host_step_s)
+    assert eight.compute_s == pytest.approx(8 * 0.297 + 0.1687)
+    assert eight.mfu > one.mfu
+    assert "297 ms per micro-step plus 168.7 ms per optimiser step" in plan_report.host_floor_line(found)
+    given = calibration(work.flops_per_sample, result=result, given_host_ms=300)
+    assert (given.host_s, given.host_step_s) == (0.3, 0.0)
+
+
 def test_a_host_floor_carries_only_to_a_plan_of_the_stage_it_was_measured_under(work, tmp_path):
     result = write_result(tmp_path / "2026-11-27_throughput_h200.md", "NVIDIA H200",
                           ["gpus", "micro batch", "grad accum", "step ms", "samples/s", "GPU busy ms"],

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from jala_ds.bench.calibrate import read_throughput_result
+from jala_ds.bench.commands import COMPILED_WARMUP, EAGER_WARMUP, default_warmup
 from jala_ds.bench.flops import mfu, recipe_flops
 from jala_ds.bench.tables import markdown_table
 from jala_ds.bench.throughput import OPTIMIZER_RANGE, ThroughputResult
@@ -134,6 +135,12 @@ def made_result(**changes) -> ThroughputResult:
                   samples_per_s_per_rank=5.0, tokens_per_s_per_rank=500.0, flops_per_sample=1e9, peak_flops=None,
                   peak_memory_gb=1.0)
     return ThroughputResult(**{**fields, **changes})
+
+
+def test_the_warm_up_holds_the_compilations_when_the_recipe_compiles_its_layers():
+    assert default_warmup("pretrain_internvl3_2b", []) == COMPILED_WARMUP > EAGER_WARMUP
+    assert default_warmup("pretrain_internvl3_2b", ["train.compile_blocks=null"]) == EAGER_WARMUP
+    assert default_warmup("tiny_cpu", []) == EAGER_WARMUP
 
 
 def test_graphs_compiled_while_timing_are_reported_as_a_warning():

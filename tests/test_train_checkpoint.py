@@ -72,6 +72,16 @@ def test_resume_continues_exactly_and_every_file_loads_weights_only(tmp_path, st
         torch.testing.assert_close(value, expected[name], rtol=0, atol=0, msg=name)
 
 
+def test_a_checkpoint_of_another_zero_stage_is_refused_before_deepspeed_reads_it(tmp_path):
+    engine, ema = fresh_run(ds_config_for(tmp_path, 3, "bf16"))
+    train_step(engine, ema)
+    folder = save(engine, ema, tmp_path / "run", step=1)
+    engine, _ = fresh_run(ds_config_for(tmp_path, 2, "bf16"))
+    with pytest.raises(RuntimeError, match="saved under ZeRO-3 and this run's train.ds_config is ZeRO-2: resume "
+                                           "with the ds_config the run started with"):
+        load_checkpoint(engine, folder)
+
+
 def test_keeps_the_last_n_and_latest_names_the_newest(tmp_path):
     engine, ema = fresh_run(ds_config_for(tmp_path, 3, "fp32"))
     for step in range(1, 5):

@@ -10,8 +10,11 @@ row wins: it is the configuration one would run.
 A row measured under the profiler (``jala bench throughput --profile``) also has ``GPU busy ms``: the time the
 GPU's kernels ran per step. It splits the step in two. The compute MFU is then the model FLOPs over the busy time,
 which scales with the card; and when the GPU was busy for less than ``HOST_BOUND_BELOW`` of the step, the host set
-the pace, so the step's time (per micro-step) becomes the host floor, which a faster card does not shorten.
-Without that column the whole step counts as compute, as if the GPU had set the pace (no floor).
+the pace, so the step's time becomes the host floor, which a faster card does not shorten. With the phase columns
+(``data wait ms``, ``forward ms``, ``backward ms``, ``optimizer step ms``) the floor splits into a part per
+micro-step (data, forward, backward) and one per optimiser step, which gradient accumulation does not repeat;
+without them the step's time counts per micro-step. Without ``GPU busy ms`` the whole step counts as compute, as
+if the GPU had set the pace (no floor).
 
 Its ``GPU matmul+attention ms`` column splits the busy time again. Matrix multiplies and attention run at a
 card's tensor-core speed; the rest (elementwise work, norms, copies, the optimiser) waits on memory. Cards differ
@@ -57,6 +60,8 @@ class Calibration:
     source: str
     host_s: float = 0.0
     """Host seconds per micro-step, a floor under the compute time on any card; 0 when not measured or given."""
+    host_step_s: float = 0.0
+    """Host seconds per optimiser step on top of the micro-steps' (the engine's step); 0 when not measured."""
     activation_gb: float | None = None
     """Activation memory per sample of a micro-batch, GB; None when not measured or given."""
     measured_on: Card | None = None
@@ -165,7 +170,12 @@ def _split_by_busy_time(row: dict[str, str], flops_per_sample: float, device: st
         split = {"measured_on": card(device), "bandwidth_share": min(max(1 - matmul_ms / compute_ms, 0.0), 1.0)}
     if busy_ms >= HOST_BOUND_BELOW * step_ms:
         return Calibration(kernel_mfu, source, **split)
-    return Calibration(kernel_mfu, source + ", host-bound", host_s=step_ms / 1e3 / accum, **split)
+    phases = [_number(row.get(name, "")) for name in ("data_wait_ms", "forward_ms", "backward_ms", "optimizer_step_ms")]
+    if None in phases:
+        return Calibration(kernel_mfu, source + ", host-bound", host_s=step_ms / 1e3 / accum, **split)
+    *micro_step_phases, optimizer_step = phases
+    return Calibration(kernel_mfu, source + ", host-bound", host_s=sum(micro_step_phases) / 1e3 / accum,
+                       host_step_s=optimizer_step / 1e3, **split)
 
 
 def latest_result(results_dir: str | Path) -> Path | None:
@@ -188,16 +198,22 @@ def calibration(flops_per_sample: float, given_mfu: float | None = None, result:
     found = _compute_calibration(flops_per_sample, given_mfu, result, results_dir, trained_params)
     if found.host_s > 0 and None not in (found.zero_stage, zero_stage) and found.zero_stage != zero_stage:
         found = dataclasses.replace(
-            found, host_s=0.0,
-            host_note=(f"the result's host floor ({found.host_s * 1e3:.4g} ms per micro-step) was measured under "
+            found, host_s=0.0, host_step_s=0.0,
+            host_note=(f"the result's host floor ({host_floor_text(found)}) was measured under "
                        f"ZeRO-{found.zero_stage} and this plan is ZeRO-{zero_stage}, whose host time differs: left "
                        f"out (give --host-ms, or --calibrate a ZeRO-{zero_stage} result)"))
     if given_host_ms is not None:
         found = dataclasses.replace(found, source=f"{found.source}; host floor given with --host-ms",
-                                    host_s=given_host_ms / 1e3, host_note=None)
+                                    host_s=given_host_ms / 1e3, host_step_s=0.0, host_note=None)
     if given_activation_gb is not None:
         found = dataclasses.replace(found, activation_gb=given_activation_gb)
     return found
+
+
+def host_floor_text(found: Calibration) -> str:
+    """The host floor in words: per micro-step, and per optimiser step when measured apart."""
+    text = f"{found.host_s * 1e3:.4g} ms per micro-step"
+    return text + (f" plus {found.host_step_s * 1e3:.4g} ms per optimiser step" if found.host_step_s else "")
 
 
 def _compute_calibration(flops_per_sample: float, given_mfu: float | None, result: str | Path | None,

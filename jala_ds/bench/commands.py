@@ -14,11 +14,18 @@ import argparse
 import os
 import sys
 
+EAGER_WARMUP = 2
+"""Untimed steps before ``jala bench throughput`` times: the loader's first batches and the allocator settle."""
+COMPILED_WARMUP = 4
+"""With ``train.compile_blocks``: the first steps compile each layer and recompile it for the perceivers' call
+patterns and a first one-row batch (4 left none to compile while timing on the H200, 2026-11-27)."""
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    plan = subparsers.add_parser("plan", help="epoch time vs GPU and node count (analytic, ZeRO-3)",
-                                 description="Analytic model of step time: FLOPs at an MFU, plus ZeRO-3 "
-                                             "collectives over NVLink and the network. Prints every assumption.")
+    plan = subparsers.add_parser("plan", help="epoch time vs GPU and node count (analytic, ZeRO-2 or 3)",
+                                 description="Analytic model of step time: FLOPs at an MFU, plus the ds_config's "
+                                             "ZeRO collectives over NVLink and the network. Prints every "
+                                             "assumption.")
     plan.add_argument("--recipe", default="pretrain_internvl3_2b", help="recipe name or YAML path")
     plan.add_argument("overrides", nargs="*", help="recipe overrides, section.key=value")
     plan.add_argument("--gpu", default="a800", help="card: a100, a800, h100, h100-pcie, h800, h200, h20, l40s, "
@@ -71,7 +78,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     throughput.add_argument("--recipe", required=True, help="recipe name or YAML path")
     throughput.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides, section.key=value")
     throughput.add_argument("--steps", type=int, default=10, help="measured optimiser steps (default 10)")
-    throughput.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+    throughput.add_argument("--warmup", type=int, default=None,
+                            help=f"untimed steps first (default {EAGER_WARMUP}, or {COMPILED_WARMUP} when the recipe "
+                                 "compiles its layers: their compilations must fall inside the warm-up)")
     throughput.add_argument("--out", default=None, help="results folder (default benchmarks/results/)")
     throughput.add_argument("--profile", default=None, metavar="DIR",
                             help="after the timed steps, profile two more and write each rank's Chrome trace and "
@@ -126,11 +135,13 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def run_throughput(args: argparse.Namespace) -> int:
-    if args.steps < 1 or args.warmup < 0:
+    if args.steps < 1 or (args.warmup is not None and args.warmup < 0):
         return _fail("bench throughput", f"--steps {args.steps} --warmup {args.warmup}: give --steps >= 1 and "
                                          "--warmup >= 0")
     from jala_ds.train.preflight import check_run
 
+    if args.warmup is None:
+        args.warmup = default_warmup(args.recipe, args.overrides)
     # The schedule spans exactly the steps run, so the learning rate warms up and decays as a real run would.
     plan = check_run(args.recipe, [*args.overrides, f"train.max_steps={args.warmup + args.steps}"])
     from jala_ds.bench.throughput import measure_throughput
@@ -141,6 +152,14 @@ def run_throughput(args: argparse.Namespace) -> int:
         print(summary(result, args.recipe), end="")
         print(f"result: {write_throughput_result(result, args.recipe, args.out)}")
     return 0
+
+
+def default_warmup(recipe: str, overrides: list[str]) -> int:
+    """``COMPILED_WARMUP`` when the recipe (with ``overrides``) compiles its layers, else ``EAGER_WARMUP``."""
+    from jala_ds.config import load_config
+
+    compiled = load_config(recipe, overrides).train.compile_blocks is not None
+    return COMPILED_WARMUP if compiled else EAGER_WARMUP
 
 
 def _fail(command: str, message: str) -> int:

@@ -3,7 +3,8 @@
 A step is ``grad_accum`` micro-steps. Each micro-step computes ``micro_batch`` samples at the card's bf16 peak
 times a compute MFU (model FLOPs over the time the GPU's kernels run, measured on one GPU, so without
 communication), but never faster than the host can issue the work: a host time per micro-step (Python, ZeRO-3's
-hooks, kernel launches), measured where the GPU waited for the host, is a floor no card shortens.
+hooks, kernel launches) plus one per optimiser step (the engine's step over every parameter), measured where the
+GPU waited for the host, is a floor no card shortens.
 
 Each micro-step also runs the ds_config's collectives over the full (unsharded) bytes. Under ZeRO-3 there are
 three: an all-gather of the parameters before the forward, a re-gather before the backward, a reduce-scatter of
@@ -220,16 +221,17 @@ def step_end_comm_seconds(work: Workload, gpus: int, cluster: Cluster) -> float:
 
 def estimate_step(work: Workload, cluster: Cluster, gpus: int, mfu: float, overlap: float,
                   micro_batch: int | None = None, grad_accum: int | None = None, host_s: float = 0.0,
-                  activation_gb: float | None = None) -> StepEstimate:
+                  activation_gb: float | None = None, host_step_s: float = 0.0) -> StepEstimate:
     """Time and per-GPU memory of one optimiser step on ``gpus`` GPUs at compute efficiency ``mfu``, each
-    micro-step taking at least ``host_s`` seconds of host time, hiding ``overlap`` of the comm; activations of
-    ``activation_gb`` per sample of a micro-batch, when known."""
+    micro-step taking at least ``host_s`` seconds of host time and the optimiser step ``host_step_s`` more,
+    hiding ``overlap`` of the comm; activations of ``activation_gb`` per sample of a micro-batch, when known."""
     micro = micro_batch or work.micro_batch
     accum = grad_accum or work.grad_accum
     peak = cluster.card.bf16_tflops * 1e12
     gpu_compute = micro * accum * work.flops_per_sample / (peak * mfu)
-    # The host's cost is per module and kernel call, not per sample: a smaller micro-batch does not shorten it.
-    compute = max(gpu_compute, accum * host_s)
+    # The host's cost is per module and kernel call, not per sample: a smaller micro-batch does not shorten it,
+    # and accumulation repeats the micro-steps' part, not the optimiser step's.
+    compute = max(gpu_compute, accum * host_s + host_step_s)
     overlappable = accum * micro_step_comm_seconds(work, gpus, cluster)
     step_end = step_end_comm_seconds(work, gpus, cluster)
     comm = overlappable + step_end
@@ -250,7 +252,7 @@ def estimate_step(work: Workload, cluster: Cluster, gpus: int, mfu: float, overl
 
 def scaling_table(work: Workload, cluster: Cluster, gpu_counts: list[int], mfu: float, overlap: float = 0.7,
                   global_batch: int | None = None, host_s: float = 0.0,
-                  activation_gb: float | None = None) -> list[StepEstimate]:
+                  activation_gb: float | None = None, host_step_s: float = 0.0) -> list[StepEstimate]:
     """Estimates for each GPU count (``estimate_step``).
 
     ``global_batch=None`` is weak scaling: every GPU keeps the recipe's micro-batch and accumulation, so the
@@ -261,14 +263,15 @@ def scaling_table(work: Workload, cluster: Cluster, gpu_counts: list[int], mfu: 
     rows = []
     for gpus in gpu_counts:
         if global_batch is None:
-            rows.append(estimate_step(work, cluster, gpus, mfu, overlap, host_s=host_s, activation_gb=activation_gb))
+            rows.append(estimate_step(work, cluster, gpus, mfu, overlap, host_s=host_s, activation_gb=activation_gb,
+                                      host_step_s=host_step_s))
             continue
         per_gpu, remainder = divmod(global_batch, gpus)
         if per_gpu == 0 or remainder:
             continue
         micro = math.gcd(per_gpu, work.micro_batch)
         rows.append(estimate_step(work, cluster, gpus, mfu, overlap, micro_batch=micro, grad_accum=per_gpu // micro,
-                                  host_s=host_s, activation_gb=activation_gb))
+                                  host_s=host_s, activation_gb=activation_gb, host_step_s=host_step_s))
     return rows
 
 

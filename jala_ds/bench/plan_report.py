@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from jala_ds.bench import plan
-from jala_ds.bench.calibrate import Calibration
+from jala_ds.bench.calibrate import Calibration, host_floor_text
 from jala_ds.bench.cards import Card, card
 from jala_ds.bench.flops import FlopCount
 from jala_ds.bench.tables import markdown_table
@@ -74,8 +74,7 @@ def host_floor_line(calibration: Calibration) -> str:
     if calibration.host_s == 0:
         return ("no host floor: the GPU sets the pace (give --host-ms, or calibrate from a result profiled with "
                 "`jala bench throughput --profile`, which measures how long the GPU was busy)")
-    return (f"host floor {calibration.host_s * 1e3:.4g} ms per micro-step: the compute takes at least this long on "
-            "any card, because the host's Python, hooks and kernel launches do not speed up with the GPU (the "
+    return (f"host floor {host_floor_text(calibration)}: the compute takes at least this long on any card, because the host's Python, hooks and kernel launches do not speed up with the GPU (the "
             "measuring machine's CPU speed is assumed everywhere); compute is the longer of GPU and host time, as "
             "if the host always queued work ahead of the GPU; synchronisations inside a step stretch it towards "
             "their sum")
@@ -145,7 +144,7 @@ def flop_text(value: float) -> str:
 
 
 def paper_lines(work: plan.Workload, request: PlanRequest, count: FlopCount, planned_gpus: int,
-                compute_mfu: float, host_s: float) -> list[str]:
+                compute_mfu: float, calibration: Calibration) -> list[str]:
     """The InternVL3-2B recipe next to DESIGN.md's count, the paper's 68 h and the 12 h target."""
     paper_card = card(plan.PAPER_CARD)
     paper_mfu = plan.mfu_for_hours(work, plan.PAPER_HOURS, plan.PAPER_GPUS, paper_card)
@@ -155,10 +154,11 @@ def paper_lines(work: plan.Workload, request: PlanRequest, count: FlopCount, pla
         reachable = "above 100 %: communication alone is too slow"
     else:
         reachable = f"{needed:.1%} (this plan's: {compute_mfu:.1%})"
-        if host_s > 0:  # the host must then keep up with that compute time
+        if calibration.host_s > 0:  # the host must then keep up with that compute time
             budget = plan.estimate_step(work, request.cluster, planned_gpus, needed, request.overlap).compute_s
-            reachable += (f", and a host that issues a micro-step in {budget / work.grad_accum * 1e3:.0f} ms or less "
-                          f"(measured: {host_s * 1e3:.4g} ms)")
+            per_micro_step = (budget - calibration.host_step_s) / work.grad_accum
+            reachable += (f", and a host that issues a micro-step in {per_micro_step * 1e3:.0f} ms or less "
+                          f"(measured: {host_floor_text(calibration)})")
     return [
         (f"- FLOPs: DESIGN.md's {DESIGN_TFLOP} TFLOP per sample is 6 x 1.85B params x 576 tokens; this count "
          f"({flop_text(count.per_sample)}) differs by {count.per_sample / 1e12 / DESIGN_TFLOP - 1:+.0%}: the ViT "
@@ -175,15 +175,13 @@ def plan_report(cfg: JalaConfig, count: FlopCount, work: plan.Workload, request:
     """The whole report for recipe ``cfg`` as one string (the paper comparison only for the InternVL3-2B shape)."""
     c = request.cluster
     counts = plan.gpu_counts(c.gpus_per_node, request.max_gpus, c.gpus_per_node * request.nodes)
-    host_s, activation_gb = calibration.host_s, calibration.activation_gb
+    measured = {"host_s": calibration.host_s, "host_step_s": calibration.host_step_s,
+                "activation_gb": calibration.activation_gb}
     compute_mfu = calibration.mfu_on(c.card)
-    weak = plan.scaling_table(work, c, counts, compute_mfu, request.overlap, host_s=host_s,
-                              activation_gb=activation_gb)
-    strong = plan.scaling_table(work, c, counts, compute_mfu, request.overlap, request.global_batch, host_s,
-                                activation_gb)
+    weak = plan.scaling_table(work, c, counts, compute_mfu, request.overlap, **measured)
+    strong = plan.scaling_table(work, c, counts, compute_mfu, request.overlap, request.global_batch, **measured)
     planned_gpus = c.gpus_per_node * request.nodes
-    planned = plan.estimate_step(work, c, planned_gpus, compute_mfu, request.overlap, host_s=host_s,
-                                 activation_gb=activation_gb)
+    planned = plan.estimate_step(work, c, planned_gpus, compute_mfu, request.overlap, **measured)
     lines = [
         f"# jala plan: {cfg.name} on {c.card.name}, {c.gpus_per_node} GPUs per node", "",
         f"## Model FLOPs per sample: {flop_text(count.per_sample)} ({count.shape.lm_tokens} LM tokens)", "",
@@ -198,7 +196,8 @@ def plan_report(cfg: JalaConfig, count: FlopCount, work: plan.Workload, request:
          f"batch {planned.global_batch}, {planned.mfu:.1%} end-to-end MFU (compute MFU {compute_mfu:.1%}; "
          f"paced by the {'host' if planned.host_bound else 'GPU'})"),
         f"- memory: {memory_line(planned, c.card)}",
-        *(paper_lines(work, request, count, planned_gpus, compute_mfu, host_s) if cfg.model.arch == "internvl3_2b" else []), "",
+        *(paper_lines(work, request, count, planned_gpus, compute_mfu, calibration)
+          if cfg.model.arch == "internvl3_2b" else []), "",
         "## Assumptions", "",
         *[f"- {line}" for line in assumptions(request, work, calibration)],
     ]
