@@ -151,9 +151,11 @@ def test_graphs_compiled_while_timing_are_reported_as_a_warning():
 
 def test_a_profiled_gpu_result_splits_into_compute_mfu_host_floor_and_activations_for_the_planner(tmp_path):
     """The H200 figures: 16 samples in a 944 ms step whose kernels ran 340.4 ms. The GPU-busy column turns into
-    the compute MFU (FLOPs over busy time) and, the GPU being idle most of the step, a host floor of the step;
-    peak less resident memory, into activations per sample."""
-    measured = made_result(device="NVIDIA H200", micro_batch_size=16, step_seconds=0.944,
+    the compute MFU (FLOPs over busy time) and, the GPU being idle most of the step, a host floor of the step,
+    its data, forward and backward per micro-step, its engine step per optimiser step; peak less resident memory,
+    into activations per sample."""
+    phases = {"data": 0.002, "forward": 0.3, "backward": 0.5, "step": 0.142}
+    measured = made_result(device="NVIDIA H200", micro_batch_size=16, step_seconds=0.944, phase_seconds=phases,
                            samples_per_s_per_rank=16 / 0.944, flops_per_sample=7.1e12, peak_flops=989e12)
     assert "GPU busy ms" not in result_row_of(measured) and not any("busy" in n for n in result_notes(measured, "r"))
     profiled = dataclasses.replace(measured, gpu_busy_seconds=0.3404, gpu_matmul_seconds=0.1687, peak_memory_gb=75.9,
@@ -165,7 +167,8 @@ def test_a_profiled_gpu_result_splits_into_compute_mfu_host_floor_and_activation
     path.write_text(f"- device: {profiled.device}\n\n{markdown_table([result_row_of(profiled)])}\n")
     calibration = read_throughput_result(path, flops_per_sample=7.1e12)
     assert calibration.mfu == pytest.approx(16 * 7.1e12 / (0.3404 * 989e12), rel=1e-3)
-    assert calibration.host_s == pytest.approx(0.944) and "host-bound" in calibration.source
+    assert calibration.host_s == pytest.approx(0.802) and calibration.host_step_s == pytest.approx(0.142)
+    assert "host-bound" in calibration.source
     assert calibration.activation_gb == pytest.approx((75.9 - 38.7) / 16)  # activations per sample
     assert calibration.bandwidth_share == pytest.approx(1 - 168.7 / 340.4)  # the rest waits on memory
     # Given the trained parameters, the optimiser step over them leaves the kernel time as the plan prices it
