@@ -17,7 +17,8 @@ remove it before a GPU lease confirms them.
 Caveats, measured: the proxy runs fp32 (the CPU's bf16 attention kernels cost ~9 ms per call whatever the
 size, which is not overhead) and unpacked rows (packed rows give the CPU's masked attention real work). It
 has no kernel launches or CUDA stream events, so host costs specific to a GPU (cuDNN attention set-up, ZeRO-3's
-stream synchronisation) are missing. Each variant runs in its own process; rounds interleave the variants so
+stream synchronisation) are missing, and it cannot rank compiled layers: inductor's generated CPU code saves no
+launches (ZeRO-2 with compiled layers measured slower than ZeRO-2 here, 1.63x faster than ZeRO-3 on an H200). Each variant runs in its own process; rounds interleave the variants so
 that a slow spell of the machine hits all of them, and the fastest round of each counts. Steps are timed in
 process CPU time, not wall time, which other tenants of a shared machine disturb less; still, the shipped
 setting measured 581 to 813 ms per step in three runs on one day on our 2-core machine, so only ratios within
