@@ -74,10 +74,12 @@ def host_floor_line(calibration: Calibration) -> str:
     if calibration.host_s == 0:
         return ("no host floor: the GPU sets the pace (give --host-ms, or calibrate from a result profiled with "
                 "`jala bench throughput --profile`, which measures how long the GPU was busy)")
-    return (f"host floor {host_floor_text(calibration)}: the compute takes at least this long on any card, because the host's Python, hooks and kernel launches do not speed up with the GPU (the "
-            "measuring machine's CPU speed is assumed everywhere); compute is the longer of GPU and host time, as "
-            "if the host always queued work ahead of the GPU; synchronisations inside a step stretch it towards "
-            "their sum")
+    per_step = ("; the optimiser step's part is taken as measured at every size, though its per-parameter work "
+                "covers only a rank's shard on several GPUs (an upper bound there)" if calibration.host_step_s else "")
+    return (f"host floor {host_floor_text(calibration)}: the compute takes at least this long on any card, because "
+            "the host's Python, hooks and kernel launches do not speed up with the GPU (the measuring machine's CPU "
+            f"speed is assumed everywhere){per_step}; compute is the longer of GPU and host time, as if the host "
+            "always queued work ahead of the GPU; synchronisations inside a step stretch it towards their sum")
 
 
 def compute_mfu_line(calibration: Calibration, target: Card) -> str:
