@@ -72,7 +72,7 @@ throughput_args() {  # VARIANT STEPS [OVERRIDES...]
 }
 ZERO3="train.ds_config=ds_configs/zero3_bf16.json"
 
-PHASES=${PHASES:-"env base repeat zero3 eager_layers ga8 lm_head kernel_tests attention unfused fused_ops flex"}
+PHASES=${PHASES:-"env base ga8 zero3 repeat eager_layers lm_head kernel_tests attention unfused fused_ops flex"}
 for name in $PHASES; do
   case $name in
     env) phase env 20 python3 -c "import sys, torch, triton, transformers, deepspeed, streaming
