@@ -72,7 +72,7 @@ throughput_args() {  # VARIANT STEPS [OVERRIDES...]
 }
 ZERO3="train.ds_config=ds_configs/zero3_bf16.json"
 
-PHASES=${PHASES:-"env base ga8 zero3 repeat eager_layers lm_head kernel_tests attention unfused fused_ops flex"}
+PHASES=${PHASES:-"env base stock_checks grad_checks ga8 zero3 repeat eager_layers lm_head kernel_tests attention unfused fused_ops flex"}
 for name in $PHASES; do
   case $name in
     env) phase env 20 python3 -c "import sys, torch, triton, transformers, deepspeed, streaming
@@ -82,6 +82,11 @@ print(sys.version, 'torch', torch.__version__, 'triton', triton.__version__, 'tr
     base) phase throughput_base 220 $(throughput_args base 6 --profile "$RESULTS/base/profile") ;;
     # the shipped recipe once more, last or second: how far two runs of one setting drift within a lease
     repeat) phase throughput_repeat 160 $(throughput_args repeat 5) ;;
+    # the shipped recipe with DeepSpeed's own per-gradient overflow check and norm before each optimiser step
+    # (what every lease until 2026-11-27's measured), against base's multi-tensor checks; then the step alone
+    stock_checks) phase throughput_stock_checks 160 \
+      $(throughput_args stock_checks 5 train.multi_tensor_grad_checks=false) ;;
+    grad_checks) phase grad_checks_bench 60 python3 -m benchmarks.zero_grad_checks --out "$RESULTS" ;;
     # the recipe until 2026-11-27's second lease: ZeRO-3 (gathers per block), eager layers
     zero3) phase throughput_zero3 110 $(WARMUP=2 throughput_args zero3 5 $ZERO3 train.compile_blocks=null) ;;
     zero3_compiled) phase throughput_zero3_compiled 200 $(throughput_args zero3_compiled 5 $ZERO3) ;;

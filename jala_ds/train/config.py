@@ -43,6 +43,9 @@ class TrainConfig:
     cudnn_attention: bool = False
     """Let torch's SDPA pick its cuDNN backend (vision tower, frame encoder, perceivers). Off: on an H200 each
     cuDNN attention call cost ~2 ms of host time, 44 calls per step; flash attention has no per-call set-up."""
+    multi_tensor_grad_checks: bool = True
+    """Under ZeRO-1/2, check the gradients for inf/NaN and take their norm in a few multi-tensor launches instead
+    of a dozen operators per gradient (``jala_ds/train/zero_grad_checks.py``); same decisions. False: DeepSpeed's."""
     out_dir: str = "runs/jala"
     """Checkpoints, the resolved config and exports go here."""
     save_every: int = 1000

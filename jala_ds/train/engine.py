@@ -22,6 +22,7 @@ from jala_ds.train.compiled_blocks import compile_blocks
 from jala_ds.train.config import TrainConfig
 from jala_ds.train.ds_config import zero_stage
 from jala_ds.train.optim import build_scheduler, optimizer_param_groups
+from jala_ds.train.zero_grad_checks import use_multi_tensor_grad_checks
 from jala_ds.train.zero_leaves import gather_by_block
 
 
@@ -86,7 +87,8 @@ def build_engine(model: torch.nn.Module, ds_config: dict[str, Any], train: Train
     """``deepspeed.initialize`` with our parameter groups and schedule, writing weights_only-safe checkpoints.
     Under ZeRO-3 with ``train.zero3_gather_by_block`` each repeated layer is gathered whole (``zero_leaves.py``);
     with ``train.compile_blocks`` each is compiled (``compiled_blocks.py``). ``train.cudnn_attention`` sets
-    whether torch's SDPA may use cuDNN in this process."""
+    whether torch's SDPA may use cuDNN in this process. Under ZeRO-1/2 with ``train.multi_tensor_grad_checks``
+    the optimiser checks its gradients in a few launches (``zero_grad_checks.py``)."""
     if zero_stage(ds_config) == 3 and train.zero3_gather_by_block:
         gather_by_block(model)
     if train.compile_blocks:
@@ -97,4 +99,6 @@ def build_engine(model: torch.nn.Module, ds_config: dict[str, Any], train: Train
         model_parameters=optimizer_param_groups(model, train.weight_decay),
         lr_scheduler=lambda optimizer: build_scheduler(optimizer, train, total_steps))
     install_safe_engine(engine)
+    if train.multi_tensor_grad_checks:
+        use_multi_tensor_grad_checks(engine.optimizer)
     return engine
