@@ -1,7 +1,7 @@
 """ZeRO-2's optimiser step with DeepSpeed's gradient checks and with ours (``jala_ds/train/zero_grad_checks.py``),
-side by side at the full recipe's tensor count, on a CPU.
+side by side at the full recipe's tensor count, on a CPU or a GPU.
 
-    python -m benchmarks.zero_grad_checks                  # ~1 min on 2 cores
+    python -m benchmarks.zero_grad_checks                  # ~15 s on 2 CPU cores
     python -m benchmarks.zero_grad_checks --rounds 5 --steps 10
 
 Two engines over ``model.arch=internvl3_2b_narrow`` (InternVL3-2B's depth at tiny width, so the same number of
