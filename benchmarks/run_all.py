@@ -6,37 +6,50 @@
 On a CPU the kernel benchmarks can only run their smoke configurations (the Triton kernels need a GPU); the
 loader benchmark is a CPU benchmark and runs at full size everywhere. The throughput benchmark trains on a
 synthetic corpus it writes first: the tiny recipe on a CPU, the InternVL3-2B recipe with random weights on a GPU
-(16 samples per GPU, one process; run ``jala bench throughput`` under torchrun for several GPUs).
+(16 samples per GPU, one process; run ``jala bench throughput`` under torchrun for several GPUs). Last, ZeRO-2's
+optimiser step with DeepSpeed's gradient checks against the multi-tensor ones (``benchmarks/zero_grad_checks.py``).
+Each runs in a process of its own; on a CPU the kernel benchmarks get Triton's interpreter (``TRITON_INTERPRET=1``).
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-from benchmarks import attention, data_loader, fused_lm_ops, grvq, lm_head
 from benchmarks.report import RESULTS_DIR, device_name
-from jala_ds.cli import main as jala
+
+
+def benchmark(name: str, args: list[str], interpret: bool = False) -> int:
+    """``python -m benchmarks.<name> *args`` in a process of its own, with Triton's interpreter when ``interpret``:
+    Triton builds itself for the interpreter or the GPU when a process first imports it, so a benchmark that
+    followed another in one process would find it built the other way."""
+    env = {**os.environ, **({"TRITON_INTERPRET": "1"} if interpret else {})}
+    return subprocess.run([sys.executable, "-m", f"benchmarks.{name}", *args], env=env).returncode
 
 
 def throughput(full: bool, out: Path) -> int:
-    """``jala bench throughput`` on a freshly synthesised corpus in the real on-disk format."""
+    """``jala bench throughput`` on a freshly synthesised corpus in the real on-disk format (each ``jala`` command in
+    a process of its own, so the process group the trainer starts ends with it)."""
     recipe, frame_size = ("pretrain_internvl3_2b", 448) if full else ("tiny_cpu", 64)
     with tempfile.TemporaryDirectory() as tmp:
         raw, mds = Path(tmp) / "raw", Path(tmp) / "mds"
-        for step in (["data", "synth", "--out", str(raw), "--lab", "48", "--wild", "24", "--frame-size",
-                      str(frame_size)],
-                     ["data", "convert", "--src", str(raw), "--out", str(mds), "--recipe", recipe]):
-            if jala(step):
-                return 1
         overrides = [f"data.mds_dir={mds}", "model.pretrained=null", "model.visual_encoder_path=null",
                      "motion_tokenizer.kind=binning", f"train.global_batch_size={16 if full else 2}",
                      f"train.micro_batch_size={16 if full else 2}", "train.grad_accum_steps=1"]
-        return jala(["bench", "throughput", "--recipe", recipe, "--out", str(out), *overrides])
+        for step in (["data", "synth", "--out", str(raw), "--lab", "48", "--wild", "24", "--frame-size",
+                      str(frame_size)],
+                     ["data", "convert", "--src", str(raw), "--out", str(mds), "--recipe", recipe],
+                     ["bench", "throughput", "--recipe", recipe, "--out", str(out), *overrides]):
+            code = subprocess.run([sys.executable, "-m", "jala_ds.cli", *step]).returncode
+            if code:
+                return code
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,13 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     kernel_smoke = args.smoke or not torch.cuda.is_available()
     flag = ["--smoke"] if kernel_smoke else []
     before = set(args.out.glob("*.md")) if args.out.exists() else set()
+    out = ["--out", str(args.out)]
+    interpret = not torch.cuda.is_available()  # the kernels' Triton on a CPU
     status = {
-        "attention": attention.main([*flag, "--out", str(args.out)]),
-        "grvq": grvq.main([*flag, "--out", str(args.out)]),
-        "fused_lm_ops": fused_lm_ops.main([*flag, "--out", str(args.out)]),
-        "lm_head": lm_head.main([*flag, "--out", str(args.out)]),
-        "data_loader": data_loader.main([*(["--smoke"] if args.smoke else []), "--out", str(args.out)]),
+        **{name: benchmark(name, [*flag, *out], interpret) for name in ("attention", "grvq", "fused_lm_ops", "lm_head")},
+        "data_loader": benchmark("data_loader", [*(["--smoke"] if args.smoke else []), *out]),
         "throughput": throughput(not kernel_smoke, args.out),
+        "zero_grad_checks": benchmark("zero_grad_checks", [*(["--rounds", "1", "--steps", "2"] if args.smoke else []),
+                                                           *out]),
     }
     written = sorted(set(args.out.glob("*.md")) - before)
     summary = args.out / f"{dt.date.today().isoformat()}_summary.md"
