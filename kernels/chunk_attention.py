@@ -27,16 +27,22 @@ KERNEL_HEAD_DIMS = (16, 32, 64, 128, 256)
 
 
 def chunk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: torch.Tensor,
-                    chunk_ids: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+                    chunk_ids: torch.Tensor, scale: float | None = None,
+                    bounds: ChunkBounds | None = None) -> torch.Tensor:
     """Chunk-mask attention (DESIGN.md contract): q ``[B, Hq, N, D]``, k/v ``[B, Hkv, N, D]`` (Hq a multiple
     of Hkv), doc_ids/chunk_ids int ``[B, N]`` -> ``[B, Hq, N, D]``; rows whose doc is -1 return zeros.
 
     Differentiable in q, k, v. Every document, and every chunk within a document, must be one contiguous run
     of positions (``ValueError`` otherwise, on every device, so a bad layout shows up in CPU tests too).
+    ``bounds``: ``chunk_attention_bounds(doc_ids, chunk_ids)`` computed beforehand, on any device (a data
+    loader can, on the host): the kernels then read them as given, and no call waits on the layout check.
     """
     check_attention_inputs(q, k, v, doc_ids, chunk_ids)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    bounds = torch.ops.jala_kernels.chunk_bounds(doc_ids, chunk_ids)
+    if bounds is None:
+        bounds = torch.ops.jala_kernels.chunk_bounds(doc_ids, chunk_ids)
+    else:
+        _check_bounds(bounds, doc_ids, q.device)
     if not q.is_cuda and not interpreter_requested():
         return chunk_attention_reference(q, k, v, doc_ids, chunk_ids, scale)
     _check_kernel_inputs(q)
@@ -49,6 +55,14 @@ def chunk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: 
 def interpreter_requested() -> bool:
     """``TRITON_INTERPRET`` as Triton itself parses it (1/true/yes/on), read now rather than at import."""
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on", "y")
+
+
+def _check_bounds(bounds: ChunkBounds, doc_ids: torch.Tensor, device: torch.device) -> None:
+    for name, bound in zip(ChunkBounds._fields, bounds):
+        if bound.shape != doc_ids.shape or bound.dtype != torch.int32 or bound.device != device:
+            raise ValueError(f"chunk_attention: bounds.{name} is {bound.dtype} {tuple(bound.shape)} on {bound.device}; "
+                             f"it must be int32 {tuple(doc_ids.shape)} on {device}, as chunk_attention_bounds(doc_ids, "
+                             "chunk_ids) returns it moved to q's device")
 
 
 def _check_kernel_inputs(q: torch.Tensor) -> None:

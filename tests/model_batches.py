@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from jala_ds.config import JalaConfig, load_config
+from jala_ds.data.batch_index import batch_index
 from jala_ds.model.backbone import image_token_count
 from jala_ds.vocab import IMG_END, IMG_START, MotionVocab, add_motion_vocab, byte_level_tokenizer
 
@@ -120,6 +121,8 @@ def make_batch(cfg: JalaConfig, vocab: MotionVocab, rows: list[list[Doc]], seed:
     batch["chunk_hand"] = torch.tensor(chunk_hand, dtype=torch.int64)
     batch["chunk_labeled"] = torch.tensor(chunk_labeled, dtype=torch.bool)
     batch["sample_ids"] = sample_ids
+    layout = {key: batch[key] for key in ("input_ids", "labels", "motion_chunk", "doc_ids", "chunk_ids")}
+    batch.update(batch_index(**layout, num_chunks=n_chunks_total, image_token_id=vocab.img_context, ignore=IGNORE))
     return batch
 
 

@@ -27,7 +27,7 @@ from jala_ds.config import load_config
 
 JALA = str(Path(sys.executable).with_name("jala"))
 TIME_COLUMNS = ("data wait ms", "forward ms", "backward ms", "optimizer step ms")
-POSITIVE_COLUMNS = ("gpus", "micro batch", "grad accum", "step ms", *TIME_COLUMNS, "samples/s",
+POSITIVE_COLUMNS = ("gpus", "micro batch", "grad accum", "step ms", "free-running step ms", *TIME_COLUMNS, "samples/s",
                     "samples/s per rank", "tokens/s per rank", "GFLOP per sample", "TFLOP/s per rank",
                     "peak memory GB", "epoch h on 8 GPUs")
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from chunk_layouts import packed_rows, random_rows
 
-from jala_kernels import chunk_attention, chunk_attention_reference
+from jala_kernels import ChunkBounds, chunk_attention, chunk_attention_bounds, chunk_attention_reference
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])
@@ -94,6 +94,20 @@ def test_compiled_calls_trace_into_one_graph_and_give_the_eager_results():
     eager = output_and_grads(chunk_attention, *views, doc_ids, chunk_ids, grad_out, torch.float32, 0.3)
     traced = output_and_grads(compiled, *views, doc_ids, chunk_ids, grad_out, torch.float32, 0.3)
     assert all(torch.equal(a, b) for a, b in zip(traced, eager))
+
+
+def test_bounds_found_beforehand_give_the_same_results_and_wrong_ones_are_refused():
+    """A loader computes the bounds on the host (``jala_ds/data/batch_index.py``); the kernel reads them as given."""
+    problem = attention_problem(*CASES["unaligned chunks, several documents, padding"])
+    doc_ids, chunk_ids = problem[3], problem[4]
+    bounds = chunk_attention_bounds(doc_ids.cpu(), chunk_ids.cpu())
+    found = output_and_grads(chunk_attention, *problem, torch.float32)
+    given = output_and_grads(lambda *a: chunk_attention(*a, bounds=ChunkBounds(*(b.to(DEVICE) for b in bounds))),
+                             *problem, torch.float32)
+    assert all(torch.equal(a, b) for a, b in zip(given, found))
+    q, k, v = problem[:3]
+    with pytest.raises(ValueError, match=r"bounds.key_stop is torch.int64 .* must be int32"):
+        chunk_attention(q, k, v, doc_ids, chunk_ids, bounds=bounds._replace(key_stop=bounds.key_stop.long()))
 
 
 def test_backward_is_deterministic():

@@ -7,6 +7,7 @@ import torch
 from streaming import LocalDataset
 
 from jala_ds.config import load_config
+from jala_ds.data.batch_index import batch_index
 from jala_ds.data.collate import collate, fill_rows, pack_rows
 from jala_ds.data.example import ExampleBuilder
 from jala_ds.data.frames import (
@@ -16,9 +17,9 @@ from jala_ds.data.frames import (
     normalized,
 )
 from jala_ds.data.motion_tokens import BinningTokenizer
-from jala_ds.data.sequence import SequenceBuilder
+from jala_ds.data.sequence import IGNORE, SequenceBuilder
 from jala_ds.vocab import add_motion_vocab, byte_level_tokenizer
-from jala_kernels import chunk_mask
+from jala_kernels import chunk_attention_bounds, chunk_mask
 
 
 def make_examples(tiny_corpus, count, *overrides):
@@ -101,7 +102,7 @@ def test_ids_reproduce_the_reference_mask(tiny_corpus, pack, objective):
     extra = ["model.align=false", "model.decoupled_ema=false"] if objective == "ntp" else []
     examples, _, vocab, cfg = make_examples(tiny_corpus, 9, f"model.objective={objective}", *extra)
     documents = [e.document for e in examples]
-    batch = collate(examples, pack=pack, max_tokens=cfg.data.max_tokens, pad_id=vocab.pad)
+    batch = collate(examples, pack=pack, max_tokens=cfg.data.max_tokens, vocab=vocab)
     rows = pack_rows([len(d) for d in documents], cfg.data.max_tokens) if pack else [[i] for i in range(9)]
     assert len(rows) < 9 if pack else len(rows) == 9
     width = batch["input_ids"].shape[1]
@@ -120,7 +121,7 @@ def test_ids_reproduce_the_reference_mask(tiny_corpus, pack, objective):
 
 def test_chunk_tensors_line_up_with_motion_positions(tiny_corpus):
     examples, _, vocab, cfg = make_examples(tiny_corpus, 8, "data.pack=true")
-    batch = collate(examples, pack=True, max_tokens=cfg.data.max_tokens, pad_id=vocab.pad)
+    batch = collate(examples, pack=True, max_tokens=cfg.data.max_tokens, vocab=vocab)
     chunks = sum(len(e.document.chunk_hand) for e in examples)
     assert batch["chunk_frames"].shape == (chunks, 2, 3, 28, 28) and batch["pixel_values"].shape == (8, 3, 56, 56)
     assert sorted(set(batch["motion_chunk"][batch["motion_chunk"] >= 0].tolist())) == list(range(chunks))
@@ -132,9 +133,31 @@ def test_chunk_tensors_line_up_with_motion_positions(tiny_corpus):
     assert (vocab.is_motion(batch["input_ids"][in_chunk]) | (batch["input_ids"][in_chunk] == vocab.mask)).all()
 
 
+def test_index_fields_are_the_positions_the_model_would_find_on_the_device(tiny_corpus):
+    examples, _, vocab, cfg = make_examples(tiny_corpus, 8, "data.pack=true")
+    batch = collate(examples, pack=True, max_tokens=cfg.data.max_tokens, vocab=vocab)
+    flat_ids, flat_labels, flat_chunk = (batch[key].flatten() for key in ("input_ids", "labels", "motion_chunk"))
+    assert torch.equal(batch["image_positions"], (flat_ids == vocab.img_context).nonzero().squeeze(1))
+    assert torch.equal(batch["label_positions"], (flat_labels != IGNORE).nonzero().squeeze(1))
+    chunks, per_chunk = batch["chunk_tokens"].shape
+    assert chunks == len(batch["chunk_hand"]) and per_chunk == cfg.motion_tokenizer.tokens_per_chunk
+    assert torch.equal(flat_chunk[batch["chunk_tokens"]], torch.arange(chunks)[:, None].expand(-1, per_chunk))
+    assert bool((batch["chunk_tokens"].diff(dim=1) > 0).all()), "each chunk's positions in sequence order"
+    expected = torch.stack(chunk_attention_bounds(batch["doc_ids"], batch["chunk_ids"]))
+    assert batch["chunk_bounds"].dtype == torch.int32 and torch.equal(batch["chunk_bounds"], expected)
+
+
+def test_chunks_of_unequal_length_are_refused_with_their_counts():
+    ids = torch.zeros(1, 6, dtype=torch.int64)
+    motion_chunk = torch.tensor([[-1, 0, 0, 1, 1, 1]])
+    doc, chunk = torch.zeros(1, 6, dtype=torch.int32), motion_chunk.to(torch.int32)
+    with pytest.raises(ValueError, match=r"motion_chunk: the batch's 2 chunks .* got \[2, 3\]"):
+        batch_index(ids, ids, motion_chunk, doc, chunk, num_chunks=2, image_token_id=1, ignore=IGNORE)
+
+
 def test_pixels_are_imagenet_normalised_decoded_frames(tiny_corpus):
     examples, records, vocab, cfg = make_examples(tiny_corpus, 3)
-    batch = collate(examples, pack=False, max_tokens=cfg.data.max_tokens, pad_id=vocab.pad)
+    batch = collate(examples, pack=False, max_tokens=cfg.data.max_tokens, vocab=vocab)
     assert batch["pixel_values"].dtype == batch["chunk_frames"].dtype == torch.float32
     for i, (example, record) in enumerate(zip(examples, records)):
         decoded = decode_stored_frames(record, [example.document.image_frame])
@@ -148,4 +171,4 @@ def test_a_document_longer_than_max_tokens_is_an_error_naming_it(tiny_corpus):
     examples, _, vocab, _ = make_examples(tiny_corpus, 2)
     longest = max(examples, key=lambda e: len(e.document)).document
     with pytest.raises(ValueError, match=f"sample {longest.sample_id}.*data.max_tokens=20"):
-        collate(examples, pack=True, max_tokens=20, pad_id=vocab.pad)
+        collate(examples, pack=True, max_tokens=20, vocab=vocab)

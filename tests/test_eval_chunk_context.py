@@ -8,7 +8,6 @@ import torch
 
 from jala_ds.eval.chunk_context import ChunkContext
 from jala_ds.eval.mcp_decoding import Decoding, MotionGenerator
-from jala_ds.model.motion_positions import chunk_token_index
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +42,7 @@ def test_short_passes_give_the_whole_sequence_hidden_states(decoding_batch, chun
     model, generator, original = decoding_batch
     batch = {key: value.clone() if isinstance(value, torch.Tensor) else value for key, value in original.items()}
     width, per_chunk = batch["input_ids"].shape[1], generator.tokens_per_chunk
-    chunk_tokens = chunk_token_index(batch["motion_chunk"], batch["chunk_hand"].shape[0], per_chunk)
+    chunk_tokens = batch["chunk_tokens"]
     row_of_chunk = chunk_tokens[:, 0] // width
     rows = row_of_chunk.unique()
     first = torch.searchsorted(row_of_chunk, rows)

@@ -6,8 +6,10 @@
 The model, loader, engine and EMA come from the trainer's own set-up (``jala_ds.train.loop.build_training``),
 and a step is the trainer's step: ``grad_accum_steps`` micro-batches of {batch, forward, backward, engine step},
 then the EMA update. Each phase is timed with the device synchronised at its edges, so asynchronous GPU work
-is charged to the phase that queued it and the phases add up to the step. ZeRO-3's collectives run inside
-forward (parameter gathers), backward (reduce-scatter) and the engine step; they are not timed apart.
+is charged to the phase that queued it and the phases add up to the step; as many steps again then run
+synchronised only at both ends, the pace of the trainer itself (``free_running_step_seconds``). ZeRO-3's
+collectives run inside forward (parameter gathers), backward (reduce-scatter) and the engine step; they are not
+timed apart.
 Nothing is checkpointed. ``throughput_report.py`` turns the result into the markdown, chart and MLflow run.
 """
 from __future__ import annotations
@@ -69,6 +71,10 @@ class ThroughputResult:
     peak_memory_gb: float
     """CUDA max allocated during the measured steps on a GPU, the process's peak resident set on a CPU (largest
     over ranks)."""
+    free_running_step_seconds: float | None = None
+    """Seconds per step over as many steps again, the device synchronised only before the first and after the
+    last: the trainer's own pace, at which one phase's host work may overlap GPU work the phase before it left
+    queued. The phase split and the rates come from the synchronised steps. None for results that predate it."""
     zero_stage: int | None = None
     """The ds_config's ZeRO stage. The host's time per step depends on it (ZeRO-3's per-module gathers), so a host
     floor measured under one stage does not carry to a plan of another."""
@@ -208,19 +214,21 @@ def measure_throughput(plan, steps: int, warmup: int, name_device: Callable[[], 
         started = clock.now()
         step()
         totals[0] += clock.now() - started
+    sums = [clock.totals[name] for name in PHASES] + totals.tolist()
+    sums.append(free_running(step, steps, clock))
     # Average over ranks: one all-reduce of every rank's sums (on the engine's device, as NCCL requires).
-    summed = torch.tensor([clock.totals[name] for name in PHASES] + totals.tolist(), dtype=torch.float64,
-                          device=engine.device)
+    summed = torch.tensor(sums, dtype=torch.float64, device=engine.device)
     dist.all_reduce(summed)
     most = torch.tensor([peak_memory_gb(engine.device), compilations() - compiled_before,
                          resident if on_gpu else 0.0], dtype=torch.float64, device=engine.device)
     dist.all_reduce(most, op=dist.ReduceOp.MAX)
-    *phase_totals, step_total, samples, tokens = (value / world_size for value in summed.tolist())
+    *phase_totals, step_total, samples, tokens, free_total = (value / world_size for value in summed.tolist())
     result = ThroughputResult(
         device=device_name, world_size=world_size, micro_batch_size=train_cfg.micro_batch_size,
         grad_accum_steps=train_cfg.grad_accum_steps, steps=steps, warmup=warmup,
         phase_seconds={name: total / steps for name, total in zip(PHASES, phase_totals)},
-        step_seconds=step_total / steps, samples_per_s_per_rank=samples / step_total,
+        step_seconds=step_total / steps, free_running_step_seconds=free_total / steps,
+        samples_per_s_per_rank=samples / step_total,
         tokens_per_s_per_rank=tokens / step_total, flops_per_sample=recipe_flops(cfg).per_sample,
         peak_flops=card_peak_flops(device_name, engine.device), peak_memory_gb=most[0].item(),
         zero_stage=engine.zero_optimization_stage(), compilations=int(most[1].item()),
@@ -233,6 +241,19 @@ def measure_throughput(plan, steps: int, warmup: int, name_device: Callable[[], 
         result = dataclasses.replace(result, gpu_busy_seconds=busy, gpu_matmul_seconds=matmul,
                                      gpu_optimizer_seconds=optimizer)
     return result
+
+
+def free_running(step: Callable[[], None], count: int, clock: PhaseClock) -> float:
+    """Seconds for ``count`` calls of ``step`` with the device synchronised only around all of them, as the
+    trainer runs (``clock``'s phases still count, unsynchronised, and are not read)."""
+    started = clock.now()
+    sync, clock.sync = clock.sync, lambda: None
+    try:
+        for _ in range(count):
+            step()
+    finally:
+        clock.sync = sync
+    return clock.now() - started
 
 
 def profile_steps(step: Callable[[], None], count: int, out_dir: Path, rank: int, device: torch.device,

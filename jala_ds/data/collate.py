@@ -9,7 +9,8 @@ A micro-batch always holds ``train.micro_batch_size`` documents (what the loader
 Within a row, ``doc_ids`` number the documents and ``chunk_ids`` the bidirectional motion chunks;
 ``motion_chunk`` numbers every chunk of the whole batch, indexing ``chunk_frames``, ``chunk_hand`` and
 ``chunk_labeled``. Images and chunks appear in row-major document order. An example's ``extras`` (a robot
-sample's state and actions) are stacked in the same order under their own keys.
+sample's state and actions) are stacked in the same order under their own keys. The positions the model
+gathers from and scatters to come along, found here on the host (``batch_index.py``).
 """
 from __future__ import annotations
 
@@ -18,9 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from jala_ds.data.batch_index import batch_index
 from jala_ds.data.example import Example
 from jala_ds.data.frames import normalized
 from jala_ds.data.sequence import IGNORE
+from jala_ds.vocab import MotionVocab
 
 
 def fill_rows(lengths: list[int], width: int) -> list[list[int]]:
@@ -55,7 +58,7 @@ def pack_rows(lengths: list[int], max_tokens: int) -> list[list[int]]:
     return fill_rows(lengths, low)
 
 
-def collate(examples: list[Example], *, pack: bool, max_tokens: int, pad_id: int) -> dict[str, Any]:
+def collate(examples: list[Example], *, pack: bool, max_tokens: int, vocab: MotionVocab) -> dict[str, Any]:
     """The model's batch for ``examples`` (a ``functools.partial`` of this is the loader's ``collate_fn``)."""
     documents = [example.document for example in examples]
     lengths = [len(doc) for doc in documents]
@@ -66,7 +69,7 @@ def collate(examples: list[Example], *, pack: bool, max_tokens: int, pad_id: int
     rows = pack_rows(lengths, max_tokens) if pack else [[i] for i in range(len(documents))]
     width = max(sum(lengths[i] for i in row) for row in rows)
     shape = (len(rows), width)
-    input_ids = np.full(shape, pad_id, np.int64)
+    input_ids = np.full(shape, vocab.pad, np.int64)
     labels = np.full(shape, IGNORE, np.int64)
     position_ids = np.zeros(shape, np.int64)
     doc_ids = np.full(shape, -1, np.int32)
@@ -89,18 +92,18 @@ def collate(examples: list[Example], *, pack: bool, max_tokens: int, pad_id: int
             row_chunks += len(doc.chunk_hand)
             batch_chunks += len(doc.chunk_hand)
     order = [index for row in rows for index in row]
+    layout = {"input_ids": input_ids, "labels": labels, "motion_chunk": motion_chunk, "doc_ids": doc_ids,
+              "chunk_ids": chunk_ids}
+    layout = {key: torch.from_numpy(value) for key, value in layout.items()}
     return {
-        "input_ids": torch.from_numpy(input_ids),
-        "labels": torch.from_numpy(labels),
+        **layout,
         "position_ids": torch.from_numpy(position_ids),
-        "doc_ids": torch.from_numpy(doc_ids),
-        "chunk_ids": torch.from_numpy(chunk_ids),
         "pixel_values": normalized(torch.cat([examples[i].pixel_values for i in order])),
-        "motion_chunk": torch.from_numpy(motion_chunk),
         "chunk_frames": normalized(torch.cat([examples[i].chunk_frames for i in order])),
         "chunk_hand": torch.from_numpy(np.concatenate([documents[i].chunk_hand for i in order])),
         "chunk_labeled": torch.tensor([documents[i].labeled for i in order for _ in documents[i].chunk_hand],
                                       dtype=torch.bool),
         "sample_ids": [documents[i].sample_id for i in order],
+        **batch_index(**layout, num_chunks=batch_chunks, image_token_id=vocab.img_context, ignore=IGNORE),
         **{key: torch.from_numpy(np.stack([examples[i].extras[key] for i in order])) for key in examples[0].extras},
     }

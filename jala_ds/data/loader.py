@@ -190,7 +190,7 @@ def build_loader(cfg: JalaConfig, tokenizer: PreTrainedTokenizerBase, vocab: Mot
                             streams=subset_streams(cfg.data), batch_size=cfg.train.micro_batch_size,
                             shuffle=cfg.data.shuffle, shuffle_seed=cfg.train.seed,
                             num_canonical_nodes=cfg.data.num_canonical_nodes or world_size // per_node)
-    batches = partial(collate, pack=cfg.data.pack, max_tokens=cfg.data.max_tokens, pad_id=vocab.pad)
+    batches = partial(collate, pack=cfg.data.pack, max_tokens=cfg.data.max_tokens, vocab=vocab)
     return JalaLoader(dataset, batch_size=cfg.train.micro_batch_size, collate_fn=batches,
                       num_workers=cfg.data.num_workers, prefetch_factor=cfg.data.prefetch_factor, epoch=epoch,
                       world_size=world_size, num_nodes=world_size // per_node)

@@ -98,4 +98,4 @@ def robot_batch(samples: list[RobotSample], cfg: JalaConfig, tokenizer: PreTrain
                          f"({', '.join(wanted) if wanted else 'robot_meta.json lists them'}), in that order")
     examples = RobotExamples(cfg, tokenizer, vocab, n_image_tokens, norm)
     return collate([examples.from_sample(sample) for sample in samples], pack=False,
-                   max_tokens=examples.max_tokens(cameras.pop()), pad_id=vocab.pad)
+                   max_tokens=examples.max_tokens(cameras.pop()), vocab=vocab)

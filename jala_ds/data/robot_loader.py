@@ -64,7 +64,7 @@ def build_robot_loader(cfg: JalaConfig, tokenizer: PreTrainedTokenizerBase, voca
                             batch_size=cfg.train.micro_batch_size, shuffle=cfg.robot.shuffle,
                             shuffle_seed=cfg.train.seed,
                             num_canonical_nodes=cfg.robot.num_canonical_nodes or world_size // per_node)
-    batches = partial(collate, pack=False, max_tokens=examples.max_tokens(len(positions)), pad_id=vocab.pad)
+    batches = partial(collate, pack=False, max_tokens=examples.max_tokens(len(positions)), vocab=vocab)
     return JalaLoader(dataset, batch_size=cfg.train.micro_batch_size, collate_fn=batches,
                       num_workers=cfg.robot.num_workers, prefetch_factor=cfg.robot.prefetch_factor, epoch=epoch,
                       world_size=world_size, num_nodes=world_size // per_node)

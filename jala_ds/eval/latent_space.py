@@ -96,7 +96,7 @@ def collect(trained, records: list[Mapping], batch_size: int) -> tuple[torch.Ten
     hs, zs = [], []
     for first in range(0, len(records), batch_size):
         chunk = [examples.build(record, first + i, 0) for i, record in enumerate(records[first:first + batch_size])]
-        batch = collate(chunk, pack=False, max_tokens=max(len(e.document) for e in chunk), pad_id=trained.vocab.pad)
+        batch = collate(chunk, pack=False, max_tokens=max(len(e.document) for e in chunk), vocab=trained.vocab)
         out = model(to_device(batch, trained.device, dtype))
         hs.append(segment_mean(out.predictive.float(), out.latent_actions.shape[1]).cpu())
         zs.append(out.latent_actions.float().cpu())

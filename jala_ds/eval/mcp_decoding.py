@@ -39,7 +39,6 @@ from jala_ds.data.sequence import Document, SequenceBuilder
 from jala_ds.eval.chunk_context import ChunkContext
 from jala_ds.model.backbone import image_token_count
 from jala_ds.model.jala_model import JalaModel
-from jala_ds.model.motion_positions import chunk_token_index
 from jala_ds.motion.config import TokenizerConfig
 from jala_ds.motion.mano import join_frames, split_frames
 from jala_ds.train.loop import to_device
@@ -147,7 +146,7 @@ class MotionGenerator:
         documents = [self.sequences.build_for_generation(record, shown_steps=shown_steps) for record in records]
         examples = [self.examples.with_pixels(record, doc) for record, doc in zip(records, documents)]
         rows = [example for example in examples for _ in range(members)]
-        batch = collate(rows, pack=False, max_tokens=max(len(doc) for doc in documents), pad_id=self.vocab.pad)
+        batch = collate(rows, pack=False, max_tokens=max(len(doc) for doc in documents), vocab=self.vocab)
         # LSP reads only a chunk's first frame; its last frame is the future the model must not see.
         batch["chunk_frames"] = batch["chunk_frames"][:, [0, 0]]
         batch = to_device(batch, self.device, next(self.model.parameters()).dtype)
@@ -160,8 +159,7 @@ class MotionGenerator:
         """Fill every [MASK] of the batch's chunks in place (``batch["input_ids"]``), the k-th chunk of every row
         at once, k = 0, 1, ...; yields the still-masked positions ``[rows, T]`` of the chunks being filled after
         each pass."""
-        chunk_hand = batch["chunk_hand"]
-        chunk_tokens = chunk_token_index(batch["motion_chunk"], chunk_hand.shape[0], self.tokens_per_chunk)
+        chunk_tokens = batch["chunk_tokens"]
         row_of_chunk = chunk_tokens[:, 0] // batch["input_ids"].shape[1]
         rank_in_row = torch.arange(len(row_of_chunk), device=row_of_chunk.device) - \
             torch.searchsorted(row_of_chunk, row_of_chunk)  # chunks are numbered row by row, in sequence order
@@ -209,7 +207,7 @@ class MotionGenerator:
         documents, batch, streams = self.prepare(records, shown_steps)
         for _ in self.fill(batch, streams):
             pass
-        chunk_tokens = chunk_token_index(batch["motion_chunk"], batch["chunk_hand"].shape[0], self.tokens_per_chunk)
+        chunk_tokens = batch["chunk_tokens"]
         codes = self.vocab.codes(batch["input_ids"].view(-1)[chunk_tokens]).cpu().numpy()  # [C, T]
         members, frames = self.decoding.ensemble, self.cfg.data.chunk_frames
         clips, first = [], 0

@@ -11,7 +11,8 @@ and the vision tower keeps its own full attention:
     mask = prepare_chunk_mask("flex", doc_ids, chunk_ids)          # once per batch, shared by every layer
     backbone.model.language_model(inputs_embeds=x, attention_mask=mask, doc_ids=doc_ids, chunk_ids=chunk_ids)
 
-``doc_ids``/``chunk_ids`` travel through the forward kwargs down to every attention call. The prepared mask is
+``doc_ids``/``chunk_ids`` (and the batch's ``chunk_bounds``, for triton) travel through the forward kwargs down to
+every attention call. The prepared mask is
 4-D (dense ``[B, 1, N, N]`` or a ``BlockMask``), which transformers passes through untouched; without it each
 layer builds the mask itself from the ids.
 """
@@ -115,10 +116,13 @@ def flex_chunk_attention(module: torch.nn.Module, query: torch.Tensor, key: torc
 def triton_chunk_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                            attention_mask: None, scaling: float | None = None, dropout: float = 0.0,
                            sliding_window: int | None = None, doc_ids: torch.Tensor | None = None,
-                           chunk_ids: torch.Tensor | None = None, **kwargs) -> tuple[torch.Tensor, None]:
-    """``jala_kernels.chunk_attention``: reads the ids itself and handles GQA without repeating K/V."""
+                           chunk_ids: torch.Tensor | None = None, chunk_bounds: torch.Tensor | None = None,
+                           **kwargs) -> tuple[torch.Tensor, None]:
+    """``jala_kernels.chunk_attention``: reads the ids itself and handles GQA without repeating K/V. The batch's
+    ``chunk_bounds`` (``[4, B, N]``, found by the collate on the host) spare it finding them on the device."""
     _check_call(module, dropout, sliding_window, doc_ids, chunk_ids)
-    out = jala_kernels.chunk_attention(query, key, value, doc_ids, chunk_ids, scale=scaling)
+    bounds = None if chunk_bounds is None else jala_kernels.ChunkBounds(*chunk_bounds)
+    out = jala_kernels.chunk_attention(query, key, value, doc_ids, chunk_ids, scale=scaling, bounds=bounds)
     return out.transpose(1, 2).contiguous(), None
 
 

@@ -27,7 +27,6 @@ from transformers import InternVLForConditionalGeneration
 from jala_ds.model.chunk_mask_attention import prepare_chunk_mask
 from jala_ds.model.config import ModelConfig
 from jala_ds.model.losses import align_loss, mcp_loss
-from jala_ds.model.motion_positions import chunk_token_index
 from jala_ds.model.perceiver import Perceiver
 from jala_ds.model.visual_encoder import FrozenFrameEncoder
 
@@ -129,7 +128,12 @@ class JalaModel(nn.Module):
         ``past_key_values`` (transformers' cache interface) sees every layer's keys and values: MCP decoding
         records them (``jala_ds/eval/chunk_context.py``).
         """
-        chunk_tokens = chunk_token_index(batch["motion_chunk"], batch["chunk_hand"].shape[0], self.tokens_per_chunk)
+        chunk_tokens = batch["chunk_tokens"]
+        if chunk_tokens.shape != (batch["chunk_hand"].shape[0], self.tokens_per_chunk):
+            raise ValueError(f"batch['chunk_tokens'] is {tuple(chunk_tokens.shape)}, but the batch has "
+                             f"{batch['chunk_hand'].shape[0]} chunks (len(chunk_hand)) of {self.tokens_per_chunk} "
+                             "tokens (motion_tokenizer.tokens_per_chunk): the collate and the model disagree on "
+                             "the motion layout")
         embeds = self._input_embeddings(batch, frame_features, chunk_tokens)
         doc_ids = batch["doc_ids"]
         # ntp (Being-H0) is plain causal attention: no position belongs to a bidirectional chunk.
@@ -141,7 +145,8 @@ class JalaModel(nn.Module):
         with _capture_input(consumer) as captured, _running_layers(language_model, layers):
             final = language_model(inputs_embeds=embeds, position_ids=batch["position_ids"],
                                    attention_mask=prepare_chunk_mask(self.cfg.attention, doc_ids, chunk_ids),
-                                   doc_ids=doc_ids, chunk_ids=chunk_ids, past_key_values=past_key_values,
+                                   doc_ids=doc_ids, chunk_ids=chunk_ids, chunk_bounds=batch["chunk_bounds"],
+                                   past_key_values=past_key_values,
                                    use_cache=False).last_hidden_state
         predictive = captured.output.flatten(0, 1)[chunk_tokens]
         return (None if stop_at_align_layer else final), predictive
@@ -149,7 +154,7 @@ class JalaModel(nn.Module):
     def forward(self, batch: dict) -> JalaOutput:
         features = self.encode_frames(batch)
         final, predictive = self.hidden_states(batch, features)
-        mcp, n_mcp = mcp_loss(final, batch["labels"], self.backbone.lm_head, self.vocab_size)
+        mcp, n_mcp = mcp_loss(final, batch["labels"], batch["label_positions"], self.backbone.lm_head, self.vocab_size)
         if self.lap is None:
             latent_actions = None
             align = torch.zeros((), device=mcp.device)
@@ -165,16 +170,15 @@ class JalaModel(nn.Module):
         input_ids = batch["input_ids"]
         embeds = self.backbone.get_input_embeddings()(input_ids)
         image = self.backbone.model.get_image_features(pixel_values=batch["pixel_values"])
-        is_image = input_ids == self.backbone.config.image_token_id
-        if int(is_image.sum()) != image.shape[0] * image.shape[1]:
-            raise ValueError(f"batch['input_ids'] holds {int(is_image.sum())} <IMG_CONTEXT> tokens but "
+        image_positions = batch["image_positions"]
+        if image_positions.numel() != image.shape[0] * image.shape[1]:
+            raise ValueError(f"batch['input_ids'] holds {image_positions.numel()} <IMG_CONTEXT> tokens but "
                              f"batch['pixel_values'] gives {image.shape[0]} images x {image.shape[1]} tokens: "
                              "size the runs with image_token_count(cfg.model)")
-        embeds = embeds.masked_scatter(is_image[..., None], image.to(embeds.dtype))
+        flat = embeds.flatten(0, 1).index_copy(0, image_positions, image.flatten(0, 1).to(embeds.dtype))
         per_token = self.latent_states_per_token(batch, frame_features)
-        if per_token is None:
-            return embeds
-        flat = embeds.flatten(0, 1).index_add(0, chunk_tokens.flatten(), per_token.flatten(0, 1).to(embeds.dtype))
+        if per_token is not None:
+            flat = flat.index_add(0, chunk_tokens.flatten(), per_token.flatten(0, 1).to(embeds.dtype))
         return flat.view_as(embeds)
 
     def latent_states_per_token(self, batch: dict, frame_features: torch.Tensor | None) -> torch.Tensor | None:

@@ -5,20 +5,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IGNORE = -100
-"""Label of positions without a loss (docs/architecture.md, section 4)."""
 
-
-def mcp_loss(final_hidden: torch.Tensor, labels: torch.Tensor, lm_head: nn.Module,
+def mcp_loss(final_hidden: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor, lm_head: nn.Module,
              vocab_size: int) -> tuple[torch.Tensor, int]:
-    """Mean cross-entropy over positions whose label is not -100, and how many there are.
+    """Mean cross-entropy over the labelled ``positions`` (flat indices into ``labels``: those not -100), and
+    their count.
 
-    The LM head runs only at those positions (the vocabulary has ~160k rows). The softmax is over the first
-    ``vocab_size`` logits: the head's rows past it (``MotionVocab.rows``) stand for no token. With no labelled
-    position (a video-only batch) the loss is an exact 0 that is still connected to the graph, so every rank
-    runs the same backward under DeepSpeed and the head receives a zero gradient.
+    The LM head runs only at those positions (the vocabulary has ~160k rows). The collate finds them on the host
+    (``batch["label_positions"]``), so the count is a shape, not a value the host must wait for. The softmax is
+    over the first ``vocab_size`` logits: the head's rows past it (``MotionVocab.rows``) stand for no token.
+    With no labelled position (a video-only batch) the loss is an exact 0 that is still connected to the graph,
+    so every rank runs the same backward under DeepSpeed and the head receives a zero gradient.
     """
-    positions = (labels.flatten() != IGNORE).nonzero().squeeze(1)
     logits = lm_head(final_hidden.flatten(0, 1)[positions])[:, :vocab_size].float()
     total = F.cross_entropy(logits, labels.flatten()[positions], reduction="sum")
     count = positions.numel()
