@@ -3,6 +3,7 @@ every batch shape, and the same training under ZeRO-3 (every matrix partitioned,
 under ZeRO-2 (the full recipe's setting: whole weights, gradients reduced by hooks as the backward produces them)."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 
@@ -61,6 +62,28 @@ def test_compiled_layers_give_eager_losses_and_gradients_for_every_batch_shape()
     # symbolic); after that a new number of rows, widths and chunks reuses the graphs.
     assert [count for *_, count in compiled][2] == 0, [count for *_, count in compiled]
     assert [count for *_, count in compiled][0] > 0
+
+
+@pytest.mark.slow
+def test_compiled_layers_with_the_recipe_kernels_take_the_batch_bounds(monkeypatch):
+    """The full recipe's path on a GPU: the Triton chunk attention and fused LM ops (interpreted here) inside
+    compiled layers, reading the mask's intervals from the batch: the eager loss and gradients."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    torch._dynamo.reset()
+    cfg, vocab = tiny_setup("model.attention=triton", "model.fused_ops=true", *BACKBONE_ONLY)
+    torch.manual_seed(0)
+    eager = build_model(cfg, vocab)
+    compiled = copy.deepcopy(eager)
+    compile_blocks(compiled, "aot_eager")
+    batch = make_batch(cfg, vocab, SHAPES["two rows"])
+    losses, grads = [], []
+    for model in (eager, compiled):
+        out = model(batch)
+        out.loss.backward()
+        losses.append(out.loss.detach())
+        grads.append(model.backbone.model.language_model.layers[0].self_attn.q_proj.weight.grad)
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-8)
 
 
 def zero_training(tmp_path, backend: str | None, stage: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
