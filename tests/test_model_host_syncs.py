@@ -13,7 +13,7 @@ from jala_ds.model.build import build_model
 @pytest.fixture(scope="module")
 def batch_and_vocab():
     cfg, vocab = tiny_setup()
-    docs = [[Doc(), Doc(hands=(0,), chunks=1, instruction="wipe")], [Doc(labeled=False)]]
+    docs = [[Doc(chunks=1), Doc(hands=(0,), chunks=1, instruction="wipe")], [Doc(labeled=False, chunks=1)]]
     return make_batch(cfg, vocab, docs, seed=4), vocab
 
 

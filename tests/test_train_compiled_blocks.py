@@ -3,8 +3,8 @@ every batch shape, and the same training under ZeRO-3 (every matrix partitioned,
 under ZeRO-2 (the full recipe's setting: whole weights, gradients reduced by hooks as the backward produces them)."""
 from __future__ import annotations
 
-import copy
 import dataclasses
+import importlib
 import json
 
 import pytest
@@ -67,23 +67,30 @@ def test_compiled_layers_give_eager_losses_and_gradients_for_every_batch_shape()
 @pytest.mark.slow
 def test_compiled_layers_with_the_recipe_kernels_take_the_batch_bounds(monkeypatch):
     """The full recipe's path on a GPU: the Triton chunk attention and fused LM ops (interpreted here) inside
-    compiled layers, reading the mask's intervals from the batch: the eager loss and gradients."""
+    compiled layers, reading the mask's intervals from the batch: the loss and gradients of eager layers with the
+    reference attention and LM ops, within the kernels' own tolerance (``test_model_attention.py``)."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")
+    kernel_module = importlib.import_module("jala_kernels.chunk_attention")
+    found_on_device, find = [], kernel_module._cached_bounds
+    monkeypatch.setattr(kernel_module, "_cached_bounds", lambda *ids: found_on_device.append(ids) or find(*ids))
     torch._dynamo.reset()
-    cfg, vocab = tiny_setup("model.attention=triton", "model.fused_ops=true", *BACKBONE_ONLY)
+    cfg, vocab = tiny_setup(*BACKBONE_ONLY)
+    kernels_cfg, _ = tiny_setup("model.attention=triton", "model.fused_ops=true", *BACKBONE_ONLY)
     torch.manual_seed(0)
     eager = build_model(cfg, vocab)
-    compiled = copy.deepcopy(eager)
+    compiled = build_model(kernels_cfg, vocab)
+    compiled.load_state_dict(eager.state_dict())
     compile_blocks(compiled, "aot_eager")
-    batch = make_batch(cfg, vocab, SHAPES["two rows"])
+    batch = make_batch(cfg, vocab, [[Doc(chunks=1), Doc(hands=(0,), chunks=1)]])
     losses, grads = [], []
     for model in (eager, compiled):
         out = model(batch)
         out.loss.backward()
         losses.append(out.loss.detach())
         grads.append(model.backbone.model.language_model.layers[0].self_attn.q_proj.weight.grad)
-    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-8)
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-3, atol=1e-5)
+    assert not found_on_device, "the kernel found the bounds itself instead of reading the batch's"
 
 
 def zero_training(tmp_path, backend: str | None, stage: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
