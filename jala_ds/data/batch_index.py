@@ -28,7 +28,8 @@ def batch_index(input_ids: torch.Tensor, labels: torch.Tensor, motion_chunk: tor
     counts = np.bincount(flat_chunk[in_chunk], minlength=num_chunks)
     if len(counts) != num_chunks or (num_chunks and (counts != counts[0]).any()):
         raise ValueError(f"motion_chunk: the batch's {num_chunks} chunks (len(chunk_hand)) must own equal numbers of "
-                         f"positions, got {counts.tolist()}: every chunk holds one tokenized window of motion")
+                         f"positions, got {counts.tolist()}: give every chunk motion_tokenizer.tokens_per_chunk codes "
+                         "(SequenceBuilder's documents do)")
     order = np.argsort(flat_chunk[in_chunk], kind="stable")  # stable: each chunk's positions stay in sequence order
     chunk_tokens = in_chunk[order].reshape(num_chunks, counts[0] if num_chunks else 0)
     return {
