@@ -72,7 +72,7 @@ throughput_args() {  # VARIANT STEPS [OVERRIDES...]
 }
 ZERO3="train.ds_config=ds_configs/zero3_bf16.json"
 
-PHASES=${PHASES:-"env base stock_checks grad_checks ga8 zero3 repeat eager_layers lm_head kernel_tests attention unfused fused_ops flex"}
+PHASES=${PHASES:-"env base stock_checks grad_checks ga8 sync_tests zero3 repeat eager_layers lm_head kernel_tests attention unfused fused_ops flex"}
 for name in $PHASES; do
   case $name in
     env) phase env 20 python3 -c "import sys, torch, triton, transformers, deepspeed, streaming
@@ -117,6 +117,10 @@ print(sys.version, 'torch', torch.__version__, 'triton', triton.__version__, 'tr
     kernel_tests) phase kernel_tests 170 python3 -m pytest -v -p no:cacheprovider -n 8 tests/test_chunk_attention.py \
       tests/test_grvq_kernels.py tests/test_fused_lm_ops.py \
       -k "(bfloat16 or grvq or deterministic or compiled or devices) and not environment_at_call_time" ;;
+    # a training forward and backward on the GPU under CUDA's sync check (no host sync allowed), and compiled
+    # layers taking the batch's attention bounds
+    sync_tests) phase sync_tests 150 python3 -m pytest -v -p no:cacheprovider tests/test_model_host_syncs.py \
+      tests/test_train_compiled_blocks.py -k "host_sync or census or recipe_kernels" ;;
     # the GRVQ kernels' tests alone, compiled on CUDA tensors
     grvq_tests) phase grvq_tests 90 python3 -m pytest -v -p no:cacheprovider -n 4 tests/test_grvq_kernels.py \
       -k "not environment_at_call_time" ;;

@@ -9,7 +9,7 @@ import json
 
 import pytest
 import torch
-from model_batches import Doc, make_batch, tiny_setup
+from model_batches import Doc, make_batch, tiny_setup, to_device
 from train_parts import PROJECT_ROOT, gathered_state, world_of_one
 
 from jala_ds.model.build import build_model
@@ -66,10 +66,12 @@ def test_compiled_layers_give_eager_losses_and_gradients_for_every_batch_shape()
 
 @pytest.mark.slow
 def test_compiled_layers_with_the_recipe_kernels_take_the_batch_bounds(monkeypatch):
-    """The full recipe's path on a GPU: the Triton chunk attention and fused LM ops (interpreted here) inside
-    compiled layers, reading the mask's intervals from the batch: the loss and gradients of eager layers with the
-    reference attention and LM ops, within the kernels' own tolerance (``test_model_attention.py``)."""
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    """The full recipe's path on a GPU: the Triton chunk attention and fused LM ops (interpreted without one)
+    inside compiled layers, reading the mask's intervals from the batch: the loss and gradients of eager layers
+    with the reference attention and LM ops, within the kernels' own tolerance (``test_model_attention.py``)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
     kernel_module = importlib.import_module("jala_kernels.chunk_attention")
     found_on_device, find = [], kernel_module._cached_bounds
     monkeypatch.setattr(kernel_module, "_cached_bounds", lambda *ids: found_on_device.append(ids) or find(*ids))
@@ -77,11 +79,11 @@ def test_compiled_layers_with_the_recipe_kernels_take_the_batch_bounds(monkeypat
     cfg, vocab = tiny_setup(*BACKBONE_ONLY)
     kernels_cfg, _ = tiny_setup("model.attention=triton", "model.fused_ops=true", *BACKBONE_ONLY)
     torch.manual_seed(0)
-    eager = build_model(cfg, vocab)
-    compiled = build_model(kernels_cfg, vocab)
+    eager = build_model(cfg, vocab).to(device)
+    compiled = build_model(kernels_cfg, vocab).to(device)
     compiled.load_state_dict(eager.state_dict())
     compile_blocks(compiled, "aot_eager")
-    batch = make_batch(cfg, vocab, [[Doc(chunks=1), Doc(hands=(0,), chunks=1)]])
+    batch = to_device(make_batch(cfg, vocab, [[Doc(chunks=1), Doc(hands=(0,), chunks=1)]]), device)
     losses, grads = [], []
     for model in (eager, compiled):
         out = model(batch)
