@@ -75,7 +75,9 @@ def variant_overrides(scratch: Path) -> dict[str, list[str]]:
             # ZeRO-1: gradients stay whole, so no per-parameter reduce-scatter bookkeeping in the backward
             "zero1": [scaled_ds_config(CONFIGS / "zero2.json", scratch, "zero1", stage=1)],
             "compiled": [zero3, "train.compile_blocks=inductor"],
-            "zero2_compiled": [zero2, "train.compile_blocks=inductor"]}
+            "zero2_compiled": [zero2, "train.compile_blocks=inductor"],
+            # ZeRO-2 with DeepSpeed's per-parameter gradient reduction (the zero2 row's is bucketed)
+            "zero2_per_param": [zero2, "train.bucketed_grad_reduction=false"]}
 
 
 def measure_one(mds: Path, overrides: list[str], steps: int, out: Path) -> None:

@@ -7,7 +7,9 @@ On a CPU the kernel benchmarks can only run their smoke configurations (the Trit
 loader benchmark is a CPU benchmark and runs at full size everywhere. The throughput benchmark trains on a
 synthetic corpus it writes first: the tiny recipe on a CPU, the InternVL3-2B recipe with random weights on a GPU
 (16 samples per GPU, one process; run ``jala bench throughput`` under torchrun for several GPUs). Last, ZeRO-2's
-optimiser step with DeepSpeed's gradient checks against the multi-tensor ones (``benchmarks/zero_grad_checks.py``).
+optimiser step with DeepSpeed's gradient checks against the multi-tensor ones (``benchmarks/zero_grad_checks.py``)
+and its backward with DeepSpeed's per-parameter gradient reduction against the bucketed one
+(``benchmarks/zero_grad_buckets.py``).
 Each runs in a process of its own; on a CPU the kernel benchmarks get Triton's interpreter (``TRITON_INTERPRET=1``).
 """
 from __future__ import annotations
@@ -66,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         **{name: benchmark(name, [*flag, *out], interpret) for name in ("attention", "grvq", "fused_lm_ops", "lm_head")},
         "data_loader": benchmark("data_loader", [*(["--smoke"] if args.smoke else []), *out]),
         "throughput": throughput(not kernel_smoke, args.out),
-        "zero_grad_checks": benchmark("zero_grad_checks", [*(["--rounds", "1", "--steps", "2"] if args.smoke else []),
-                                                           *out]),
+        **{name: benchmark(name, [*(["--rounds", "1", "--steps", "2"] if args.smoke else []), *out])
+           for name in ("zero_grad_checks", "zero_grad_buckets")},
     }
     written = sorted(set(args.out.glob("*.md")) - before)
     summary = args.out / f"{dt.date.today().isoformat()}_summary.md"

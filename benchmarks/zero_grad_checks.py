@@ -18,63 +18,15 @@ parameter through ZeRO-2's hooks without running the model. Only ``engine.step()
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
-from benchmarks.host_overhead import CONFIGS, scaled_ds_config
 from benchmarks.report import device_name, write_results
-
-NARROW = ["model.arch=internvl3_2b_narrow", "model.align_layer=19", "model.pretrained=null",
-          "model.visual_encoder_path=null", "train.micro_batch_size=16", "train.global_batch_size=16",
-          "train.grad_accum_steps=1", "train.dtype=bf16"]
-
-
-class OperatorCount(TorchDispatchMode):
-    """Counts the operators that reach a backend (what a GPU would launch kernels for)."""
-
-    def __init__(self):
-        super().__init__()
-        self.calls: Counter[str] = Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.calls[func.overloadpacket.__name__] += 1
-        return func(*args, **(kwargs or {}))
-
-
-def build(multi_tensor: bool, scratch: Path):
-    from jala_ds.config import load_config
-    from jala_ds.model.build import build_model
-    from jala_ds.train.ds_config import build_ds_config
-    from jala_ds.train.engine import build_engine
-    from jala_ds.vocab import add_motion_vocab, load_text_tokenizer
-
-    override = scaled_ds_config(CONFIGS / "zero2.json", scratch, "zero2")
-    cfg = load_config("tiny_cpu", [*NARROW, override, f"train.multi_tensor_grad_checks={str(multi_tensor).lower()}"])
-    vocab = add_motion_vocab(load_text_tokenizer(None, cfg.model.arch), cfg.motion_tokenizer.vocab_per_part)
-    torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg, vocab).to(torch.bfloat16)
-    return build_engine(model, build_ds_config(cfg.train, world_size=1), cfg.train, total_steps=1000)
-
-
-def give_gradients(engine) -> None:
-    params = [param for param in engine.module.parameters() if param.requires_grad]
-    engine.backward(torch.stack([param.float().square().sum() for param in params]).sum() * 1e-3)
-
-
-def clock(device: torch.device) -> float:
-    """This process's CPU seconds on a CPU (less disturbed by the machine's other tenants); on a GPU, wall
-    seconds once the queued kernels have run."""
-    if device.type != "cuda":
-        return time.process_time()
-    torch.cuda.synchronize(device)
-    return time.perf_counter()
+from benchmarks.zero2_proxy import OperatorCount, build, clock, command_line, give_gradients, timing_note
 
 
 def timed_step(engine) -> float:
@@ -100,7 +52,8 @@ def run(rounds: int, steps: int, out_dir: Path | None) -> list[dict]:
     if not dist.is_initialized():
         init_distributed()
     with tempfile.TemporaryDirectory() as tmp:
-        engines = {"DeepSpeed's checks": build(False, Path(tmp)), "multi-tensor checks": build(True, Path(tmp))}
+        engines = {"DeepSpeed's checks": build(Path(tmp), "train.multi_tensor_grad_checks=false"),
+                   "multi-tensor checks": build(Path(tmp), "train.multi_tensor_grad_checks=true")}
     tensors = sum(param.requires_grad for param in engines["multi-tensor checks"].module.parameters())
     for engine in engines.values():
         timed_step(engine)                            # the first step allocates the optimiser state
@@ -120,8 +73,7 @@ def run(rounds: int, steps: int, out_dir: Path | None) -> list[dict]:
              "operator calls: every operator that reached a backend during one step (a dispatch mode counts them)",
              "the operators the multi-tensor checks no longer call, per step: "
              + ", ".join(f"{name} {count}" for name, count in fewer.most_common(8)),
-             f"ms per step: fastest of {rounds} interleaved rounds of {steps} steps; "
-             + ("wall time" if torch.cuda.is_available() else "this process's CPU time")]
+             timing_note(rounds, steps, "step")]
     path = write_results("zero_grad_checks", rows, title="ZeRO-2 optimiser step: gradient checks",
                          device=device_name(), notes=notes, out_dir=out_dir)
     print(path.read_text())
@@ -129,13 +81,7 @@ def run(rounds: int, steps: int, out_dir: Path | None) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions; the fastest counts")
-    parser.add_argument("--steps", type=int, default=5, help="timed optimiser steps per round and variant")
-    parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results/)")
-    args = parser.parse_args(argv)
-    run(args.rounds, args.steps, args.out)
-    return 0
+    return command_line(run, __doc__.split("\n\n")[0], "optimiser step", argv)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,10 @@ class TrainConfig:
     multi_tensor_grad_checks: bool = True
     """Under ZeRO-1/2, check the gradients for inf/NaN and take their norm in a few multi-tensor launches instead
     of a dozen operators per gradient (``jala_ds/train/zero_grad_checks.py``); same decisions. False: DeepSpeed's."""
+    bucketed_grad_reduction: bool = True
+    """Under ZeRO-2, reduce the gradients a bucket at a time (one join, one reduction, one add per bucket) instead
+    of DeepSpeed's hook work and two copies per parameter (``jala_ds/train/zero_grad_buckets.py``); the same
+    gradients. False: DeepSpeed's."""
     out_dir: str = "runs/jala"
     """Checkpoints, the resolved config and exports go here."""
     save_every: int = 1000

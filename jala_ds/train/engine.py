@@ -22,6 +22,7 @@ from jala_ds.train.compiled_blocks import compile_blocks
 from jala_ds.train.config import TrainConfig
 from jala_ds.train.ds_config import zero_stage
 from jala_ds.train.optim import build_scheduler, optimizer_param_groups
+from jala_ds.train.zero_grad_buckets import use_gradient_buckets
 from jala_ds.train.zero_grad_checks import use_multi_tensor_grad_checks
 from jala_ds.train.zero_leaves import gather_by_block
 
@@ -88,7 +89,8 @@ def build_engine(model: torch.nn.Module, ds_config: dict[str, Any], train: Train
     Under ZeRO-3 with ``train.zero3_gather_by_block`` each repeated layer is gathered whole (``zero_leaves.py``);
     with ``train.compile_blocks`` each is compiled (``compiled_blocks.py``). ``train.cudnn_attention`` sets
     whether torch's SDPA may use cuDNN in this process. Under ZeRO-1/2 with ``train.multi_tensor_grad_checks``
-    the optimiser checks its gradients in a few launches (``zero_grad_checks.py``)."""
+    the optimiser checks its gradients in a few launches (``zero_grad_checks.py``); under ZeRO-2 with
+    ``train.bucketed_grad_reduction`` it reduces them a bucket at a time (``zero_grad_buckets.py``)."""
     if zero_stage(ds_config) == 3 and train.zero3_gather_by_block:
         gather_by_block(model)
     if train.compile_blocks:
@@ -101,4 +103,6 @@ def build_engine(model: torch.nn.Module, ds_config: dict[str, Any], train: Train
     install_safe_engine(engine)
     if train.multi_tensor_grad_checks:
         use_multi_tensor_grad_checks(engine.optimizer)
+    if train.bucketed_grad_reduction:
+        use_gradient_buckets(engine.optimizer)
     return engine
