@@ -72,7 +72,7 @@ throughput_args() {  # VARIANT STEPS [OVERRIDES...]
 }
 ZERO3="train.ds_config=ds_configs/zero3_bf16.json"
 
-PHASES=${PHASES:-"env base stock_buckets stock_checks grad_buckets grad_checks ga8 sync_tests zero3 repeat eager_layers lm_head kernel_tests attention unfused fused_ops flex"}
+PHASES=${PHASES:-"env bucket_tests base stock_buckets stock_checks grad_buckets grad_checks ga8 sync_tests zero3 repeat eager_layers lm_head kernel_tests attention unfused fused_ops flex"}
 for name in $PHASES; do
   case $name in
     env) phase env 20 python3 -c "import sys, torch, triton, transformers, deepspeed, streaming
@@ -92,6 +92,10 @@ print(sys.version, 'torch', torch.__version__, 'triton', triton.__version__, 'tr
     stock_buckets) phase throughput_stock_buckets 160 \
       $(throughput_args stock_buckets 5 train.bucketed_grad_reduction=false) ;;
     grad_buckets) phase grad_buckets_bench 60 python3 -m benchmarks.zero_grad_buckets --out "$RESULTS" ;;
+    # the bucketed reduction against DeepSpeed's on CUDA tensors, on the reduction stream (overlap_comm), first:
+    # every throughput phase after it trains with it
+    bucket_tests) phase bucket_tests 90 python3 -m pytest -v -p no:cacheprovider tests/test_train_zero_grad_buckets.py \
+      -m "not slow" ;;
     # the recipe until 2026-11-27's second lease: ZeRO-3 (gathers per block), eager layers
     zero3) phase throughput_zero3 110 $(WARMUP=2 throughput_args zero3 5 $ZERO3 train.compile_blocks=null) ;;
     zero3_compiled) phase throughput_zero3_compiled 200 $(throughput_args zero3_compiled 5 $ZERO3) ;;

@@ -39,9 +39,11 @@ class OddShapes(torch.nn.Module):
 def engine_for(tmp_path: Path, bucketed: bool, *, accum: int = 1, bucket_size: int = 10**6, stage: int = 2,
                aligned: bool = False, world_size: int = 1, model: torch.nn.Module | None = None):
     """A bf16 engine over ``model`` (``OddShapes``); ``aligned``: ZeRO pads each parameter to 16 bytes in its flat
-    layout (``parameter_alignment``)."""
+    layout (``parameter_alignment``) and reduces on its own stream (``overlap_comm``, which on a GPU puts the
+    bucketed path's reductions on DeepSpeed's reduction stream)."""
     template = json.loads((PROJECT_ROOT / "ds_configs" / "cpu.json").read_text())
-    template["zero_optimization"].update(stage=stage, reduce_bucket_size=bucket_size, parameter_alignment=aligned)
+    template["zero_optimization"].update(stage=stage, reduce_bucket_size=bucket_size, parameter_alignment=aligned,
+                                         overlap_comm=aligned)
     path = tmp_path / f"stage{stage}_{bucket_size}_{aligned}.json"
     path.write_text(json.dumps(template))
     train = TrainConfig(micro_batch_size=2, global_batch_size=2 * accum * world_size, grad_accum_steps=accum,
@@ -67,7 +69,7 @@ def train(engine, xs: list[torch.Tensor]) -> list[dict]:
     whether the step was skipped."""
     record = []
     for i, x in enumerate(xs, start=1):
-        engine.backward(engine(x.to(torch.bfloat16)))
+        engine.backward(engine(x.to(engine.device, torch.bfloat16)))
         engine.step()
         if i % engine.gradient_accumulation_steps() == 0:
             record.append({"weights": gathered_state(engine.module), "skipped": engine.optimizer.overflow,
@@ -104,10 +106,10 @@ def test_a_backward_that_reaches_no_parameter_gives_zero_gradients(tmp_path):
     gradients, which the partition buffer still holds. (DeepSpeed's own reduction fails here: its epilogue
     reduces a bucket buffer that no hook has allocated.)"""
     engine = engine_for(tmp_path, True)
-    engine.backward(engine(torch.randn(2, 5).to(torch.bfloat16)))
+    engine.backward(engine(torch.randn(2, 5).to(engine.device, torch.bfloat16)))
     engine.step()
     assert any(float(grad.abs().max()) > 0 for grad in engine.optimizer.gradient_buckets.partitions)
-    engine.backward(torch.zeros((), requires_grad=True) * 2.0)
+    engine.backward(torch.zeros((), device=engine.device, requires_grad=True) * 2.0)
     grads = engine.optimizer.averaged_gradients
     assert grads and all(float(grad.abs().max()) == 0 for group in grads.values() for grad in group)
     engine.step()
@@ -116,10 +118,9 @@ def test_a_backward_that_reaches_no_parameter_gives_zero_gradients(tmp_path):
 
 def test_the_backward_joins_each_bucket_once_where_deepspeed_copies_each_gradient(tmp_path):
     stock, bucketed = engine_for(tmp_path, False, bucket_size=16), engine_for(tmp_path, True, bucket_size=16)
-    x = torch.ones(2, 5).to(torch.bfloat16)                # every parameter gets a gradient
     counts = {}
     for name, engine in (("stock", stock), ("bucketed", bucketed)):
-        loss = engine(x)
+        loss = engine(torch.ones(2, 5).to(engine.device, torch.bfloat16))   # every parameter gets a gradient
         with OperatorCount() as count:
             engine.backward(loss)
         counts[name] = count.calls
@@ -147,7 +148,7 @@ class UsedTwice(torch.nn.Module):
 
 def test_a_gradient_that_arrives_twice_is_refused(tmp_path):
     engine = engine_for(tmp_path, True, model=UsedTwice())
-    loss = engine(torch.randn(2, 4).to(torch.bfloat16))
+    loss = engine(torch.randn(2, 4).to(engine.device, torch.bfloat16))
     with pytest.raises(RuntimeError, match="arrived twice in one backward.*bucketed_grad_reduction=false"):
         engine.backward(loss)
 
