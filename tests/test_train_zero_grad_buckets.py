@@ -153,6 +153,13 @@ def test_a_gradient_that_arrives_twice_is_refused(tmp_path):
         engine.backward(loss)
 
 
+def test_deepspeeds_coalesced_reduction_is_refused(tmp_path):
+    engine = engine_for(tmp_path, True)
+    with pytest.raises(RuntimeError, match="coalesce_grad_reduction.*bucketed_grad_reduction"):
+        with engine.coalesce_grad_reduction():
+            engine.backward(engine(torch.randn(2, 5).to(engine.device, torch.bfloat16)))
+
+
 @pytest.mark.parametrize("stage", [1, 3])
 def test_other_zero_stages_keep_deepspeeds_reduction(tmp_path, stage):
     engine = engine_for(tmp_path, True, stage=stage)

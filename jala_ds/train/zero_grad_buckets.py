@@ -168,6 +168,9 @@ class GradientBuckets:
                                "backward: use non-reentrant checkpointing, or set train.bucketed_grad_reduction=false")
 
     def _begin_backward(self) -> None:
+        if self.optimizer._coalesce_grad_reduction:
+            raise RuntimeError("engine.coalesce_grad_reduction() defers DeepSpeed's per-parameter reduction, which "
+                               "train.bucketed_grad_reduction replaces: set it false to use the context")
         for bucket in self.buckets:
             bucket.arrived = 0
         self.open = True
