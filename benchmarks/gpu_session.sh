@@ -72,7 +72,7 @@ throughput_args() {  # VARIANT STEPS [OVERRIDES...]
 }
 ZERO3="train.ds_config=ds_configs/zero3_bf16.json"
 
-PHASES=${PHASES:-"env bucket_tests base stock_buckets stock_checks grad_buckets grad_checks ga8 sync_tests zero3 repeat eager_layers lm_head kernel_tests attention unfused fused_ops flex"}
+PHASES=${PHASES:-"env bucket_tests base stock_buckets stock_checks grad_buckets grad_checks ga8 sync_tests cpp_wrapper zero3 repeat eager_layers lm_head kernel_tests attention unfused fused_ops flex"}
 for name in $PHASES; do
   case $name in
     env) phase env 20 python3 -c "import sys, torch, triton, transformers, deepspeed, streaming
@@ -109,6 +109,9 @@ print(sys.version, 'torch', torch.__version__, 'triton', triton.__version__, 'tr
     ga8) phase throughput_ga8 160 $(WARMUP=2 throughput_args ga8 3 train.global_batch_size=128 train.grad_accum_steps=8) ;;
     # torch's SDPA with its cuDNN backend allowed again in the vision tower, frame encoder and perceivers (the
     # recipe turns it off: the 2026-11-26 profile showed ~2 ms of host time per cuDNN attention call, 44 a step)
+    # inductor's generated code for the compiled layers as C++ instead of Python (TORCHINDUCTOR_CPP_WRAPPER): each
+    # layer call then launches its kernels without Python's per-launch cost; slower to compile
+    cpp_wrapper) phase throughput_cpp_wrapper 240 env TORCHINDUCTOR_CPP_WRAPPER=1 $(throughput_args cpp_wrapper 5) ;;
     cudnn_sdp) phase throughput_cudnn_sdp 160 $(throughput_args cudnn_sdp 5 train.cudnn_attention=true) ;;
     # the language model's RMSNorms, SwiGLUs and rotary embeddings on eager PyTorch instead of the recipe's fused
     # Triton kernels, profiled: the GPU busy time and peak memory are what the kernels change on a host-bound card

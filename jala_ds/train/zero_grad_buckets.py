@@ -6,7 +6,8 @@ it and copies this rank's part again, one parameter at a time, into a partition 
 look-ups around each copy. On the CPU proxy of the full recipe (847 trained tensors) that is ~40 us per parameter:
 ``python -m benchmarks.zero_grad_buckets``. On a GPU each copy is also a kernel launch, in a step whose pace the
 host sets. With ``overlap_comm`` every bucket's reduction synchronises the whole device first
-(``allreduce_and_copy``), which stops the host from running ahead of the GPU on more than one GPU.
+(``allreduce_and_copy``), even on one GPU, which stops the host from running ahead of the GPU a dozen times per
+backward.
 
 ``use_gradient_buckets`` replaces that on one optimiser. The buckets are fixed once, as runs of consecutive
 parameters in the optimiser's flat layout of up to ``reduce_bucket_size`` elements, so each is one contiguous range
