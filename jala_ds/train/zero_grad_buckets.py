@@ -131,7 +131,7 @@ class GradientBuckets:
         return buckets
 
     def _partition_views(self, i: int) -> GradPartitionBufferGroup:
-        """This rank's fp32 gradient partition as the list DeepSpeed's ``step``, overflow check and norm read:
+        """This rank's gradient partition as the list DeepSpeed's ``step``, overflow check and norm read:
         one view per parameter piece in ``params_in_partition`` order, alignment padding flagged
         ``_zero_padding``, and the whole buffer as ``flat_partition``."""
         opt, flat = self.optimizer, self.partitions[i]
