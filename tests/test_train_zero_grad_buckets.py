@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from deepspeed.accelerator import get_accelerator
+from host_syncs import HostSyncCensus
 from train_parts import gathered_state, world_of_one
 from two_ranks import run_two_ranks
 
@@ -130,6 +132,28 @@ def test_the_backward_joins_each_bucket_once_where_deepspeed_copies_each_gradien
     assert counts["stock"]["copy_"] >= 2 * params
     assert counts["bucketed"]["cat"] == joined
     assert counts["bucketed"]["copy_"] + counts["bucketed"]["add_"] == len(buckets)   # into this rank's partition
+
+
+def test_the_backward_never_makes_the_host_wait_for_the_device(tmp_path, monkeypatch):
+    """No device-wide synchronisation and no operator that reads a value to the host, with the reductions on
+    DeepSpeed's reduction stream. On a GPU, DeepSpeed's own path synchronises the device before each bucket's
+    reduction (on a CPU it never does: nothing runs asynchronously there)."""
+    accelerator = get_accelerator()
+    waits = {}
+    for bucketed in (False, True):
+        engine = engine_for(tmp_path, bucketed, bucket_size=16, aligned=True)
+        loss = engine(torch.ones(2, 5).to(engine.device, torch.bfloat16))
+        synchronised = []
+        device_wide = accelerator.synchronize
+        monkeypatch.setattr(accelerator, "synchronize",
+                            lambda *args, **kwargs: synchronised.append(1) or device_wide(*args, **kwargs))
+        with HostSyncCensus() as census:
+            engine.backward(loss)
+        monkeypatch.undo()
+        waits[bucketed] = (len(synchronised), sum(census.calls.values()))
+    assert waits[True] == (0, 0)
+    if accelerator.device_name() == "cuda":
+        assert waits[False][0] > 0
 
 
 class UsedTwice(torch.nn.Module):
