@@ -54,6 +54,15 @@ cfg["zero_optimization"]["memory_efficient_linear"] = True
 json.dump(cfg, open("/tmp/ds_zero3_mel_on.json", "w"), indent=2)
 EOF
 
+# ZeRO-2 with DeepSpeed's throughput timer on, as it is by default (`jala_ds/train/ds_config.py` turns it off): it
+# synchronises the device at every forward and step. For the `stock_waits` and `stock_host` variants.
+python3 - <<'EOF'
+import json
+cfg = json.load(open("ds_configs/zero2.json"))
+cfg["timers"] = {"throughput": {"enabled": True}}
+json.dump(cfg, open("/tmp/ds_zero2_timer.json", "w"), indent=2)
+EOF
+
 # A DINOv2-base-shaped frame encoder with random weights (transformers' Dinov2Config defaults are the base shape;
 # 518 px as published, interpolated to the recipe's 224): the recipe's real cost without a download.
 python3 -c "import transformers as t; t.Dinov2Model(t.Dinov2Config(image_size=518)).save_pretrained('/tmp/dinov2-base')" \
@@ -72,7 +81,7 @@ throughput_args() {  # VARIANT STEPS [OVERRIDES...]
 }
 ZERO3="train.ds_config=ds_configs/zero3_bf16.json"
 
-PHASES=${PHASES:-"env bucket_tests base stock_buckets stock_checks grad_buckets grad_checks ga8 sync_tests cpp_wrapper zero3 repeat eager_layers lm_head kernel_tests attention unfused fused_ops flex"}
+PHASES=${PHASES:-"env zero2_tests base stock_host stock_waits stock_buckets stock_checks grad_buckets grad_checks ga8 sync_tests cpp_wrapper zero3 repeat eager_layers lm_head kernel_tests attention unfused fused_ops flex"}
 for name in $PHASES; do
   case $name in
     env) phase env 20 python3 -c "import sys, torch, triton, transformers, deepspeed, streaming
@@ -82,6 +91,13 @@ print(sys.version, 'torch', torch.__version__, 'triton', triton.__version__, 'tr
     base) phase throughput_base 220 $(throughput_args base 6 --profile "$RESULTS/base/profile") ;;
     # the shipped recipe once more, last or second: how far two runs of one setting drift within a lease
     repeat) phase throughput_repeat 160 $(throughput_args repeat 5) ;;
+    # the shipped recipe with every host-side change of 2026-11-27's fifth to eighth sessions undone (DeepSpeed's
+    # gradient checks, per-parameter reduction, host-decided step and throughput timer): what every lease until
+    # then measured, against base; then the two device waits alone (the step's host reads and the timer's syncs)
+    stock_host) phase throughput_stock_host 160 $(throughput_args stock_host 5 train.ds_config=/tmp/ds_zero2_timer.json \
+      train.multi_tensor_grad_checks=false train.bucketed_grad_reduction=false train.sync_free_step=false) ;;
+    stock_waits) phase throughput_stock_waits 160 \
+      $(throughput_args stock_waits 5 train.ds_config=/tmp/ds_zero2_timer.json train.sync_free_step=false) ;;
     # the shipped recipe with DeepSpeed's own per-gradient overflow check and norm before each optimiser step
     # (what every lease until 2026-11-27's measured), against base's multi-tensor checks; then the step alone
     stock_checks) phase throughput_stock_checks 160 \
@@ -92,10 +108,10 @@ print(sys.version, 'torch', torch.__version__, 'triton', triton.__version__, 'tr
     stock_buckets) phase throughput_stock_buckets 160 \
       $(throughput_args stock_buckets 5 train.bucketed_grad_reduction=false) ;;
     grad_buckets) phase grad_buckets_bench 60 python3 -m benchmarks.zero_grad_buckets --out "$RESULTS" ;;
-    # the bucketed reduction against DeepSpeed's on CUDA tensors, on the reduction stream (overlap_comm), first:
-    # every throughput phase after it trains with it
-    bucket_tests) phase bucket_tests 90 python3 -m pytest -v -p no:cacheprovider tests/test_train_zero_grad_buckets.py \
-      -m "not slow" ;;
+    # the bucketed reduction and the sync-free step against DeepSpeed's on CUDA tensors (the reduction on its
+    # stream, the skip in torch's fused AdamW), first: every throughput phase after it trains with both
+    zero2_tests) phase zero2_tests 100 python3 -m pytest -v -p no:cacheprovider tests/test_train_zero_grad_buckets.py \
+      tests/test_train_zero_sync_free_step.py -m "not slow" ;;
     # the recipe until 2026-11-27's second lease: ZeRO-3 (gathers per block), eager layers
     zero3) phase throughput_zero3 110 $(WARMUP=2 throughput_args zero3 5 $ZERO3 train.compile_blocks=null) ;;
     zero3_compiled) phase throughput_zero3_compiled 200 $(throughput_args zero3_compiled 5 $ZERO3) ;;

@@ -50,6 +50,10 @@ class TrainConfig:
     """Under ZeRO-2, reduce the gradients a bucket at a time (one join, one reduction, one add per bucket) instead
     of DeepSpeed's hook work and two copies per parameter (``jala_ds/train/zero_grad_buckets.py``); the same
     gradients. False: DeepSpeed's."""
+    sync_free_step: bool = True
+    """Under ZeRO-1/2 in bf16 with torch's fused AdamW, decide on the device whether a step with inf/NaN gradients
+    is skipped, so the step never makes the host wait for the GPU (``jala_ds/train/zero_sync_free_step.py``); the
+    same weights. A skipped step still advances the learning-rate schedule. False: DeepSpeed's."""
     out_dir: str = "runs/jala"
     """Checkpoints, the resolved config and exports go here."""
     save_every: int = 1000

@@ -72,6 +72,7 @@ def build_ds_config(train: TrainConfig, world_size: int) -> dict[str, Any]:
                               f"{json.dumps(value)}): set it to \"auto\" in the JSON, or change {recipe_key}")
         set_path(ds, json_key, value)
     accumulate_in_fp32(ds, train)
+    without_throughput_timer(ds)
     leftover = find_auto(ds)
     if leftover:
         raise ConfigError(f"{where}: {leftover} is \"auto\" but the recipe does not own it: write a number")
@@ -91,6 +92,18 @@ def accumulate_in_fp32(ds: dict[str, Any], train: TrainConfig) -> None:
     stage = get_path(ds, "zero_optimization.stage")
     if train.dtype == "bf16" and train.grad_accum_steps > 1 and stage in (2, 3):
         ds.setdefault("data_types", {}).setdefault("grad_accum_dtype", "fp32")
+
+
+def without_throughput_timer(ds: dict[str, Any]) -> None:
+    """DeepSpeed's throughput timer off, unless the JSON configures it (``timers.throughput``).
+
+    On by default, and started by every forward when the engine was given no data loader (ours is our own), it
+    synchronises the device at the start of each forward and the end of each step from the third step on
+    (``deepspeed/utils/timer.py``, ``ThroughputTimer``, 0.19.8): twice per micro-batch, the host stops queuing
+    work until the GPU has run everything, so the host never runs ahead into the next step. It would only log a
+    samples/s figure; the training loop measures throughput itself (``metrics.py``).
+    """
+    ds.setdefault("timers", {}).setdefault("throughput", {"enabled": False})
 
 
 def refuse_unsupported(ds: dict[str, Any], where: str) -> None:

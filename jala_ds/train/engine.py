@@ -25,6 +25,7 @@ from jala_ds.train.optim import build_scheduler, optimizer_param_groups
 from jala_ds.train.zero_grad_buckets import use_gradient_buckets
 from jala_ds.train.zero_grad_checks import use_multi_tensor_grad_checks
 from jala_ds.train.zero_leaves import gather_by_block
+from jala_ds.train.zero_sync_free_step import use_sync_free_step
 from jala_ds.train.zero_weight_views import repoint_moved_weights_only
 
 
@@ -92,7 +93,8 @@ def build_engine(model: torch.nn.Module, ds_config: dict[str, Any], train: Train
     whether torch's SDPA may use cuDNN in this process. Under ZeRO-1/2 with ``train.multi_tensor_grad_checks``
     the optimiser checks its gradients in a few launches (``zero_grad_checks.py``); under ZeRO-2 with
     ``train.bucketed_grad_reduction`` it reduces them a bucket at a time (``zero_grad_buckets.py``). Under ZeRO-1/2
-    the step re-points only weights that have moved (``zero_weight_views.py``)."""
+    the step re-points only weights that have moved (``zero_weight_views.py``), and with ``train.sync_free_step``
+    (bf16, fused AdamW) it decides a skip on the device (``zero_sync_free_step.py``)."""
     if zero_stage(ds_config) == 3 and train.zero3_gather_by_block:
         gather_by_block(model)
     if train.compile_blocks:
@@ -107,5 +109,7 @@ def build_engine(model: torch.nn.Module, ds_config: dict[str, Any], train: Train
         use_multi_tensor_grad_checks(engine.optimizer)
     if train.bucketed_grad_reduction:
         use_gradient_buckets(engine.optimizer)
+    if train.sync_free_step:
+        use_sync_free_step(engine.optimizer)
     repoint_moved_weights_only(engine.optimizer)
     return engine

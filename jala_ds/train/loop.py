@@ -36,6 +36,7 @@ from jala_ds.train.progress import Progress
 from jala_ds.train.rng_state import capture_rng_state, restore_rng_state
 from jala_ds.train.tracking import Tracker
 from jala_ds.train.zero_ema import ShardedEMA
+from jala_ds.train.zero_sync_free_step import skipped_flag
 from jala_ds.vocab import add_motion_vocab, load_text_tokenizer
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ def train(plan: RunPlan, build: Callable[[RunPlan, int, int], TrainingParts] | N
             engine.backward(out.loss)
             engine.step()  # DeepSpeed steps the optimiser and schedule only at the accumulation boundary
             metrics.add(out, batch)
+        metrics.add_step(skipped_flag(engine))
         ema.update()
         step += 1
 

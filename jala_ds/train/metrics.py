@@ -26,8 +26,8 @@ class StepMetrics:
         self.reset()
 
     def reset(self) -> None:
-        # each loss, micro-batches, tokens, samples
-        self.sums = torch.zeros(len(self.losses) + 3, dtype=torch.float64, device=self.device)
+        # each loss, micro-batches, tokens, samples, skipped optimiser steps
+        self.sums = torch.zeros(len(self.losses) + 4, dtype=torch.float64, device=self.device)
         self.started = time.perf_counter()
 
     def add(self, out: Any, batch: dict[str, Any]) -> None:
@@ -35,14 +35,19 @@ class StepMetrics:
         losses = [getattr(out, name).detach().double() for name in self.losses]
         tokens = (batch["doc_ids"] >= 0).sum().double()
         one = torch.ones((), dtype=torch.float64, device=self.device)
-        self.sums += torch.stack([*losses, one, tokens, one * len(batch["sample_ids"])])
+        self.sums[:-1] += torch.stack([*losses, one, tokens, one * len(batch["sample_ids"])])
+
+    def add_step(self, skipped: torch.Tensor) -> None:
+        """One optimiser step: 1 if it was skipped (inf/NaN gradients), else 0; a device tensor stays unread."""
+        self.sums[-1] += skipped.to(self.device, torch.float64)
 
     def flush(self, *, lr: float, grad_norm: float | None) -> dict[str, float]:
         dist.all_reduce(self.sums)
         elapsed = time.perf_counter() - self.started
-        *loss_sums, micro_batches, tokens, samples = self.sums.tolist()
+        *loss_sums, micro_batches, tokens, samples, skipped = self.sums.tolist()
         metrics = {name: total / micro_batches for name, total in zip(self.losses, loss_sums)}
-        metrics.update(lr=lr, samples_per_s=samples / elapsed, tokens_per_s=tokens / elapsed)
+        metrics.update(lr=lr, samples_per_s=samples / elapsed, tokens_per_s=tokens / elapsed,
+                       skipped_steps=skipped / dist.get_world_size())   # every rank skips the same steps
         if grad_norm is not None:
             metrics["grad_norm"] = float(grad_norm)
         self.reset()
