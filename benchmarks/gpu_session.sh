@@ -55,7 +55,7 @@ json.dump(cfg, open("/tmp/ds_zero3_mel_on.json", "w"), indent=2)
 EOF
 
 # ZeRO-2 with DeepSpeed's throughput timer on, as it is by default (`jala_ds/train/ds_config.py` turns it off): it
-# synchronises the device at every forward and step. For the `stock_waits` and `stock_host` variants.
+# synchronises the device at every forward and step. For the `stock_host` variant.
 python3 - <<'EOF'
 import json
 cfg = json.load(open("ds_configs/zero2.json"))
@@ -71,17 +71,18 @@ python3 -c "import transformers as t; t.Dinov2Model(t.Dinov2Config(image_size=51
 # The full recipe with random weights on the carried corpus; VARIANT names the results folder. WARMUP (default 4)
 # untimed steps come first: the recipe compiles its layers, and the compilations must fall inside them (the
 # result warns when a graph was compiled while timing).
+RECIPE_ON_LEASE="data.mds_dir=$ROOT/.gpu_corpus/mds model.pretrained=null model.visual_encoder_path=/tmp/dinov2-base \
+  motion_tokenizer.kind=binning train.micro_batch_size=16 train.global_batch_size=16 train.grad_accum_steps=1 \
+  tracking.enabled=false data.num_workers=6"
 throughput_args() {  # VARIANT STEPS [OVERRIDES...]
   local variant=$1 steps=$2; shift 2
   mkdir -p "$RESULTS/$variant"
   echo python3 -m jala_ds.cli bench throughput --recipe pretrain_internvl3_2b --steps "$steps" --warmup "${WARMUP:-4}" \
-    --out "$RESULTS/$variant" data.mds_dir=$ROOT/.gpu_corpus/mds model.pretrained=null model.visual_encoder_path=/tmp/dinov2-base \
-    motion_tokenizer.kind=binning train.micro_batch_size=16 train.global_batch_size=16 train.grad_accum_steps=1 \
-    tracking.enabled=false data.num_workers=6 "$@"
+    --out "$RESULTS/$variant" $RECIPE_ON_LEASE "$@"
 }
 ZERO3="train.ds_config=ds_configs/zero3_bf16.json"
 
-PHASES=${PHASES:-"env zero2_tests base stock_host stock_waits stock_buckets stock_checks grad_buckets grad_checks ga8 sync_tests cpp_wrapper zero3 repeat eager_layers lm_head kernel_tests attention unfused fused_ops flex"}
+PHASES=${PHASES:-"env zero2_tests base host_variants stock_host stock_buckets grad_buckets grad_checks ga8 sync_tests cpp_wrapper zero3 repeat eager_layers lm_head kernel_tests attention unfused fused_ops flex"}
 for name in $PHASES; do
   case $name in
     env) phase env 20 python3 -c "import sys, torch, triton, transformers, deepspeed, streaming
@@ -93,11 +94,13 @@ print(sys.version, 'torch', torch.__version__, 'triton', triton.__version__, 'tr
     repeat) phase throughput_repeat 160 $(throughput_args repeat 5) ;;
     # the shipped recipe with every host-side change of 2026-11-27's fifth to eighth sessions undone (DeepSpeed's
     # gradient checks, per-parameter reduction, host-decided step and throughput timer): what every lease until
-    # then measured, against base; then the two device waits alone (the step's host reads and the timer's syncs)
+    # then measured, against base
     stock_host) phase throughput_stock_host 160 $(throughput_args stock_host 5 train.ds_config=/tmp/ds_zero2_timer.json \
       train.multi_tensor_grad_checks=false train.bucketed_grad_reduction=false train.sync_free_step=false) ;;
-    stock_waits) phase throughput_stock_waits 160 \
-      $(throughput_args stock_waits 5 train.ds_config=/tmp/ds_zero2_timer.json train.sync_free_step=false) ;;
+    # one engine, each host-side change undone in place for its own steps, the variants interleaved: the timer,
+    # the host-decided step, DeepSpeed's checks, its re-pointing, all of them (benchmarks/host_variants.py)
+    host_variants) phase host_variants 240 python3 -m benchmarks.host_variants --recipe pretrain_internvl3_2b \
+      --out "$RESULTS" $RECIPE_ON_LEASE train.out_dir=/tmp/host_variants_run ;;
     # the shipped recipe with DeepSpeed's own per-gradient overflow check and norm before each optimiser step
     # (what every lease until 2026-11-27's measured), against base's multi-tensor checks; then the step alone
     stock_checks) phase throughput_stock_checks 160 \

@@ -6,7 +6,8 @@
 On a CPU the kernel benchmarks can only run their smoke configurations (the Triton kernels need a GPU); the
 loader benchmark is a CPU benchmark and runs at full size everywhere. The throughput benchmark trains on a
 synthetic corpus it writes first: the tiny recipe on a CPU, the InternVL3-2B recipe with random weights on a GPU
-(16 samples per GPU, one process; run ``jala bench throughput`` under torchrun for several GPUs). Last, ZeRO-2's
+(16 samples per GPU, one process; run ``jala bench throughput`` under torchrun for several GPUs), and the same
+training step with each of our host-side changes undone in turn (``benchmarks/host_variants.py``). Last, ZeRO-2's
 optimiser step with DeepSpeed's gradient checks against the multi-tensor ones (``benchmarks/zero_grad_checks.py``)
 and its backward with DeepSpeed's per-parameter gradient reduction against the bucketed one
 (``benchmarks/zero_grad_buckets.py``).
@@ -35,9 +36,10 @@ def benchmark(name: str, args: list[str], interpret: bool = False) -> int:
     return subprocess.run([sys.executable, "-m", f"benchmarks.{name}", *args], env=env).returncode
 
 
-def throughput(full: bool, out: Path) -> int:
-    """``jala bench throughput`` on a freshly synthesised corpus in the real on-disk format (each ``jala`` command in
-    a process of its own, so the process group the trainer starts ends with it)."""
+def throughput(full: bool, out: Path) -> dict[str, int]:
+    """``jala bench throughput``, then ``benchmarks.host_variants``, on a freshly synthesised corpus in the real
+    on-disk format (each command in a process of its own, so the process group the trainer starts ends with it).
+    On a CPU the variants train the tiny recipe under ZeRO-2 in bf16, where all of our host-side changes apply."""
     recipe, frame_size = ("pretrain_internvl3_2b", 448) if full else ("tiny_cpu", 64)
     with tempfile.TemporaryDirectory() as tmp:
         raw, mds = Path(tmp) / "raw", Path(tmp) / "mds"
@@ -46,12 +48,16 @@ def throughput(full: bool, out: Path) -> int:
                      f"train.micro_batch_size={16 if full else 2}", "train.grad_accum_steps=1"]
         for step in (["data", "synth", "--out", str(raw), "--lab", "48", "--wild", "24", "--frame-size",
                       str(frame_size)],
-                     ["data", "convert", "--src", str(raw), "--out", str(mds), "--recipe", recipe],
-                     ["bench", "throughput", "--recipe", recipe, "--out", str(out), *overrides]):
+                     ["data", "convert", "--src", str(raw), "--out", str(mds), "--recipe", recipe]):
             code = subprocess.run([sys.executable, "-m", "jala_ds.cli", *step]).returncode
             if code:
-                return code
-    return 0
+                return {"throughput": code, "host_variants": code}
+        codes = {"throughput": subprocess.run([sys.executable, "-m", "jala_ds.cli", "bench", "throughput", "--recipe",
+                                               recipe, "--out", str(out), *overrides]).returncode}
+        on_cpu = [] if full else ["train.ds_config=ds_configs/zero2.json", "train.dtype=bf16"]
+        codes["host_variants"] = benchmark("host_variants", ["--recipe", recipe, "--out", str(out), *overrides,
+                                                             *on_cpu, f"train.out_dir={Path(tmp) / 'run'}"])
+    return codes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     status = {
         **{name: benchmark(name, [*flag, *out], interpret) for name in ("attention", "grvq", "fused_lm_ops", "lm_head")},
         "data_loader": benchmark("data_loader", [*(["--smoke"] if args.smoke else []), *out]),
-        "throughput": throughput(not kernel_smoke, args.out),
+        **throughput(not kernel_smoke, args.out),
         **{name: benchmark(name, [*(["--rounds", "1", "--steps", "2"] if args.smoke else []), *out])
            for name in ("zero_grad_checks", "zero_grad_buckets")},
     }
