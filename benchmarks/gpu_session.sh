@@ -112,9 +112,10 @@ print(sys.version, 'torch', torch.__version__, 'triton', triton.__version__, 'tr
       $(throughput_args stock_buckets 5 train.bucketed_grad_reduction=false) ;;
     grad_buckets) phase grad_buckets_bench 60 python3 -m benchmarks.zero_grad_buckets --out "$RESULTS" ;;
     # the bucketed reduction and the sync-free step against DeepSpeed's on CUDA tensors (the reduction on its
-    # stream, the skip in torch's fused AdamW), first: every throughput phase after it trains with both
-    zero2_tests) phase zero2_tests 100 python3 -m pytest -v -p no:cacheprovider tests/test_train_zero_grad_buckets.py \
-      tests/test_train_zero_sync_free_step.py -m "not slow" ;;
+    # stream, the skip in torch's fused AdamW), and the trainer's step waiting for nothing, first: every
+    # throughput phase after it trains with both
+    zero2_tests) phase zero2_tests 120 python3 -m pytest -v -p no:cacheprovider tests/test_train_zero_grad_buckets.py \
+      tests/test_train_zero_sync_free_step.py tests/test_train_step_host_syncs.py -m "not slow" ;;
     # the recipe until 2026-11-27's second lease: ZeRO-3 (gathers per block), eager layers
     zero3) phase throughput_zero3 110 $(WARMUP=2 throughput_args zero3 5 $ZERO3 train.compile_blocks=null) ;;
     zero3_compiled) phase throughput_zero3_compiled 200 $(throughput_args zero3_compiled 5 $ZERO3) ;;

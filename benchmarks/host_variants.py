@@ -21,8 +21,8 @@ A change the engine does not have (ZeRO-3 has only the timer's) has no variant. 
 (``zero_grad_buckets.py``) replaces the backward's hooks as the engine is built and is not undone here:
 ``jala bench throughput ... train.bucketed_grad_reduction=false`` measures it.
 
-A step is the trainer's: ``grad_accum_steps`` micro-batches of {batch to the device, forward, backward, engine
-step}, then the EMA update. Only the ends of a variant's steps wait for the device, so a variant's figure is the
+A step is the trainer's own (``loop.optimizer_step``): ``grad_accum_steps`` micro-batches of {batch to the device,
+forward, backward, engine step}, then the EMA update. Only the ends of a variant's steps wait for the device, so a variant's figure is the
 trainer's free-running pace; on a CPU it is this process's CPU time.
 """
 from __future__ import annotations
@@ -97,7 +97,8 @@ def run(recipe: str, overrides: list[str], rounds: int, steps: int, warmup: int,
     import torch.distributed as dist
 
     from jala_ds.train.engine import init_distributed
-    from jala_ds.train.loop import build_training, endless, seed_everything, to_device
+    from jala_ds.train.loop import build_training, endless, optimizer_step, seed_everything
+    from jala_ds.train.metrics import StepMetrics
     from jala_ds.train.preflight import check_run
 
     plan = check_run(recipe, [*overrides, f"train.max_steps={warmup + rounds * steps * 8}"])
@@ -108,14 +109,12 @@ def run(recipe: str, overrides: list[str], rounds: int, steps: int, warmup: int,
     train = plan.cfg.train
     seed_everything(train.seed)
     parts = build_training(plan, 0, 1)
-    engine, ema, batches = parts.engine, parts.ema, endless(parts.loader)
+    engine, batches = parts.engine, endless(parts.loader)
     compute_dtype = torch.bfloat16 if train.dtype == "bf16" else torch.float32
+    window = StepMetrics(engine.device, losses=parts.losses, flops_per_sample=None, peak_flops=None)  # never read
 
     def step() -> None:
-        for _ in range(train.grad_accum_steps):
-            engine.backward(engine(to_device(next(batches), engine.device, compute_dtype)).loss)
-            engine.step()
-        ema.update()
+        optimizer_step(engine, parts.ema, batches, window, train.grad_accum_steps, compute_dtype)
 
     for _ in range(warmup):    # compilation, the optimiser's state, DeepSpeed's timer reaching its first timed step
         step()
