@@ -101,6 +101,7 @@ def train_tokenizer(cfg: JalaConfig, steps: int | None = None, out_dir: str | Pa
     tcfg = cfg.motion_tokenizer
     steps = steps or tcfg.train_steps
     out_dir = Path(out_dir) if out_dir else default_out_dir(cfg)
+    group_is_ours = not dist.is_initialized()   # a caller's group (a test's, a notebook's) outlives this call
     rank, world_size, device = start_process_group()
     torch.manual_seed(cfg.train.seed)
     corpus = PoseCorpus(cfg.data.mds_dir)
@@ -151,7 +152,7 @@ def train_tokenizer(cfg: JalaConfig, steps: int | None = None, out_dir: str | Pa
             tracker.log_artifact(path)
         print(f"tokenizer checkpoint: {out_dir}", flush=True)
     tracker.close()
-    if dist.is_initialized():
+    if group_is_ours and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
     return out_dir
