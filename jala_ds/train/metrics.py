@@ -37,9 +37,9 @@ class StepMetrics:
         one = torch.ones((), dtype=torch.float64, device=self.device)
         self.sums[:-1] += torch.stack([*losses, one, tokens, one * len(batch["sample_ids"])])
 
-    def add_step(self, skipped: torch.Tensor) -> None:
+    def add_step(self, skipped: torch.Tensor | float) -> None:
         """One optimiser step: 1 if it was skipped (inf/NaN gradients), else 0; a device tensor stays unread."""
-        self.sums[-1] += skipped.to(self.device, torch.float64)
+        self.sums[-1] += skipped
 
     def flush(self, *, lr: float, grad_norm: float | None) -> dict[str, float]:
         dist.all_reduce(self.sums)

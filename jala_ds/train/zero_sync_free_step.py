@@ -70,9 +70,10 @@ def _clip_and_flag(optimizer: DeepSpeedZeroOptimizer, grad_groups_flat: list[Any
             piece.data.mul_(1. / combined_scale)
 
 
-def skipped_flag(engine: Any) -> torch.Tensor:
-    """1.0 if the engine's last optimiser step was skipped, else 0.0, as a tensor: on the device (never read
-    here) after a sync-free step, from DeepSpeed's host-side verdict otherwise."""
+def skipped_flag(engine: Any) -> torch.Tensor | float:
+    """1.0 if the engine's last optimiser step was skipped, else 0.0: a tensor on the device (never read here)
+    after a sync-free step, else DeepSpeed's host-side verdict as a float (a host tensor would be one more copy to
+    the device)."""
     if getattr(engine.optimizer, "sync_free_step", False):
         return engine.optimizer.optimizer.found_inf
-    return torch.tensor(0.0 if engine.was_step_applied() else 1.0)
+    return 0.0 if engine.was_step_applied() else 1.0
