@@ -25,6 +25,7 @@ from jala_ds.data.robot_config import RobotDataConfig
 from jala_ds.model.action_head_config import ActionHeadConfig
 from jala_ds.model.config import ModelConfig
 from jala_ds.motion.config import TokenizerConfig
+from jala_ds.motion.token_predictor_config import TokenPredictorConfig
 from jala_ds.train.config import TrackingConfig, TrainConfig
 from jala_ds.train.posttrain_config import PosttrainConfig
 
@@ -38,6 +39,8 @@ class JalaConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     motion_tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    token_predictor: TokenPredictorConfig = field(default_factory=TokenPredictorConfig)
+    """The action-token predictor of the "JALA w/o latent" baseline (``jala token-predictor``); unused otherwise."""
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     robot: RobotDataConfig = field(default_factory=RobotDataConfig)
@@ -48,8 +51,8 @@ class JalaConfig:
     """Where post-training starts from and what it trains; unused by pretraining."""
 
     def validate(self) -> None:
-        for section in (self.data, self.model, self.motion_tokenizer, self.train, self.tracking, self.robot,
-                        self.action_head, self.posttrain):
+        for section in (self.data, self.model, self.motion_tokenizer, self.token_predictor, self.train, self.tracking,
+                        self.robot, self.action_head, self.posttrain):
             section.validate()
         self.model.check_tokens_per_chunk(self.motion_tokenizer.tokens_per_chunk)
 

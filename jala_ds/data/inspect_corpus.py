@@ -11,7 +11,7 @@ from typing import Any
 
 from streaming import LocalDataset
 
-from jala_ds.data.schema import HANDS, SUBSETS, hand_poses
+from jala_ds.data.schema import HANDS, SUBSETS, labelled_hands
 
 
 def summarize(mds_dir: str | Path, samples: int = 3) -> dict[str, Any]:
@@ -46,7 +46,7 @@ def summarize(mds_dir: str | Path, samples: int = 3) -> dict[str, Any]:
 
 
 def describe(record: dict[str, Any]) -> dict[str, Any]:
-    present = [hand for hand in HANDS if len(hand_poses(record, hand))]
+    present = [HANDS[h] for h in labelled_hands(record)]
     return {"clip_id": record["clip_id"], "subset": record["subset"], "source": record["source"],
             "task": record["task"], "instruction": record["instruction"], "labeled": bool(record["labeled"]),
             "hands": "+".join(present) or "unknown", "chunks": len(record["frame_index"]) - 1,

@@ -54,3 +54,9 @@ def hand_tokens(record: Mapping, hand: str) -> np.ndarray | None:
         return None
     chunks = len(record["frame_index"]) - 1
     return np.frombuffer(data, dtype="<i4").reshape(chunks, -1).astype(np.int32)
+
+
+def labelled_hands(record: Mapping) -> list[int]:
+    """Indices into ``HANDS`` of the hands with motion labels: poses, or codes stored without poses (the action-token
+    predictor's pseudo labels on a video-only clip, ``jala token-predictor label``)."""
+    return [h for h, hand in enumerate(HANDS) if record[hand] or record.get(f"{hand}_tokens")]

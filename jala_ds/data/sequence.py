@@ -29,7 +29,7 @@ from transformers import PreTrainedTokenizerBase
 
 from jala_ds.data.config import DataConfig
 from jala_ds.data.motion_tokens import MotionTokenizer
-from jala_ds.data.schema import HANDS, hand_poses, hand_tokens
+from jala_ds.data.schema import HANDS, hand_poses, hand_tokens, labelled_hands
 from jala_ds.vocab import IMG_END, IMG_START, MotionVocab
 
 IGNORE = -100
@@ -135,8 +135,7 @@ class SequenceBuilder:
         """The document of the window ``[start, start + width)``; ``masking(order)`` gives the masked
         positions ``[chunks, tokens_per_chunk]`` of a labelled document's chunks, in sequence order."""
         poses = {hand: hand_poses(record, hand) for hand in HANDS}
-        present = [h for h, hand in enumerate(HANDS) if len(poses[hand])]
-        hands = present or self.video_only_hands
+        hands = labelled_hands(record) or self.video_only_hands
         order = [(j, h) for j in range(width) for h in hands]  # interleaved along time: L1 R1 L2 R2
 
         if labeled:

@@ -6,6 +6,11 @@
   ``tokenizer_model`` (both parts, normalisation, losses, token layout); ``tokenizer`` wraps it in the data
   pipeline's numpy protocol and reads/writes checkpoints (``load_grvq_tokenizer``).
 - Its jobs: ``train_tokenizer`` (``jala tokenizer train``, reading ``pose_corpus``, tracking with
-  ``jala_ds.train.tracking``) and ``corpus_tokenize`` (``jala data tokenize``). ``synthetic`` makes motion and
-  pose-only corpora for tests and benchmarks.
+  ``jala_ds.train.tracking``) and ``corpus_tokenize`` (``jala data tokenize``), both writing through
+  ``checkpoint_folder`` and ``corpus_copy``. ``synthetic`` makes motion and pose-only corpora for tests and
+  benchmarks.
+- The "JALA w/o latent" baseline: ``token_predictor`` (boundary frames -> a chunk's motion codes, LAP's
+  perceiver with a classifier), trained by ``train_token_predictor`` (``jala token-predictor train``) on
+  ``chunk_pairs``, and ``pseudo_label`` (``jala token-predictor label``), which writes its codes into the
+  video-only clips; its recipe section is ``token_predictor_config``.
 """

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from jala_ds.motion.checkpoint_folder import folder_config, written_whole
 from jala_ds.motion.config import TokenizerConfig
 from jala_ds.motion.mano import FRAME_DIM
 from jala_ds.motion.tokenizer_model import MotionTokenizerModel
@@ -78,23 +77,15 @@ class GrvqMotionTokenizer:
 
 def save_tokenizer(model: MotionTokenizerModel, out_dir: str | Path, info: dict[str, Any]) -> Path:
     """Write the checkpoint folder; an existing one is replaced only once the new one is complete."""
-    out_dir = Path(out_dir)
-    staging = out_dir.with_name(f"{out_dir.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
     config = {"format": CHECKPOINT_FORMAT, "version": FORMAT_VERSION, "chunk_frames": model.chunk_frames,
               "tokenizer": dataclasses.asdict(model.cfg), "training": info}
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-              str(staging / "model.safetensors"))
-    (staging / "normalization.json").write_text(json.dumps(
-        {"mean": model.mean.tolist(), "std": model.std.tolist()}, indent=1))
-    (staging / "config.json").write_text(json.dumps(config, indent=2))
-    previous = out_dir.with_name(f"{out_dir.name}.previous-{os.getpid()}")
-    if out_dir.exists():
-        out_dir.rename(previous)
-    staging.rename(out_dir)
-    shutil.rmtree(previous, ignore_errors=True)
-    return out_dir
+    with written_whole(out_dir) as staging:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                  str(staging / "model.safetensors"))
+        (staging / "normalization.json").write_text(json.dumps(
+            {"mean": model.mean.tolist(), "std": model.std.tolist()}, indent=1))
+        (staging / "config.json").write_text(json.dumps(config, indent=2))
+    return Path(out_dir)
 
 
 def load_grvq_tokenizer(path: str | Path, device: str | torch.device = "cpu",
@@ -105,14 +96,9 @@ def load_grvq_tokenizer(path: str | Path, device: str | torch.device = "cpu",
     (the model's vocabulary is sized from the recipe).
     """
     path = Path(path)
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{path} is not a GRVQ tokenizer checkpoint (no config.json): train one with "
-                                "`jala tokenizer train --recipe R --out DIR` and set motion_tokenizer.checkpoint=DIR")
-    config = json.loads(config_file.read_text())
-    if config.get("format") != CHECKPOINT_FORMAT or config.get("version") != FORMAT_VERSION:
-        raise ValueError(f"{config_file} is not a {CHECKPOINT_FORMAT} v{FORMAT_VERSION} checkpoint "
-                         f"(format {config.get('format')!r}, version {config.get('version')!r})")
+    config = folder_config(path, CHECKPOINT_FORMAT, FORMAT_VERSION, "a GRVQ tokenizer checkpoint",
+                           "train one with `jala tokenizer train --recipe R --out DIR` and set "
+                           "motion_tokenizer.checkpoint=DIR")
     known = {f.name for f in dataclasses.fields(TokenizerConfig)}
     cfg = TokenizerConfig(**{k: v for k, v in config["tokenizer"].items() if k in known})
     cfg = dataclasses.replace(cfg, kind="grvq", checkpoint=str(path))

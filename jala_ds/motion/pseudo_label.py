@@ -1,0 +1,83 @@
+"""``jala token-predictor label``: a copy of the corpus whose video-only clips carry predicted motion tokens.
+
+    report = pseudo_label_corpus(cfg, "runs/token_predictor", "data/mds_tokens", "data/mds_pseudo")
+    # {"clips": ..., "pseudo_labelled_clips": ..., "pseudo_labelled_chunks": ..., "subsets": {...}, ...}
+
+The second half of the paper's "JALA w/o latent" baseline. Every video-only clip of ``<src>/lab`` and
+``<src>/wild`` gets, for each hand that ``data.video_only_hands`` gives such a clip, the predictor's most likely
+codes for each chunk from its boundary frames, in ``left_tokens``/``right_tokens``, and ``labeled=1``: the
+pretraining loader then builds a labelled document from it (hybrid masking, MCP labels), as it does for a lab
+clip. Labelled clips keep their codes: stored ones are copied, otherwise the recipe's motion tokenizer encodes
+their poses, so the copy is self-contained. The held-out clips are copied without pseudo labels: evaluation
+scores against real poses only. Pretrain on the copy with ``model.align=false`` (docs/method.md).
+"""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from jala_ds.config import JalaConfig
+from jala_ds.data.frames import normalized
+from jala_ds.data.motion_tokens import build_motion_tokenizer
+from jala_ds.data.schema import HANDS, SUBSETS, TOKEN_COLUMNS, array_bytes
+from jala_ds.motion.chunk_pairs import ChunkPairs, unlabelled_pairs
+from jala_ds.motion.corpus_copy import copy_corpus
+from jala_ds.motion.corpus_tokenize import tokenize_records
+from jala_ds.motion.token_predictor import ActionTokenPredictor, load_token_predictor, shape_of
+
+CLIPS_PER_BLOCK = 64
+"""Clips read, and their chunks predicted, together."""
+
+
+@torch.no_grad()
+def predicted_codes(model: ActionTokenPredictor, pairs: ChunkPairs, batch: int, device: torch.device) -> np.ndarray:
+    """int32 ``[n, tokens_per_chunk]``: the most likely codes of each pair, ``batch`` pairs per forward pass."""
+    out = []
+    for start in range(0, len(pairs.hand), batch):
+        frames = normalized(pairs.frames[start:start + batch].to(device))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out.append(model.predict(frames, pairs.hand[start:start + batch].to(device)).cpu())
+    return torch.cat(out).numpy().astype(np.int32) if out else np.zeros((0, model.shape.tokens_per_chunk), np.int32)
+
+
+def pseudo_label_corpus(cfg: JalaConfig, predictor_path: str | Path, src_mds: str | Path, out_mds: str | Path,
+                        device: str = "cpu") -> dict[str, Any]:
+    """Copy ``src_mds`` to ``out_mds`` with the video-only training clips pseudo-labelled; return counts."""
+    model = load_token_predictor(predictor_path, expect=shape_of(cfg)).to(device)
+    tokenizer = build_motion_tokenizer(cfg.motion_tokenizer)
+    hands = [0, 1] if cfg.data.video_only_hands == "both" else [1]
+    torch_device = torch.device(device)
+
+    def label(subset: str, records: list[dict[str, Any]], tally: Counter) -> list[dict[str, Any]]:
+        # A labelled clip keeps its stored codes (copied with the other columns) or gets them encoded here.
+        stored = all(name in record for record in records for name in TOKEN_COLUMNS)
+        columns: list[dict[str, Any]] = [{} for _ in records] if stored else tokenize_records(tokenizer, records)
+        unlabelled = [i for i, record in enumerate(records) if not record["labeled"]] if subset in SUBSETS else []
+        pairs = [unlabelled_pairs(records[i], hands, model.shape.image_size) for i in unlabelled]
+        if pairs:
+            codes = predicted_codes(model, ChunkPairs(frames=torch.cat([p.frames for p in pairs]),
+                                                      hand=torch.cat([p.hand for p in pairs]), codes=None),
+                                    cfg.token_predictor.label_batch_chunks, torch_device)
+            start = 0
+            for i, clip_pairs in zip(unlabelled, pairs):
+                chunks = len(clip_pairs.hand) // len(hands)
+                tokens = {f"{hand}_tokens": array_bytes(np.zeros((0, model.shape.tokens_per_chunk)), "<i4")
+                          for hand in HANDS}
+                for h in hands:
+                    tokens[f"{HANDS[h]}_tokens"] = array_bytes(codes[start:start + chunks], "<i4")
+                    start += chunks
+                columns[i] = {**tokens, "labeled": 1}
+                tally["pseudo_labelled_clips"] += 1
+                tally["pseudo_labelled_chunks"] += chunks * len(hands)
+        return columns
+
+    report = copy_corpus(src_mds, out_mds, TOKEN_COLUMNS, label, block=CLIPS_PER_BLOCK, desc="pseudo-label",
+                         counted=("pseudo_labelled_clips", "pseudo_labelled_chunks"))
+    report["hands"] = [HANDS[h] for h in hands]
+    print(f"pseudo-labelled {report['pseudo_labelled_clips']} video-only clips ({report['pseudo_labelled_chunks']} "
+          f"chunks, hands: {', '.join(report['hands'])}) of {report['clips']} into {out_mds}")
+    return report

@@ -1,0 +1,115 @@
+"""The action-token predictor of the paper's "JALA w/o latent" baseline: a chunk's boundary frames -> its motion tokens.
+
+The paper trains "an action-token predictor mapping boundary frames to motion chunk tokens" on labelled clips and
+writes its predictions into the video-only clips as explicit pseudo labels, in place of latent actions. Ours is
+LAP's architecture with a classifier: the frozen visual encoder reads (o_t, o_t+k), a ``Perceiver`` with one
+query per token position of a hand's chunk reads the pair (its two-hand head picks the hand), and a linear layer
+scores every code of a part's vocabulary at each position.
+
+    predictor = build_token_predictor(cfg)
+    logits = predictor(frames, hand)        # frames [C, 2, 3, s, s] normalised, hand [C] -> [C, T, V]
+    codes = predictor.predict(frames, hand) # int64 [C, T], in [0, vocab_per_part)
+
+A checkpoint folder holds ``model.safetensors`` (every weight, the frozen encoder's included, so a random test
+encoder reloads as trained), ``visual_encoder/config.json`` and ``config.json`` (shapes, token layout, training).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from jala_ds.config import JalaConfig
+from jala_ds.model.perceiver import Perceiver
+from jala_ds.model.visual_encoder import FrozenFrameEncoder, build_visual_encoder
+from jala_ds.motion.checkpoint_folder import folder_config, written_whole
+
+CHECKPOINT_FORMAT = "jala-token-predictor"
+FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictorShape:
+    """What a checkpoint must agree on with the recipe that uses it."""
+    tokens_per_chunk: int
+    vocab_per_part: int
+    chunk_frames: int
+    image_size: int
+    """Side of the frames the visual encoder reads (``model.visual_encoder_image_size``)."""
+    width: int
+    heads: int
+    layers: int
+
+
+class ActionTokenPredictor(nn.Module):
+    def __init__(self, encoder: FrozenFrameEncoder, shape: PredictorShape):
+        super().__init__()
+        self.shape = shape
+        self.visual_encoder = encoder
+        self.perceiver = Perceiver(feature_dim=encoder.hidden_size, width=shape.width, heads=shape.heads,
+                                   layers=shape.layers, queries=shape.tokens_per_chunk, out_dim=shape.width)
+        self.classifier = nn.Linear(shape.width, shape.vocab_per_part)
+
+    def forward(self, frames: torch.Tensor, hand: torch.Tensor) -> torch.Tensor:
+        """``frames [C, 2, 3, s, s]`` (ImageNet-normalised), ``hand [C]`` -> logits ``[C, T, vocab_per_part]``."""
+        return self.classifier(self.perceiver(self.visual_encoder(frames), hand))
+
+    @torch.no_grad()
+    def predict(self, frames: torch.Tensor, hand: torch.Tensor) -> torch.Tensor:
+        """The most likely code at each position: int64 ``[C, T]``."""
+        return self.forward(frames, hand).argmax(-1)
+
+
+def shape_of(cfg: JalaConfig) -> PredictorShape:
+    return PredictorShape(tokens_per_chunk=cfg.motion_tokenizer.tokens_per_chunk,
+                          vocab_per_part=cfg.motion_tokenizer.vocab_per_part, chunk_frames=cfg.data.chunk_frames,
+                          image_size=cfg.model.visual_encoder_image_size, width=cfg.model.perceiver_width,
+                          heads=cfg.model.perceiver_heads, layers=cfg.model.perceiver_layers)
+
+
+def build_token_predictor(cfg: JalaConfig) -> ActionTokenPredictor:
+    """A new predictor for the recipe: its visual encoder (loaded, or random tiny) and a fresh perceiver."""
+    return ActionTokenPredictor(build_visual_encoder(cfg.model), shape_of(cfg))
+
+
+def default_checkpoint(cfg: JalaConfig) -> Path:
+    return Path(cfg.token_predictor.checkpoint or Path(cfg.train.out_dir) / "token_predictor")
+
+
+def save_token_predictor(model: ActionTokenPredictor, out_dir: str | Path, info: dict[str, Any]) -> Path:
+    """Write the checkpoint folder; an existing one is replaced only once the new one is complete."""
+    config = {"format": CHECKPOINT_FORMAT, "version": FORMAT_VERSION, "encoder_kind": model.visual_encoder.kind,
+              "shape": dataclasses.asdict(model.shape), "training": info}
+    with written_whole(out_dir) as staging:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                  str(staging / "model.safetensors"))
+        model.visual_encoder.encoder.config.save_pretrained(staging / "visual_encoder")
+        (staging / "config.json").write_text(json.dumps(config, indent=2))
+    return Path(out_dir)
+
+
+def load_token_predictor(path: str | Path, expect: PredictorShape | None = None) -> ActionTokenPredictor:
+    """Load a folder written by ``jala token-predictor train``, in eval mode on the CPU. ``expect``: the recipe's
+    shape; a checkpoint whose token layout or frame size differs is refused, naming the key to change."""
+    path = Path(path)
+    config = folder_config(path, CHECKPOINT_FORMAT, FORMAT_VERSION, "an action-token predictor",
+                           "train one with `jala token-predictor train --recipe R --out DIR`")
+    shape = PredictorShape(**config["shape"])
+    if expect is not None:
+        keys = {"tokens_per_chunk": "motion_tokenizer (its layout)", "vocab_per_part": "motion_tokenizer (its layout)",
+                "chunk_frames": "data.chunk_frames", "image_size": "model.visual_encoder_image_size"}
+        for field, key in keys.items():
+            if getattr(expect, field) != getattr(shape, field):
+                raise ValueError(f"the predictor {path} was trained with {field}={getattr(shape, field)}, the recipe "
+                                 f"has {getattr(expect, field)}: set {key} to match, or train a predictor for "
+                                 "this recipe")
+    encoder = transformers.AutoModel.from_config(transformers.AutoConfig.from_pretrained(path / "visual_encoder"))
+    model = ActionTokenPredictor(FrozenFrameEncoder(encoder, config["encoder_kind"]), shape)
+    model.load_state_dict(load_file(str(path / "model.safetensors")))
+    return model.eval()
