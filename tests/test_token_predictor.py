@@ -6,6 +6,7 @@ Measured here (the session's synthetic corpus, tiny recipe, binning tokenizer of
 each position gets 38% of them. The probe is the corpus' first 64 labelled pairs (tiny_cpu holds no clip out), so
 this shows the model reads the frames, not that it generalises; the test asks for 10 points above that guess.
 """
+import itertools
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ import mlflow
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from jala_ds.cli import main as jala
 from jala_ds.config import load_config
@@ -22,7 +24,7 @@ from jala_ds.data.frames import normalized
 from jala_ds.data.motion_tokens import build_motion_tokenizer
 from jala_ds.data.schema import HANDS, TOKEN_COLUMNS, hand_tokens
 from jala_ds.data.sequence import IGNORE, SequenceBuilder
-from jala_ds.motion.chunk_pairs import hand_codes, unlabelled_pairs
+from jala_ds.motion.chunk_pairs import LabelledChunkStream, hand_codes, labelled_pairs, unlabelled_pairs
 from jala_ds.motion.pose_corpus import open_mds
 from jala_ds.motion.pseudo_label import pseudo_label_corpus
 from jala_ds.motion.token_predictor import load_token_predictor, shape_of
@@ -164,3 +166,34 @@ def test_two_rank_data_parallel_training_writes_one_checkpoint(trained, tiny_cor
     recorded = json.loads((tmp_path / "ddp" / "config.json").read_text())["training"]
     assert recorded["world_size"] == 2 and recorded["steps"] == 10
     assert load_token_predictor(tmp_path / "ddp", expect=shape_of(trained["cfg"])).shape.tokens_per_chunk == 16
+
+
+def corpus_pairs(mds, tokenizer, image_size) -> list[tuple[int, tuple[int, ...], int]]:
+    """(hand, codes, frame checksum) of every labelled pair of the corpus' training subsets."""
+    found = []
+    for subset in ("lab", "wild"):
+        dataset = open_mds(mds / subset)
+        for i in range(len(dataset)):
+            if dataset[i]["labeled"]:
+                pairs = labelled_pairs(dataset[i], tokenizer, image_size)
+                found += [pair_key(*pair) for pair in zip(pairs.frames, pairs.hand, pairs.codes)]
+    return found
+
+
+def pair_key(frames: torch.Tensor, hand, codes: torch.Tensor) -> tuple[int, tuple[int, ...], int]:
+    return int(hand), tuple(codes.tolist()), int(frames.long().sum())
+
+
+def test_stream_visits_every_labelled_pair_once_per_epoch_and_feeds_loader_workers(trained, tiny_corpus):
+    cfg, tokenizer = trained["cfg"], trained["tokenizer"]
+    size = cfg.model.visual_encoder_image_size
+    expected = sorted(corpus_pairs(tiny_corpus.mds, tokenizer, size))
+    stream = LabelledChunkStream(tiny_corpus.mds, tokenizer, image_size=size, seed=0)
+    first_epoch = list(itertools.islice(iter(stream), len(expected)))
+    assert sorted(pair_key(*pair) for pair in first_epoch) == expected
+    # Loader workers share the datasets opened by the parent; each reads its own clips.
+    batches = iter(DataLoader(stream, batch_size=8, num_workers=2))
+    keys = set(expected)
+    for _ in range(4):
+        frames, hand, codes = next(batches)
+        assert all(pair_key(*pair) in keys for pair in zip(frames, hand, codes))

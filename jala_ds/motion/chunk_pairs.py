@@ -85,13 +85,16 @@ class LabelledChunkStream(IterableDataset):
         if not self.subsets:
             raise FileNotFoundError(f"no MDS subsets under {self.mds_dir} (expected lab/ and/or wild/ with "
                                     "index.json): point data.mds_dir at the output of `jala data convert`")
+        # Opened here, in the process that builds the loader: streaming shares each dataset's state with the
+        # loader workers it is pickled into, and refuses a second dataset over the same folder in a worker.
+        self.datasets = [open_mds(self.mds_dir / s) for s in self.subsets]
         self.tokenizer, self.image_size = tokenizer, image_size
         self.seed, self.rank, self.world_size = seed, rank, world_size
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, int, torch.Tensor]]:
         worker = get_worker_info()
         worker_id, workers = (worker.id, worker.num_workers) if worker else (0, 1)
-        datasets = [open_mds(self.mds_dir / s) for s in self.subsets]
+        datasets = self.datasets
         offsets = np.cumsum([0] + [len(d) for d in datasets])
         rng = np.random.default_rng([self.seed, self.rank, worker_id])
         buffer: list[tuple[torch.Tensor, int, torch.Tensor]] = []

@@ -56,7 +56,8 @@ def pseudo_label_corpus(cfg: JalaConfig, predictor_path: str | Path, src_mds: st
         # A labelled clip keeps its stored codes (copied with the other columns) or gets them encoded here.
         stored = all(name in record for record in records for name in TOKEN_COLUMNS)
         columns: list[dict[str, Any]] = [{} for _ in records] if stored else tokenize_records(tokenizer, records)
-        unlabelled = [i for i, record in enumerate(records) if not record["labeled"]] if subset in SUBSETS else []
+        unlabelled = [i for i, record in enumerate(records)
+                      if subset in SUBSETS and not record["labeled"] and len(record["frame_index"]) > 1]
         pairs = [unlabelled_pairs(records[i], hands, model.shape.image_size) for i in unlabelled]
         if pairs:
             codes = predicted_codes(model, ChunkPairs(frames=torch.cat([p.frames for p in pairs]),
