@@ -24,7 +24,7 @@ from jala_ds.data.frames import normalized
 from jala_ds.data.motion_tokens import build_motion_tokenizer
 from jala_ds.data.schema import HANDS, TOKEN_COLUMNS, hand_tokens
 from jala_ds.data.sequence import IGNORE, SequenceBuilder
-from jala_ds.motion.chunk_pairs import LabelledChunkStream, hand_codes, labelled_pairs, unlabelled_pairs
+from jala_ds.motion.chunk_pairs import LabelledChunkStream, boundary_frames, hand_codes, labelled_pairs
 from jala_ds.motion.pose_corpus import open_mds
 from jala_ds.motion.pseudo_label import pseudo_label_corpus
 from jala_ds.motion.token_predictor import load_token_predictor, shape_of
@@ -74,7 +74,7 @@ def test_label_fills_video_only_training_clips_and_copies_everything_else(traine
     out, report = labelled
     model = load_token_predictor(trained["checkpoint"])
     tokens_per_chunk = trained["cfg"].motion_tokenizer.tokens_per_chunk
-    filled = chunks = 0
+    filled = chunks = agreeing = scored_codes = 0
     for subset in ("lab", "wild"):
         before, after = open_mds(tiny_corpus.mds / subset), open_mds(out / subset)
         assert len(before) == len(after) == report["subsets"][subset]["clips"]
@@ -94,14 +94,17 @@ def test_label_fills_video_only_training_clips_and_copies_everything_else(traine
                     expected = hand_codes(old, hand, trained["tokenizer"]) if len(old[hand]) else np.zeros((0, 0))
                     assert np.array_equal(hand_tokens(new, hand).reshape(expected.shape), expected)
             else:                # pseudo labels for both hands (tiny_cpu: data.video_only_hands=both)
-                pairs = unlabelled_pairs(old, [0, 1], model.shape.image_size)
-                predicted = model.predict(normalized(pairs.frames), pairs.hand).numpy()
-                n = len(old["frame_index"]) - 1
-                assert np.array_equal(hand_tokens(new, "left"), predicted[:n])
-                assert np.array_equal(hand_tokens(new, "right"), predicted[n:])
+                frames = normalized(boundary_frames(old, model.shape.image_size))
+                pairs = torch.stack([frames[:-1], frames[1:]], dim=1)
+                for h, hand in enumerate(HANDS):
+                    predicted = model.predict(pairs, torch.full((len(pairs),), h)).numpy()
+                    agreeing += int((hand_tokens(new, hand) == predicted).sum())
+                    scored_codes += predicted.size
                 filled += 1
-                chunks += 2 * n
+                chunks += 2 * len(pairs)
     assert filled > 0 and report["pseudo_labelled_clips"] == filled and report["pseudo_labelled_chunks"] == chunks
+    # Labelling encodes each frame once in batches of another size: float rounding may flip a near tie.
+    assert agreeing / scored_codes > 0.99
 
 
 def test_pseudo_labelled_clip_becomes_a_labelled_mcp_document(trained, labelled):

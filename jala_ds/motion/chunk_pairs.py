@@ -1,11 +1,10 @@
-"""A clip's chunks as (boundary frames, hand, motion codes): what the action-token predictor learns from and reads.
+"""A clip's chunks as (boundary frames, hand, motion codes): what the action-token predictor learns from.
 
 Chunk ``j`` of a clip spans stored frames ``j`` and ``j + 1`` (``frame_index`` lists one boundary frame per
 chunk, plus the last); its codes are one hand's ``[tokens_per_chunk]`` motion tokens, stored by ``jala data
 tokenize`` or encoded from the poses by the recipe's motion tokenizer, as the sequence builder finds them.
 
     pairs = labelled_pairs(record, tokenizer, image_size=224)   # every present hand's chunks, with codes
-    pairs = unlabelled_pairs(record, [0, 1], image_size=224)     # a video-only clip's chunks for both hands
     for frames, hand, codes in LabelledChunkStream(...):         # endless, shuffled, for a DataLoader
         ...
 """
@@ -34,8 +33,8 @@ class ChunkPairs:
     """uint8 ``[n, 2, 3, s, s]``: each chunk's boundary frames (o_t, o_t+k)."""
     hand: torch.Tensor
     """int64 ``[n]``: 0 left, 1 right."""
-    codes: torch.Tensor | None
-    """int64 ``[n, tokens_per_chunk]`` in ``[0, vocab_per_part)``; None for a video-only clip."""
+    codes: torch.Tensor
+    """int64 ``[n, tokens_per_chunk]`` in ``[0, vocab_per_part)``."""
 
 
 def boundary_frames(record: Mapping, image_size: int) -> torch.Tensor:
@@ -52,24 +51,16 @@ def hand_codes(record: Mapping, hand: str, tokenizer: MotionTokenizer) -> np.nda
     return tokenizer.encode(hand_poses(record, hand)[:chunks * tokenizer.chunk_frames])
 
 
-def pairs_of(frames: torch.Tensor, hands: list[int], codes: list[np.ndarray] | None) -> ChunkPairs:
-    chunks = frames.shape[0] - 1
-    both_frames = torch.stack([frames[:-1], frames[1:]], dim=1)
-    return ChunkPairs(frames=both_frames.repeat(len(hands), 1, 1, 1, 1),
-                      hand=torch.tensor(hands, dtype=torch.int64).repeat_interleave(chunks),
-                      codes=None if codes is None else torch.from_numpy(np.concatenate(codes)).long())
-
-
 def labelled_pairs(record: Mapping, tokenizer: MotionTokenizer, image_size: int) -> ChunkPairs:
-    """Every chunk of every hand with poses (lab clips, trusted pseudo-labelled wild clips) and its codes."""
-    present = labelled_hands(record)
-    codes = [hand_codes(record, HANDS[h], tokenizer) for h in present]
-    return pairs_of(boundary_frames(record, image_size), present, codes)
-
-
-def unlabelled_pairs(record: Mapping, hands: list[int], image_size: int) -> ChunkPairs:
-    """Every chunk of a video-only clip once per hand in ``hands``, without codes."""
-    return pairs_of(boundary_frames(record, image_size), hands, None)
+    """Every chunk of every labelled hand (lab clips, trusted pseudo-labelled wild clips) and its codes."""
+    hands = labelled_hands(record)
+    frames = boundary_frames(record, image_size)
+    chunks = frames.shape[0] - 1
+    return ChunkPairs(frames=torch.stack([frames[:-1], frames[1:]], dim=1).repeat(len(hands), 1, 1, 1, 1),
+                      hand=torch.tensor(hands, dtype=torch.int64).repeat_interleave(chunks),
+                      codes=torch.from_numpy(np.concatenate(
+                          [hand_codes(record, HANDS[h], tokenizer) for h in hands]
+                          or [np.zeros((0, tokenizer.tokens_per_chunk), np.int32)])).long())
 
 
 class LabelledChunkStream(IterableDataset):

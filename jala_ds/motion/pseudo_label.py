@@ -24,7 +24,7 @@ from jala_ds.config import JalaConfig
 from jala_ds.data.frames import normalized
 from jala_ds.data.motion_tokens import build_motion_tokenizer
 from jala_ds.data.schema import HANDS, SUBSETS, TOKEN_COLUMNS, array_bytes
-from jala_ds.motion.chunk_pairs import ChunkPairs, unlabelled_pairs
+from jala_ds.motion.chunk_pairs import boundary_frames
 from jala_ds.motion.corpus_copy import copy_corpus
 from jala_ds.motion.corpus_tokenize import tokenize_records
 from jala_ds.motion.token_predictor import ActionTokenPredictor, load_token_predictor, shape_of
@@ -34,14 +34,23 @@ CLIPS_PER_BLOCK = 64
 
 
 @torch.no_grad()
-def predicted_codes(model: ActionTokenPredictor, pairs: ChunkPairs, batch: int, device: torch.device) -> np.ndarray:
-    """int32 ``[n, tokens_per_chunk]``: the most likely codes of each pair, ``batch`` pairs per forward pass."""
-    out = []
-    for start in range(0, len(pairs.hand), batch):
-        frames = normalized(pairs.frames[start:start + batch].to(device))
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            out.append(model.predict(frames, pairs.hand[start:start + batch].to(device)).cpu())
-    return torch.cat(out).numpy().astype(np.int32) if out else np.zeros((0, model.shape.tokens_per_chunk), np.int32)
+def predicted_codes(model: ActionTokenPredictor, clips: list[torch.Tensor], hands: list[int], batch: int,
+                    device: torch.device) -> list[np.ndarray]:
+    """For each clip's uint8 boundary frames ``[n + 1, 3, s, s]``, the most likely codes of its ``n`` chunks for each
+    hand in ``hands`` in turn: int32 ``[len(hands) * n, tokens_per_chunk]``. Every frame goes through the encoder
+    once, ``batch`` frames or pairs per forward pass."""
+    frames = torch.cat(clips)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        features = torch.cat([model.visual_encoder(normalized(frames[i:i + batch].to(device))[:, None])[:, 0]
+                              for i in range(0, len(frames), batch)])
+        pairs, hand = [], []
+        for clip in torch.split(features, [len(c) for c in clips]):
+            pairs.append(torch.stack([clip[:-1], clip[1:]], dim=1).repeat(len(hands), 1, 1, 1))
+            hand.append(torch.tensor(hands, device=device).repeat_interleave(len(clip) - 1))
+        pairs, hand = torch.cat(pairs), torch.cat(hand)
+        codes = torch.cat([model.logits(pairs[i:i + batch], hand[i:i + batch]).argmax(-1)
+                           for i in range(0, len(pairs), batch)])
+    return [c.numpy().astype(np.int32) for c in torch.split(codes.cpu(), [len(hands) * (len(c) - 1) for c in clips])]
 
 
 def pseudo_label_corpus(cfg: JalaConfig, predictor_path: str | Path, src_mds: str | Path, out_mds: str | Path,
@@ -58,22 +67,18 @@ def pseudo_label_corpus(cfg: JalaConfig, predictor_path: str | Path, src_mds: st
         columns: list[dict[str, Any]] = [{} for _ in records] if stored else tokenize_records(tokenizer, records)
         unlabelled = [i for i, record in enumerate(records)
                       if subset in SUBSETS and not record["labeled"] and len(record["frame_index"]) > 1]
-        pairs = [unlabelled_pairs(records[i], hands, model.shape.image_size) for i in unlabelled]
-        if pairs:
-            codes = predicted_codes(model, ChunkPairs(frames=torch.cat([p.frames for p in pairs]),
-                                                      hand=torch.cat([p.hand for p in pairs]), codes=None),
-                                    cfg.token_predictor.label_batch_chunks, torch_device)
-            start = 0
-            for i, clip_pairs in zip(unlabelled, pairs):
-                chunks = len(clip_pairs.hand) // len(hands)
-                tokens = {f"{hand}_tokens": array_bytes(np.zeros((0, model.shape.tokens_per_chunk)), "<i4")
-                          for hand in HANDS}
-                for h in hands:
-                    tokens[f"{HANDS[h]}_tokens"] = array_bytes(codes[start:start + chunks], "<i4")
-                    start += chunks
-                columns[i] = {**tokens, "labeled": 1}
-                tally["pseudo_labelled_clips"] += 1
-                tally["pseudo_labelled_chunks"] += chunks * len(hands)
+        clips = [boundary_frames(records[i], model.shape.image_size) for i in unlabelled]
+        predicted = predicted_codes(model, clips, hands, cfg.token_predictor.label_batch_chunks, torch_device) \
+            if clips else []
+        for i, codes in zip(unlabelled, predicted):
+            chunks = len(codes) // len(hands)
+            tokens = {f"{hand}_tokens": array_bytes(np.zeros((0, model.shape.tokens_per_chunk)), "<i4")
+                      for hand in HANDS}
+            for j, h in enumerate(hands):
+                tokens[f"{HANDS[h]}_tokens"] = array_bytes(codes[j * chunks:(j + 1) * chunks], "<i4")
+            columns[i] = {**tokens, "labeled": 1}
+            tally["pseudo_labelled_clips"] += 1
+            tally["pseudo_labelled_chunks"] += len(codes)
         return columns
 
     report = copy_corpus(src_mds, out_mds, TOKEN_COLUMNS, label, block=CLIPS_PER_BLOCK, desc="pseudo-label",

@@ -58,7 +58,12 @@ class ActionTokenPredictor(nn.Module):
 
     def forward(self, frames: torch.Tensor, hand: torch.Tensor) -> torch.Tensor:
         """``frames [C, 2, 3, s, s]`` (ImageNet-normalised), ``hand [C]`` -> logits ``[C, T, vocab_per_part]``."""
-        return self.classifier(self.perceiver(self.visual_encoder(frames), hand))
+        return self.logits(self.visual_encoder(frames), hand)
+
+    def logits(self, features: torch.Tensor, hand: torch.Tensor) -> torch.Tensor:
+        """The same from the encoder's features of the frame pairs, ``[C, 2, L, D]``: labelling encodes each
+        stored frame once, where a clip's pairs share frames and both hands share each pair."""
+        return self.classifier(self.perceiver(features, hand))
 
     @torch.no_grad()
     def predict(self, frames: torch.Tensor, hand: torch.Tensor) -> torch.Tensor:
