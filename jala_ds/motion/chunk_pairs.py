@@ -85,8 +85,7 @@ class LabelledChunkStream(IterableDataset):
     def __iter__(self) -> Iterator[tuple[torch.Tensor, int, torch.Tensor]]:
         worker = get_worker_info()
         worker_id, workers = (worker.id, worker.num_workers) if worker else (0, 1)
-        datasets = self.datasets
-        offsets = np.cumsum([0] + [len(d) for d in datasets])
+        offsets = np.cumsum([0] + [len(d) for d in self.datasets])
         rng = np.random.default_rng([self.seed, self.rank, worker_id])
         buffer: list[tuple[torch.Tensor, int, torch.Tensor]] = []
         epoch = 0
@@ -95,7 +94,7 @@ class LabelledChunkStream(IterableDataset):
             produced = False
             for sample_id in order[self.rank::self.world_size][worker_id::workers]:
                 subset = int(np.searchsorted(offsets, sample_id, side="right")) - 1
-                record = datasets[subset][int(sample_id - offsets[subset])]
+                record = self.datasets[subset][int(sample_id - offsets[subset])]
                 if not record["labeled"]:
                     continue
                 pairs = labelled_pairs(record, self.tokenizer, self.image_size)
