@@ -6,13 +6,15 @@ import pytest
 import torch
 from streaming import MDSWriter
 
-from jala_ds.data.schema import MDS_COLUMNS, SHARD_HASHES, array_bytes, hand_poses, hand_tokens
+from jala_ds.data.schema import MDS_COLUMNS, SHARD_HASHES, TOKEN_COLUMNS, array_bytes, hand_poses, hand_tokens
 from jala_ds.motion.config import TokenizerConfig
-from jala_ds.motion.corpus_tokenize import tokenize_corpus
+from jala_ds.motion.corpus_copy import copy_share, corpus_subsets, merge_parts
+from jala_ds.motion.corpus_tokenize import tokenize_corpus, tokenize_records
 from jala_ds.motion.pose_corpus import open_mds
 from jala_ds.motion.synthetic import synthetic_motion
 from jala_ds.motion.tokenizer import load_grvq_tokenizer, save_tokenizer
 from jala_ds.motion.tokenizer_model import MotionTokenizerModel
+from jala_ds.motion.torchrun_group import Ranks
 
 CFG = TokenizerConfig(groups=2, stages=2, codes_per_stage=8, latent_dim=16, conv_width=16)
 
@@ -70,6 +72,38 @@ def test_tokens_are_added_and_every_other_column_is_copied(corpus, tmp_path):
                     assert np.array_equal(hand_tokens(new, hand), expected)   # the data pipeline's reader
         index = json.loads((tmp_path / "out" / subset / "index.json").read_text())
         assert index["shards"][0]["hashes"] == SHARD_HASHES
+
+
+def test_ranks_shares_merge_into_the_one_process_copy(corpus, tmp_path):
+    # What two torchrun ranks write (each its run of records in its part folder, then rank 0's merge) is read as
+    # the one-process copy, record for record. heldout/lab's single clip leaves rank 0 an empty part.
+    src, checkpoint = corpus
+    tok = load_grvq_tokenizer(checkpoint)
+    tokenize_corpus(checkpoint, src, tmp_path / "whole")
+    for subset in corpus_subsets(src):
+        tallies = [copy_share(src / subset, tmp_path / "split" / subset, TOKEN_COLUMNS,
+                              lambda _, records, __: tokenize_records(tok, records), subset, counted=(), block=64,
+                              desc="tokenize", ranks=Ranks(rank, 2, torch.device("cpu")))
+                   for rank in range(2)]
+        merge_parts(tmp_path / "split" / subset, 2)
+        whole, split = open_mds(tmp_path / "whole" / subset), open_mds(tmp_path / "split" / subset)
+        assert [t["clips"] for t in tallies] == [len(whole) // 2, len(whole) - len(whole) // 2]
+        assert len(split) == len(whole)
+        for i in range(len(whole)):
+            assert set(split[i]) == set(whole[i])
+            for column in whole[i]:
+                assert np.array_equal(np.asarray(split[i][column]), np.asarray(whole[i][column])), column
+        shards = json.loads((tmp_path / "split" / subset / "index.json").read_text())["shards"]
+        folders = [shard["raw_data"]["basename"].split("/")[0] for shard in shards]
+        assert folders == sorted(folders) and set(folders) <= {"part00000", "part00001"}
+        assert shards[0]["hashes"] == SHARD_HASHES
+
+
+def test_a_part_rank_0_cannot_see_is_named(corpus, tmp_path):
+    src, checkpoint = corpus
+    tokenize_corpus(checkpoint, src, tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="part00001: every rank must write --out on one shared filesystem"):
+        merge_parts(tmp_path / "out" / "lab", 2)
 
 
 def test_refuses_to_overwrite(corpus, tmp_path):

@@ -171,6 +171,35 @@ def test_two_rank_data_parallel_training_writes_one_checkpoint(trained, tiny_cor
     assert load_token_predictor(tmp_path / "ddp", expect=shape_of(trained["cfg"])).shape.tokens_per_chunk == 16
 
 
+@pytest.mark.slow
+def test_two_ranks_label_the_copy_one_process_writes(trained, tiny_corpus, labelled, tmp_path):
+    # torchrun's 2 ranks (gloo) each label their half of every subset; rank 0 merges the parts' indexes.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29564",
+           "-m", "jala_ds.cli", "token-predictor", "label", "--recipe", "tiny_cpu", "--predictor",
+           str(trained["checkpoint"]), "--src", str(tiny_corpus.mds), "--out", str(tmp_path / "split")]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    whole, report = labelled
+    assert result.stdout.count("pseudo-labelled") == 1   # rank 0 reports, for both
+    assert f"pseudo-labelled {report['pseudo_labelled_clips']} video-only clips" in result.stdout
+    agreeing = scored = 0
+    for subset in ("lab", "wild"):
+        one, two = open_mds(whole / subset), open_mds(tmp_path / "split" / subset)
+        assert len(one) == len(two)
+        for i in range(len(one)):
+            assert set(one[i]) == set(two[i])
+            for key in set(one[i]) - set(TOKEN_COLUMNS):
+                assert np.array_equal(np.asarray(one[i][key]), np.asarray(two[i][key])), key
+            for hand in HANDS:
+                agreeing += int((hand_tokens(one[i], hand) == hand_tokens(two[i], hand)).sum())
+                scored += hand_tokens(one[i], hand).size
+        shards = json.loads((tmp_path / "split" / subset / "index.json").read_text())["shards"]
+        assert {shard["raw_data"]["basename"].split("/")[0] for shard in shards} == {"part00000", "part00001"}
+    # Other blocks of clips go through the encoder together: float rounding may flip a near tie.
+    assert agreeing / scored > 0.99
+
+
 def corpus_pairs(mds, tokenizer, image_size) -> list[tuple[int, tuple[int, ...], int]]:
     """(hand, codes, frame checksum) of every labelled pair of the corpus' training subsets."""
     found = []

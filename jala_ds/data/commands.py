@@ -7,11 +7,13 @@ add GRVQ motion tokens.
     jala data convert --format lerobot --src demo_out/lerobot --out demo_out/robot_mds --horizon 16
     jala data inspect demo_out/mds
     jala data tokenize --tokenizer demo_out/tokenizer --src demo_out/mds --out demo_out/mds_tok
+    torchrun --nproc_per_node 8 $(which jala) data tokenize --device cuda --tokenizer T --src S --out O   # split
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -60,11 +62,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
     inspect.set_defaults(handler=run_inspect)
 
-    tokenize = commands.add_parser("tokenize", help="add GRVQ motion tokens (left_tokens/right_tokens) to a corpus")
+    tokenize = commands.add_parser("tokenize", help="add GRVQ motion tokens (left_tokens/right_tokens) to a corpus",
+                                   description="Copies --src to --out with each hand's motion tokens added. Under "
+                                               "torchrun the ranks split the corpus; --out must then be one folder "
+                                               "that they all write (a shared filesystem across nodes).")
     tokenize.add_argument("--tokenizer", required=True, help="checkpoint folder of `jala tokenizer train`")
     tokenize.add_argument("--src", required=True, help="MDS corpus (the --out folder of `jala data convert`)")
     tokenize.add_argument("--out", required=True, help="new MDS corpus with the token columns")
-    tokenize.add_argument("--device", default="cpu", help="torch device for the tokenizer (default cpu)")
+    tokenize.add_argument("--device", default="cpu", help="torch device for the tokenizer (default cpu; cuda is "
+                                                          "each rank's own GPU)")
     tokenize.set_defaults(handler=run_tokenize)
 
 
@@ -157,7 +163,8 @@ def run_tokenize(args: argparse.Namespace) -> int:
         report = tokenize_corpus(args.tokenizer, args.src, args.out, device=args.device)
     except (FileNotFoundError, FileExistsError, ValueError) as err:
         return fail("tokenize", err)
-    print(json.dumps(report, indent=2))
+    if os.environ.get("RANK", "0") == "0":   # under torchrun every rank holds the same report
+        print(json.dumps(report, indent=2))
     return 0
 
 

@@ -13,4 +13,7 @@
   perceiver with a classifier), trained by ``train_token_predictor`` (``jala token-predictor train``) on
   ``chunk_pairs``, and ``pseudo_label`` (``jala token-predictor label``), which writes its codes into the
   video-only clips; its recipe section is ``token_predictor_config``.
+- All four jobs run as one process or under torchrun (``torchrun_group``): the trainers data-parallel, the corpus
+  copies (``corpus_copy``) with each rank writing its share and rank 0 merging the indexes. ``pose_corpus.open_mds``
+  is how they read a corpus: every record by index, on any rank, shards hash-checked on first read.
 """

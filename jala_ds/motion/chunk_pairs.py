@@ -76,8 +76,7 @@ class LabelledChunkStream(IterableDataset):
         if not self.subsets:
             raise FileNotFoundError(f"no MDS subsets under {self.mds_dir} (expected lab/ and/or wild/ with "
                                     "index.json): point data.mds_dir at the output of `jala data convert`")
-        # Opened here, in the process that builds the loader: streaming shares each dataset's state with the
-        # loader workers it is pickled into, and refuses a second dataset over the same folder in a worker.
+        # Opened once, here: loader workers get copies (plain readers of the shard files, nothing shared).
         self.datasets = [open_mds(self.mds_dir / s) for s in self.subsets]
         self.tokenizer, self.image_size = tokenizer, image_size
         self.seed, self.rank, self.world_size = seed, rank, world_size

@@ -5,6 +5,7 @@ baseline's action-token predictor).
     torchrun --nproc_per_node 8 $(which jala) tokenizer train --recipe pretrain_internvl3_2b
     jala token-predictor train --recipe tiny_cpu data.mds_dir=demo_out/mds --out demo_out/predictor
     jala token-predictor label --recipe tiny_cpu --predictor demo_out/predictor --src demo_out/mds --out demo_out/mds_pseudo
+    torchrun --nproc_per_node 8 $(which jala) token-predictor label --recipe pretrain_internvl3_2b --src S --out O
 
 The corpus' tokenization (``jala data tokenize``) calls ``jala_ds.motion.corpus_tokenize.tokenize_corpus``.
 """
@@ -36,14 +37,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     label = actions.add_parser("label", help="copy a corpus with its video-only clips pseudo-labelled",
                                description="Writes --src to --out with predicted motion tokens (and labeled=1) for "
                                            "every video-only training clip, for the hands data.video_only_hands "
-                                           "names; pretrain on --out with model.align=false.")
+                                           "names; pretrain on --out with model.align=false. Under torchrun the "
+                                           "ranks split the corpus, each on its own GPU; --out must then be one "
+                                           "folder that they all write (a shared filesystem across nodes).")
     label.add_argument("--recipe", required=True, help="recipe name or YAML path (token layout, video_only_hands)")
     label.add_argument("overrides", nargs="*", help="recipe overrides, section.key=value")
     label.add_argument("--predictor", default=None, help="checkpoint folder (default token_predictor.checkpoint, "
                                                          "else <train.out_dir>/token_predictor)")
     label.add_argument("--src", required=True, help="the converted (or tokenized) corpus")
     label.add_argument("--out", required=True, help="a new folder for the pseudo-labelled copy")
-    label.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
+    label.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one, "
+                                                         "each rank's own)")
     label.set_defaults(handler=run_predictor_label)
 
 

@@ -8,6 +8,12 @@ record for record in the same order:
     report = copy_corpus(src, out, TOKEN_COLUMNS, add_tokens, counted=("chunks",), block=64, desc="tokenize")
     # add_tokens(subset, records, tally) -> one dict of new or replaced columns per record, adding to tally["chunks"]
     # report: {"clips": ..., "chunks": ..., "subsets": {"lab": {"clips": ..., "chunks": ...}, ...}, "seconds": ...}
+
+Under torchrun the ranks split every subset into contiguous runs of records, one each in rank order; a rank writes
+its run to ``<out>/<subset>/part<rank>/`` and, once all have finished, rank 0 merges their indexes into
+``<out>/<subset>/index.json`` (``streaming.base.util.merge_index``). Readers see one dataset, in the source's record
+order for any number of ranks; only where shards end depends on it. ``<out>`` must be one folder that every rank
+writes to: a shared filesystem when the ranks span nodes.
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ from tqdm import tqdm
 from jala_ds.data.convert import HELDOUT
 from jala_ds.data.schema import SUBSETS
 from jala_ds.motion.pose_corpus import open_mds
+from jala_ds.motion.torchrun_group import Ranks
 
 Records = list[dict[str, Any]]
 
@@ -39,13 +46,12 @@ def corpus_subsets(src: Path) -> list[str]:
 
 def copy_corpus(src: str | Path, out: str | Path, columns: dict[str, str],
                 transform: Callable[[str, Records, Counter], Records], *, counted: tuple[str, ...], block: int,
-                desc: str) -> dict[str, Any]:
+                desc: str, ranks: Ranks) -> dict[str, Any]:
     """Write every subset of ``src`` to ``out`` with ``columns`` (name -> MDS encoding) added to its own;
     ``transform(subset, records, tally)`` gives each record's new or replaced column values and adds to the
-    subset's ``tally`` under the ``counted`` keys. Returns the clips and tallies, per subset and in total, and the
-    time taken. Refuses to write over the source or over a subset already in ``out``."""
-    from streaming import MDSWriter
-
+    subset's ``tally`` under the ``counted`` keys. This rank copies its share of each subset (module docstring).
+    Returns the clips and tallies of all ranks, per subset and in total, and the time the slowest rank took.
+    Refuses to write over the source or over a subset already in ``out``."""
     src, out = Path(src), Path(out)
     if src.resolve() == out.resolve():
         raise ValueError(f"--out {out} is the source corpus: write the copy to another folder")
@@ -53,25 +59,70 @@ def copy_corpus(src: str | Path, out: str | Path, columns: dict[str, str],
     taken = [s for s in subsets if (out / s).exists()]
     if taken:
         raise FileExistsError(f"{out} already holds {', '.join(taken)}: choose a new --out folder or delete it")
-    tallies: dict[str, Counter] = {}
-    started, done = time.perf_counter(), 0
-    for subset in subsets:
-        source = open_mds(src / subset)
-        settings = json.loads((src / subset / "index.json").read_text())["shards"][0]
-        own = dict(zip(settings["column_names"], settings["column_encodings"]))
-        tally = tallies[subset] = Counter({key: 0 for key in counted})
-        with MDSWriter(out=str(out / subset), columns={**own, **columns}, compression=settings.get("compression"),
-                       hashes=settings.get("hashes") or None, size_limit=settings.get("size_limit")) as writer, \
-                tqdm(total=len(source), desc=f"{desc} {subset}", unit="clip") as progress:
-            for start in range(0, len(source), block):
-                records = [source[i] for i in range(start, min(start + block, len(source)))]
-                for record, added in zip(records, transform(subset, records, tally)):
-                    writer.write({**{name: record[name] for name in own}, **added})
-                done += len(records)
-                progress.update(len(records))
-                progress.set_postfix(clips_per_s=f"{done / (time.perf_counter() - started):.1f}")
-        tally["clips"] = len(source)
-    seconds = time.perf_counter() - started
-    return {"clips": done, **{key: sum(t[key] for t in tallies.values()) for key in counted},
-            "subsets": {subset: dict(t) for subset, t in tallies.items()}, "seconds": seconds,
-            "clips_per_s": done / seconds}
+    ranks.barrier()   # every rank has looked at <out> before any writes to it
+    started = time.perf_counter()
+    tallies = {subset: copy_share(src / subset, out / subset, columns, transform, subset, counted=counted,
+                                  block=block, desc=desc, ranks=ranks)
+               for subset in subsets}
+    everyone = ranks.gather((time.perf_counter() - started, tallies))   # returns once every part is written
+    seconds = max(took for took, _ in everyone)
+    tallies = {subset: sum((theirs[subset] for _, theirs in everyone), Counter()) for subset in subsets}
+    if ranks.rank == 0:
+        for subset in subsets:
+            merge_parts(out / subset, ranks.world_size)
+    ranks.barrier()   # the merged indexes are there for every rank to read
+    clips = sum(tally["clips"] for tally in tallies.values())
+    return {"clips": clips, **{key: sum(t[key] for t in tallies.values()) for key in counted},
+            "subsets": {subset: {key: t[key] for key in ("clips", *counted)} for subset, t in tallies.items()},
+            "seconds": seconds, "clips_per_s": clips / seconds, "ranks": ranks.world_size}
+
+
+def part_folder(rank: int) -> str:
+    return f"part{rank:05d}"
+
+
+def copy_share(source_dir: Path, out_dir: Path, columns: dict[str, str],
+               transform: Callable[[str, Records, Counter], Records], subset: str, *, counted: tuple[str, ...],
+               block: int, desc: str, ranks: Ranks) -> Counter:
+    """Copy this rank's run of records of one subset to its part folder; return its tally (``clips`` included)."""
+    from streaming import MDSWriter
+
+    source = open_mds(source_dir)
+    settings = json.loads((source_dir / "index.json").read_text())["shards"][0]
+    own = dict(zip(settings["column_names"], settings["column_encodings"]))
+    first, end = (len(source) * r // ranks.world_size for r in (ranks.rank, ranks.rank + 1))
+    tally = Counter({key: 0 for key in ("clips", *counted)})
+    started = time.perf_counter()
+    with MDSWriter(out=str(out_dir / part_folder(ranks.rank)), columns={**own, **columns},
+                   compression=settings.get("compression"), hashes=settings.get("hashes") or None,
+                   size_limit=settings.get("size_limit")) as writer, \
+            tqdm(total=end - first, desc=f"{desc} {subset}", unit="clip", disable=ranks.rank > 0) as progress:
+        for start in range(first, end, block):
+            records = [source[i] for i in range(start, min(start + block, end))]
+            for record, added in zip(records, transform(subset, records, tally)):
+                writer.write({**{name: record[name] for name in own}, **added})
+            tally["clips"] += len(records)
+            progress.update(len(records))
+            rate = tally["clips"] * ranks.world_size / (time.perf_counter() - started)   # rank 0's, for all
+            progress.set_postfix(clips_per_s=f"{rate:.1f}")
+    return tally
+
+
+def merge_parts(out_dir: Path, parts: int) -> None:
+    """One ``index.json`` over the ranks' part folders of a subset, their shards in rank order, as streaming's
+    ``merge_index`` writes it (shard names prefixed with their folder); one clear error when a part is missing."""
+    indexes = [out_dir / part_folder(rank) / "index.json" for rank in range(parts)]
+    missing = [str(index.parent) for index in indexes if not index.is_file()]
+    if missing:
+        raise FileNotFoundError(f"rank 0 cannot see {', '.join(missing)}: every rank must write --out on one "
+                                "shared filesystem")
+    shards = []
+    for index in indexes:
+        for shard in json.loads(index.read_text())["shards"]:
+            for files in ("raw_data", "zip_data", "raw_meta", "zip_meta"):
+                if shard.get(files):
+                    shard[files]["basename"] = f"{index.parent.name}/{shard[files]['basename']}"
+            shards.append(shard)
+    written = out_dir / "index.json.partial"
+    written.write_text(json.dumps({"version": 2, "shards": shards}))
+    written.replace(out_dir / "index.json")   # readers never see half an index

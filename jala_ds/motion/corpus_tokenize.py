@@ -9,7 +9,8 @@ evaluation reads) is copied into the same folder under ``<out>`` (``jala_ds.moti
 (``jala_ds.data.schema.TOKEN_COLUMNS``): int32 ``[chunks, tokens_per_chunk]`` codes of each present hand's
 ``T // chunk_frames`` whole chunks (lab clips and pseudo-labelled wild clips), empty for an absent hand.
 Hands of many clips are encoded together, one forward pass per block of clips, which is what makes the
-throughput (printed and returned in clips/s).
+throughput (printed and returned in clips/s). Under torchrun each rank copies its share
+(``torchrun --nproc_per_node 8 $(which jala) data tokenize --device cuda ...``).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from jala_ds.data.motion_tokens import MotionTokenizer
 from jala_ds.data.schema import HANDS, TOKEN_COLUMNS, array_bytes, hand_poses
 from jala_ds.motion.corpus_copy import copy_corpus
 from jala_ds.motion.tokenizer import load_grvq_tokenizer
+from jala_ds.motion.torchrun_group import torchrun_ranks
 
 CLIPS_PER_BLOCK = 64
 """Clips whose hands go through the tokenizer in one forward pass."""
@@ -50,19 +52,22 @@ def tokenize_records(tok: MotionTokenizer, records: list[dict[str, Any]]) -> lis
 
 def tokenize_corpus(tokenizer_path: str | Path, src_mds: str | Path, out_mds: str | Path,
                     device: str = "cpu") -> dict[str, Any]:
-    """Copy ``src_mds`` to ``out_mds`` with motion tokens added; return counts and throughput."""
-    tok = load_grvq_tokenizer(tokenizer_path, device)
+    """Copy ``src_mds`` to ``out_mds`` with motion tokens added, this rank's share of it under torchrun (``device``
+    ``cuda`` is the rank's GPU); return counts and throughput, the same on every rank."""
+    with torchrun_ranks() as ranks:
+        tok = load_grvq_tokenizer(tokenizer_path, ranks.on(device))
 
-    def add_tokens(subset: str, records: list[dict[str, Any]], tally: Counter) -> list[dict[str, bytes]]:
-        columns = tokenize_records(tok, records)
-        for tokens in columns:
-            chunks = [len(tokens[f"{hand}_tokens"]) // (4 * tok.tokens_per_chunk) for hand in HANDS]
-            tally["tokenized_hands"] += sum(c > 0 for c in chunks)
-            tally["chunks"] += sum(chunks)
-        return columns
+        def add_tokens(subset: str, records: list[dict[str, Any]], tally: Counter) -> list[dict[str, bytes]]:
+            columns = tokenize_records(tok, records)
+            for tokens in columns:
+                chunks = [len(tokens[f"{hand}_tokens"]) // (4 * tok.tokens_per_chunk) for hand in HANDS]
+                tally["tokenized_hands"] += sum(c > 0 for c in chunks)
+                tally["chunks"] += sum(chunks)
+            return columns
 
-    report = copy_corpus(src_mds, out_mds, TOKEN_COLUMNS, add_tokens, counted=("tokenized_hands", "chunks"),
-                         block=CLIPS_PER_BLOCK, desc="tokenize")
-    print(f"tokenized {report['clips']} clips ({report['chunks']} chunks) into {out_mds} at "
-          f"{report['clips_per_s']:.1f} clips/s")
+        report = copy_corpus(src_mds, out_mds, TOKEN_COLUMNS, add_tokens, counted=("tokenized_hands", "chunks"),
+                             block=CLIPS_PER_BLOCK, desc="tokenize", ranks=ranks)
+    if ranks.rank == 0:
+        print(f"tokenized {report['clips']} clips ({report['chunks']} chunks) into {out_mds} at "
+              f"{report['clips_per_s']:.1f} clips/s on {ranks.world_size} rank(s)")
     return report

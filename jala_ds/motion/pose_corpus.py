@@ -1,8 +1,8 @@
 """MANO pose chunks from the MDS corpus: what the motion tokenizer trains on.
 
-``<mds_dir>/lab`` and ``<mds_dir>/wild`` are read in place with ``streaming.StreamingDataset`` (random access,
-shard hashes checked when the index records them); records follow ``jala_ds.data.schema``, the one leaf of the
-data package that motion code reads. Every hand sequence that is present (``left``/``right`` ``[T, 99]`` with
+``<mds_dir>/lab`` and ``<mds_dir>/wild`` are read in place (``open_mds``: random access to every record, each
+shard hash-checked when first read if the index records hashes); records follow ``jala_ds.data.schema``. Every
+hand sequence that is present (``left``/``right`` ``[T, 99]`` with
 ``T >= chunk_frames``: lab clips and pseudo-labelled wild clips) contributes chunks.
 
     corpus = PoseCorpus("demo_out/mds")
@@ -12,13 +12,15 @@ data package that motion code reads. Every hand sequence that is present (``left
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from streaming import LocalDataset
 
 from jala_ds.data.schema import HANDS, SUBSETS, hand_poses
+from jala_ds.data.shard_check import verify_shard
 
 SHUFFLE_BUFFER_BATCHES = 8
 """Chunks are shuffled within a buffer of this many batches, so one clip's chunks spread over many steps."""
@@ -26,18 +28,32 @@ STD_FLOOR = 1e-3
 """Dimensions that hardly vary (a fixed joint in the data) are scaled by at most 1 / STD_FLOOR."""
 
 
-def open_mds(path: str | Path):
-    """A ``StreamingDataset`` over the MDS dataset at ``path`` (local, in order), checking shard hashes if any."""
-    from streaming import StreamingDataset
+class CheckedLocalDataset(LocalDataset):
+    """Every record of an MDS dataset in a local folder, by index, whatever the process' place in a torchrun
+    world; each shard checked against its recorded hash the first time one of its records is read.
 
-    index = Path(path) / "index.json"
-    if not index.is_file():
+    Not ``StreamingDataset``: its ``len`` is one rank's share of an epoch, so under torchrun (WORLD_SIZE > 1)
+    ``range(len(dataset))`` would skip the rest of the records, and it checks hashes only of shards it downloads.
+    """
+
+    def __init__(self, path: str | Path):
+        super().__init__(local=str(path))
+        self.unchecked = {i for i, shard in enumerate(self.shards)
+                          if any(info.hashes for info, _ in shard.file_pairs)}
+
+    def get_item(self, sample_id: int) -> dict[str, Any]:
+        shard_id, _ = self.spanner[sample_id]
+        if shard_id in self.unchecked:
+            verify_shard(self.shards[shard_id])
+            self.unchecked.discard(shard_id)
+        return super().get_item(sample_id)
+
+
+def open_mds(path: str | Path) -> CheckedLocalDataset:
+    """The MDS dataset at ``path``; one clear error when there is none."""
+    if not (Path(path) / "index.json").is_file():
         raise FileNotFoundError(f"{path} is not an MDS dataset (no index.json): run `jala data convert` first")
-    shards = json.loads(index.read_text())["shards"]
-    hashes = shards[0].get("hashes", []) if shards else []
-    # xxh64 when present: as strong against corruption as sha1 and far cheaper to check.
-    check = "xxh64" if "xxh64" in hashes else (hashes[0] if hashes else None)
-    return StreamingDataset(local=str(path), shuffle=False, validate_hash=check)
+    return CheckedLocalDataset(path)
 
 
 class PoseCorpus:

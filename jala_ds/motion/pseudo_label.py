@@ -9,11 +9,14 @@ codes for each chunk from its boundary frames, in ``left_tokens``/``right_tokens
 pretraining loader then builds a labelled document from it (hybrid masking, MCP labels), as it does for a lab
 clip. Labelled clips keep their codes: stored ones are copied, otherwise the recipe's motion tokenizer encodes
 their poses, so the copy is self-contained. The held-out clips are copied without pseudo labels: evaluation
-scores against real poses only. Pretrain on the copy with ``model.align=false`` (docs/method.md).
+scores against real poses only. Pretrain on the copy with ``model.align=false`` (docs/method.md). Under torchrun
+each rank labels its share of every subset on its own GPU
+(``torchrun --nproc_per_node 8 $(which jala) token-predictor label ...``).
 """
 from __future__ import annotations
 
 from collections import Counter
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +25,13 @@ import torch
 
 from jala_ds.config import JalaConfig
 from jala_ds.data.frames import normalized
-from jala_ds.data.motion_tokens import build_motion_tokenizer
+from jala_ds.data.motion_tokens import MotionTokenizer, build_motion_tokenizer
 from jala_ds.data.schema import HANDS, SUBSETS, TOKEN_COLUMNS, array_bytes
 from jala_ds.motion.chunk_pairs import boundary_frames
 from jala_ds.motion.corpus_copy import copy_corpus
 from jala_ds.motion.corpus_tokenize import tokenize_records
 from jala_ds.motion.token_predictor import ActionTokenPredictor, load_token_predictor, shape_of
+from jala_ds.motion.torchrun_group import torchrun_ranks
 
 CLIPS_PER_BLOCK = 64
 """Clips read, and their chunks predicted, together."""
@@ -55,35 +59,43 @@ def predicted_codes(model: ActionTokenPredictor, clips: list[torch.Tensor], hand
 
 def pseudo_label_corpus(cfg: JalaConfig, predictor_path: str | Path, src_mds: str | Path, out_mds: str | Path,
                         device: str = "cpu") -> dict[str, Any]:
-    """Copy ``src_mds`` to ``out_mds`` with the video-only training clips pseudo-labelled; return counts."""
-    model = load_token_predictor(predictor_path, expect=shape_of(cfg)).to(device)
-    tokenizer = build_motion_tokenizer(cfg.motion_tokenizer)
-    hands = [0, 1] if cfg.data.video_only_hands == "both" else [1]
-    torch_device = torch.device(device)
-
-    def label(subset: str, records: list[dict[str, Any]], tally: Counter) -> list[dict[str, Any]]:
-        # A labelled clip keeps its stored codes (copied with the other columns) or gets them encoded here.
-        stored = all(name in record for record in records for name in TOKEN_COLUMNS)
-        columns: list[dict[str, Any]] = [{} for _ in records] if stored else tokenize_records(tokenizer, records)
-        unlabelled = [i for i, record in enumerate(records)
-                      if subset in SUBSETS and not record["labeled"] and len(record["frame_index"]) > 1]
-        clips = [boundary_frames(records[i], model.shape.image_size) for i in unlabelled]
-        predicted = predicted_codes(model, clips, hands, cfg.token_predictor.label_batch_chunks, torch_device) \
-            if clips else []
-        for i, codes in zip(unlabelled, predicted):
-            chunks = len(codes) // len(hands)
-            tokens = {f"{hand}_tokens": array_bytes(np.zeros((0, model.shape.tokens_per_chunk)), "<i4")
-                      for hand in HANDS}
-            for j, h in enumerate(hands):
-                tokens[f"{HANDS[h]}_tokens"] = array_bytes(codes[j * chunks:(j + 1) * chunks], "<i4")
-            columns[i] = {**tokens, "labeled": 1}
-            tally["pseudo_labelled_clips"] += 1
-            tally["pseudo_labelled_chunks"] += len(codes)
-        return columns
-
-    report = copy_corpus(src_mds, out_mds, TOKEN_COLUMNS, label, block=CLIPS_PER_BLOCK, desc="pseudo-label",
-                         counted=("pseudo_labelled_clips", "pseudo_labelled_chunks"))
+    """Copy ``src_mds`` to ``out_mds`` with the video-only training clips pseudo-labelled, this rank's share of it
+    under torchrun (``device`` ``cuda`` is the rank's GPU); return counts, the same on every rank."""
+    with torchrun_ranks() as ranks:
+        torch_device = ranks.on(device)
+        model = load_token_predictor(predictor_path, expect=shape_of(cfg)).to(torch_device)
+        tokenizer = build_motion_tokenizer(cfg.motion_tokenizer)
+        hands = [0, 1] if cfg.data.video_only_hands == "both" else [1]
+        label = partial(labelled_columns, model, tokenizer, hands, cfg.token_predictor.label_batch_chunks,
+                        torch_device)
+        report = copy_corpus(src_mds, out_mds, TOKEN_COLUMNS, label, block=CLIPS_PER_BLOCK, desc="pseudo-label",
+                             counted=("pseudo_labelled_clips", "pseudo_labelled_chunks"), ranks=ranks)
     report["hands"] = [HANDS[h] for h in hands]
-    print(f"pseudo-labelled {report['pseudo_labelled_clips']} video-only clips ({report['pseudo_labelled_chunks']} "
-          f"chunks, hands: {', '.join(report['hands'])}) of {report['clips']} into {out_mds}")
+    if ranks.rank == 0:
+        print(f"pseudo-labelled {report['pseudo_labelled_clips']} video-only clips ({report['pseudo_labelled_chunks']}"
+              f" chunks, hands: {', '.join(report['hands'])}) of {report['clips']} into {out_mds} at "
+              f"{report['clips_per_s']:.1f} clips/s on {ranks.world_size} rank(s)")
     return report
+
+
+def labelled_columns(model: ActionTokenPredictor, tokenizer: MotionTokenizer, hands: list[int], batch: int,
+                     device: torch.device, subset: str, records: list[dict[str, Any]],
+                     tally: Counter) -> list[dict[str, Any]]:
+    """The token columns (and ``labeled``) that a block of ``subset``'s records gets in the copy."""
+    # A labelled clip keeps its stored codes (copied with the other columns) or gets them encoded here.
+    stored = all(name in record for record in records for name in TOKEN_COLUMNS)
+    columns: list[dict[str, Any]] = [{} for _ in records] if stored else tokenize_records(tokenizer, records)
+    unlabelled = [i for i, record in enumerate(records)
+                  if subset in SUBSETS and not record["labeled"] and len(record["frame_index"]) > 1]
+    clips = [boundary_frames(records[i], model.shape.image_size) for i in unlabelled]
+    predicted = predicted_codes(model, clips, hands, batch, device) if clips else []
+    for i, codes in zip(unlabelled, predicted):
+        chunks = len(codes) // len(hands)
+        tokens = {f"{hand}_tokens": array_bytes(np.zeros((0, model.shape.tokens_per_chunk)), "<i4")
+                  for hand in HANDS}
+        for j, h in enumerate(hands):
+            tokens[f"{HANDS[h]}_tokens"] = array_bytes(codes[j * chunks:(j + 1) * chunks], "<i4")
+        columns[i] = {**tokens, "labeled": 1}
+        tally["pseudo_labelled_clips"] += 1
+        tally["pseudo_labelled_chunks"] += len(codes)
+    return columns

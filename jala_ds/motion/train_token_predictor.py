@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -35,7 +34,7 @@ from jala_ds.motion.token_predictor import (
     default_checkpoint,
     save_token_predictor,
 )
-from jala_ds.motion.train_tokenizer import start_process_group
+from jala_ds.motion.torchrun_group import torchrun_ranks
 from jala_ds.train.tracking import Tracker
 
 
@@ -84,56 +83,53 @@ def train_token_predictor(cfg: JalaConfig, steps: int | None = None, out_dir: st
     pcfg = cfg.token_predictor
     steps = steps or pcfg.train_steps
     out_dir = Path(out_dir) if out_dir else default_checkpoint(cfg)
-    group_is_ours = not dist.is_initialized()   # a caller's group (a test's, a notebook's) outlives this call
-    rank, world_size, device = start_process_group()
-    torch.manual_seed(cfg.train.seed)
-    tokenizer = build_motion_tokenizer(cfg.motion_tokenizer)
-    stream = LabelledChunkStream(cfg.data.mds_dir, tokenizer, image_size=cfg.model.visual_encoder_image_size,
-                                 seed=cfg.train.seed, rank=rank, world_size=world_size)
-    workers = cfg.data.num_workers
-    batches = iter(DataLoader(stream, batch_size=pcfg.batch_chunks, num_workers=workers,
-                              prefetch_factor=cfg.data.prefetch_factor if workers else None,
-                              persistent_workers=workers > 0))
-    probe = probe_pairs(cfg, tokenizer)
-    model = build_token_predictor(cfg).to(device).train()
-    trainer: torch.nn.Module = model
-    if world_size > 1:
-        trainer = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    trained = [param for param in model.parameters() if param.requires_grad]
-    optimizer = torch.optim.AdamW(trained, lr=pcfg.lr, weight_decay=pcfg.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
-    params = {**{f"token_predictor.{k}": v for k, v in vars(pcfg).items()}, "data.mds_dir": cfg.data.mds_dir,
-              "steps": steps, "world_size": world_size, "tokens_per_chunk": model.shape.tokens_per_chunk,
-              "vocab_per_part": model.shape.vocab_per_part, "model.visual_encoder": cfg.model.visual_encoder}
-    tracker = Tracker(cfg.tracking, rank=rank, run_name=f"{cfg.name}-token-predictor")
-    tracker.log_params(params)
-    if rank == 0:
-        tracker.log_metrics({f"init_{k}": v for k, v in probe_metrics(model, probe, device).items()}, step=0)
-    started, seen = time.perf_counter(), 0
-    for step in range(1, steps + 1):
-        frames, hand, codes = next(batches)
-        loss, accuracy = scored(trainer, frames, hand, codes, device, pcfg.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        seen += len(hand) * world_size
-        if rank == 0 and (step % pcfg.log_every == 0 or step == steps):
-            metrics = {"loss": loss.item(), "token_accuracy": accuracy.item(), "lr": schedule.get_last_lr()[0],
-                       "chunks_per_s": seen / (time.perf_counter() - started),
-                       **probe_metrics(model, probe, device)}
-            tracker.log_metrics(metrics, step=step)
-            print(f"token predictor step {step}/{steps} " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()),
-                  flush=True)
-    if rank == 0:
-        save_token_predictor(model, out_dir, {"steps": steps, "world_size": world_size, "seed": cfg.train.seed,
-                                              "mds_dir": str(cfg.data.mds_dir), "run_id": tracker.run_id,
-                                              **probe_metrics(model, probe, device)})
-        for path in sorted(p for p in out_dir.iterdir() if p.is_file()):
-            tracker.log_artifact(path)
-        print(f"token predictor checkpoint: {out_dir}", flush=True)
-    tracker.close()
-    if group_is_ours and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+    with torchrun_ranks() as ranks:
+        rank, world_size, device = ranks.rank, ranks.world_size, ranks.device
+        torch.manual_seed(cfg.train.seed)
+        tokenizer = build_motion_tokenizer(cfg.motion_tokenizer)
+        stream = LabelledChunkStream(cfg.data.mds_dir, tokenizer, image_size=cfg.model.visual_encoder_image_size,
+                                     seed=cfg.train.seed, rank=rank, world_size=world_size)
+        workers = cfg.data.num_workers
+        batches = iter(DataLoader(stream, batch_size=pcfg.batch_chunks, num_workers=workers,
+                                  prefetch_factor=cfg.data.prefetch_factor if workers else None,
+                                  persistent_workers=workers > 0))
+        probe = probe_pairs(cfg, tokenizer)
+        model = build_token_predictor(cfg).to(device).train()
+        trainer: torch.nn.Module = model
+        if world_size > 1:
+            trainer = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        trained = [param for param in model.parameters() if param.requires_grad]
+        optimizer = torch.optim.AdamW(trained, lr=pcfg.lr, weight_decay=pcfg.weight_decay)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+        params = {**{f"token_predictor.{k}": v for k, v in vars(pcfg).items()}, "data.mds_dir": cfg.data.mds_dir,
+                  "steps": steps, "world_size": world_size, "tokens_per_chunk": model.shape.tokens_per_chunk,
+                  "vocab_per_part": model.shape.vocab_per_part, "model.visual_encoder": cfg.model.visual_encoder}
+        tracker = Tracker(cfg.tracking, rank=rank, run_name=f"{cfg.name}-token-predictor")
+        tracker.log_params(params)
+        if rank == 0:
+            tracker.log_metrics({f"init_{k}": v for k, v in probe_metrics(model, probe, device).items()}, step=0)
+        started, seen = time.perf_counter(), 0
+        for step in range(1, steps + 1):
+            frames, hand, codes = next(batches)
+            loss, accuracy = scored(trainer, frames, hand, codes, device, pcfg.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            seen += len(hand) * world_size
+            if rank == 0 and (step % pcfg.log_every == 0 or step == steps):
+                metrics = {"loss": loss.item(), "token_accuracy": accuracy.item(), "lr": schedule.get_last_lr()[0],
+                           "chunks_per_s": seen / (time.perf_counter() - started),
+                           **probe_metrics(model, probe, device)}
+                tracker.log_metrics(metrics, step=step)
+                print(f"token predictor step {step}/{steps} " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()),
+                      flush=True)
+        if rank == 0:
+            save_token_predictor(model, out_dir, {"steps": steps, "world_size": world_size, "seed": cfg.train.seed,
+                                                  "mds_dir": str(cfg.data.mds_dir), "run_id": tracker.run_id,
+                                                  **probe_metrics(model, probe, device)})
+            for path in sorted(p for p in out_dir.iterdir() if p.is_file()):
+                tracker.log_artifact(path)
+            print(f"token predictor checkpoint: {out_dir}", flush=True)
+        tracker.close()
     return out_dir

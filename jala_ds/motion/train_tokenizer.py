@@ -14,7 +14,6 @@ logged as the run's artifacts.
 from __future__ import annotations
 
 import math
-import os
 import time
 from pathlib import Path
 
@@ -29,26 +28,13 @@ from jala_ds.motion.metrics import mpjpe
 from jala_ds.motion.pose_corpus import PoseCorpus
 from jala_ds.motion.tokenizer import save_tokenizer
 from jala_ds.motion.tokenizer_model import MotionTokenizerModel
+from jala_ds.motion.torchrun_group import torchrun_ranks
 from jala_ds.train.tracking import Tracker
 
 
 def default_out_dir(cfg: JalaConfig) -> Path:
     """Where the checkpoint goes without ``--out``: the recipe's tokenizer checkpoint, else under train.out_dir."""
     return Path(cfg.motion_tokenizer.checkpoint or Path(cfg.train.out_dir) / "grvq_tokenizer")
-
-
-def start_process_group() -> tuple[int, int, torch.device]:
-    """``(rank, world_size, device)``; joins the torchrun process group when WORLD_SIZE > 1 (NCCL on GPUs)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available()
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    return rank, world_size, device
 
 
 class ProbeMetrics:
@@ -101,58 +87,55 @@ def train_tokenizer(cfg: JalaConfig, steps: int | None = None, out_dir: str | Pa
     tcfg = cfg.motion_tokenizer
     steps = steps or tcfg.train_steps
     out_dir = Path(out_dir) if out_dir else default_out_dir(cfg)
-    group_is_ours = not dist.is_initialized()   # a caller's group (a test's, a notebook's) outlives this call
-    rank, world_size, device = start_process_group()
-    torch.manual_seed(cfg.train.seed)
-    corpus = PoseCorpus(cfg.data.mds_dir)
-    mean, std, stats_chunks = corpus.normalization_stats(cfg.data.chunk_frames, tcfg.stats_chunks)
-    model = MotionTokenizerModel(tcfg, cfg.data.chunk_frames, torch.from_numpy(mean), torch.from_numpy(std))
-    model.to(device).train()
-    # Buffers (codebooks, EMA statistics) stay in step by construction: statistics are all-reduced, restarts
-    # broadcast from rank 0. Broadcasting them again on every forward would only cost time.
-    trainer = model
-    if world_size > 1:
-        trainer = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
-                                          broadcast_buffers=False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
-    batches = corpus.chunk_batches(cfg.data.chunk_frames, tcfg.batch_size, cfg.train.seed, rank, world_size)
-    probe = ProbeMetrics(*next(corpus.chunk_batches(cfg.data.chunk_frames, tcfg.batch_size, cfg.train.seed + 1)),
-                         tcfg.mano_model_dir)
-    params = {**{f"motion_tokenizer.{k}": v for k, v in vars(tcfg).items()}, "data.mds_dir": cfg.data.mds_dir,
-              "data.chunk_frames": cfg.data.chunk_frames, "steps": steps, "world_size": world_size,
-              "normalization_chunks": stats_chunks}
-    tracker = Tracker(cfg.tracking, rank=rank, run_name=f"{cfg.name}-tokenizer")
-    tracker.log_params(params)
-    if rank == 0:
-        tracker.log_metrics({f"init_{k}": v for k, v in probe(model).items()}, step=0)
-    started, seen = time.perf_counter(), 0
-    for step in range(1, steps + 1):
-        chunks, _ = next(batches)
-        losses = trainer(torch.from_numpy(chunks).to(device))
-        optimizer.zero_grad(set_to_none=True)
-        losses.total.backward()
-        optimizer.step()
-        schedule.step()
-        seen += len(chunks) * world_size
-        if rank == 0 and (step % tcfg.log_every == 0 or step == steps):
-            metrics = {"loss": losses.total.item(), "reconstruction": losses.reconstruction.item(),
-                       "velocity": losses.velocity.item(), "commitment": losses.commitment.item(),
-                       "restarted_codes": float(losses.restarted), "codebook_usage": codebook_usage(model),
-                       "lr": schedule.get_last_lr()[0], "chunks_per_s": seen / (time.perf_counter() - started),
-                       **probe(model)}
-            tracker.log_metrics(metrics, step=step)
-            print(f"tokenizer step {step}/{steps} " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()),
-                  flush=True)
-    check_codebooks_in_sync(model)
-    if rank == 0:
-        save_tokenizer(model, out_dir, {"steps": steps, "world_size": world_size, "seed": cfg.train.seed,
-                                        "mds_dir": str(cfg.data.mds_dir), "normalization_chunks": stats_chunks})
-        for path in sorted(out_dir.iterdir()):
-            tracker.log_artifact(path)
-        print(f"tokenizer checkpoint: {out_dir}", flush=True)
-    tracker.close()
-    if group_is_ours and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+    with torchrun_ranks() as ranks:
+        rank, world_size, device = ranks.rank, ranks.world_size, ranks.device
+        torch.manual_seed(cfg.train.seed)
+        corpus = PoseCorpus(cfg.data.mds_dir)
+        mean, std, stats_chunks = corpus.normalization_stats(cfg.data.chunk_frames, tcfg.stats_chunks)
+        model = MotionTokenizerModel(tcfg, cfg.data.chunk_frames, torch.from_numpy(mean), torch.from_numpy(std))
+        model.to(device).train()
+        # Buffers (codebooks, EMA statistics) stay in step by construction: statistics are all-reduced, restarts
+        # broadcast from rank 0. Broadcasting them again on every forward would only cost time.
+        trainer = model
+        if world_size > 1:
+            trainer = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
+                                              broadcast_buffers=False)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.lr)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+        batches = corpus.chunk_batches(cfg.data.chunk_frames, tcfg.batch_size, cfg.train.seed, rank, world_size)
+        probe = ProbeMetrics(*next(corpus.chunk_batches(cfg.data.chunk_frames, tcfg.batch_size, cfg.train.seed + 1)),
+                             tcfg.mano_model_dir)
+        params = {**{f"motion_tokenizer.{k}": v for k, v in vars(tcfg).items()}, "data.mds_dir": cfg.data.mds_dir,
+                  "data.chunk_frames": cfg.data.chunk_frames, "steps": steps, "world_size": world_size,
+                  "normalization_chunks": stats_chunks}
+        tracker = Tracker(cfg.tracking, rank=rank, run_name=f"{cfg.name}-tokenizer")
+        tracker.log_params(params)
+        if rank == 0:
+            tracker.log_metrics({f"init_{k}": v for k, v in probe(model).items()}, step=0)
+        started, seen = time.perf_counter(), 0
+        for step in range(1, steps + 1):
+            chunks, _ = next(batches)
+            losses = trainer(torch.from_numpy(chunks).to(device))
+            optimizer.zero_grad(set_to_none=True)
+            losses.total.backward()
+            optimizer.step()
+            schedule.step()
+            seen += len(chunks) * world_size
+            if rank == 0 and (step % tcfg.log_every == 0 or step == steps):
+                metrics = {"loss": losses.total.item(), "reconstruction": losses.reconstruction.item(),
+                           "velocity": losses.velocity.item(), "commitment": losses.commitment.item(),
+                           "restarted_codes": float(losses.restarted), "codebook_usage": codebook_usage(model),
+                           "lr": schedule.get_last_lr()[0], "chunks_per_s": seen / (time.perf_counter() - started),
+                           **probe(model)}
+                tracker.log_metrics(metrics, step=step)
+                print(f"tokenizer step {step}/{steps} " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()),
+                      flush=True)
+        check_codebooks_in_sync(model)
+        if rank == 0:
+            save_tokenizer(model, out_dir, {"steps": steps, "world_size": world_size, "seed": cfg.train.seed,
+                                            "mds_dir": str(cfg.data.mds_dir), "normalization_chunks": stats_chunks})
+            for path in sorted(out_dir.iterdir()):
+                tracker.log_artifact(path)
+            print(f"tokenizer checkpoint: {out_dir}", flush=True)
+        tracker.close()
     return out_dir
