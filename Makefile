@@ -19,11 +19,15 @@ install: $(STAMP)
 demo: install
 	PATH=$(abspath $(VENV))/bin:$$PATH bash launch/demo.sh
 
+# Test files are shared out to TEST_WORKERS processes, each file whole (its module fixtures are built once). Two
+# suit 2 cores: most tests use one core, and the 2-rank ones wait on each other's messages part of the time.
+TEST_WORKERS ?= 2
+
 test: install
-	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest -q tests
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 test-fast: install
-	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest -q -m "not slow" tests
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" tests
 
 bench: install
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m benchmarks.run_all

@@ -36,7 +36,7 @@ setup(
     package_data={"jala_ds": ["recipes/*.yaml"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "dev": ["pytest>=8", "ruff>=0.6", "psutil>=5.9", "py-spy>=0.4"],
+        "dev": ["pytest>=8", "pytest-xdist>=3.6", "ruff>=0.6", "psutil>=5.9", "py-spy>=0.4"],
         # CUDA-only packages: never needed for the CPU tests.
         "gpu": ["flash-attn>=2.7", "vector-quantize-pytorch>=1.20"],
     },

@@ -7,6 +7,7 @@ variable is restored afterwards: dispatchers keep choosing the PyTorch reference
 ``TRITON_INTERPRET=1`` itself (kernel modules are imported lazily, in the mode set at their first use).
 """
 import os
+import sys
 
 import pytest
 import torch
@@ -26,9 +27,12 @@ if not torch.cuda.is_available():
 def isolated_process_state():
     """Each test leaves the environment and the working directory as it found them: loaders and launchers set
     RANK, WORLD_SIZE, MLFLOW_TRACKING_URI and friends, and a leftover RANK would make the next test's
-    ``deepspeed.init_distributed`` believe it was launched."""
+    ``deepspeed.init_distributed`` believe it was launched. MLflow's process-wide tracking URI, which a training
+    job's ``Tracker`` sets, is cleared too: the next test's runs would land in the last test's store."""
     env, cwd = dict(os.environ), os.getcwd()
     yield
+    if "mlflow" in sys.modules:
+        sys.modules["mlflow"].set_tracking_uri(None)
     os.environ.clear()
     os.environ.update(env)
     os.chdir(cwd)
