@@ -6,6 +6,7 @@ import av
 import numpy as np
 import pytest
 from streaming import LocalDataset
+from two_ranks import run_two_ranks
 
 from jala_ds.config import load_config
 from jala_ds.data.convert import convert_corpus
@@ -127,6 +128,46 @@ def test_parallel_conversion_writes_identical_shards(tiny_corpus, tmp_path):
         index = (tiny_corpus.mds / subset / "index.json").read_text()
         assert (tmp_path / "mds" / subset / "index.json").read_text() == index
         assert len(json.loads(index)["shards"]) >= 2
+
+
+TWO_RANKS_CONVERT = """
+import json, os, sys
+from pathlib import Path
+from jala_ds.config import load_config
+from jala_ds.data.convert import convert_corpus
+
+report = convert_corpus(Path(sys.argv[1]), Path(sys.argv[2]) / "mds", load_config("tiny_cpu").data, workers=1,
+                        shard_bytes=1 << 16)
+(Path(sys.argv[2]) / f"rank{os.environ['RANK']}.json").write_text(json.dumps(report))
+"""
+
+
+@pytest.mark.slow
+def test_two_ranks_convert_what_one_process_does(tiny_corpus, tmp_path):
+    # Each rank (torchrun-style processes, gloo) converts half the manifest into its part of each dataset; rank 0
+    # merges the indexes and the reports. The manifest ends with a bad line and a second copy of its first clip,
+    # which rank 1 must reject as a duplicate of a clip that rank 0 wrote.
+    raw = tmp_path / "raw"
+    shutil.copytree(tiny_corpus.raw, raw)
+    first = (raw / "manifest.jsonl").read_text().splitlines()[0]
+    with open(raw / "manifest.jsonl", "a") as file:
+        file.write("{not json\n" + first + "\n")
+    single = convert_corpus(raw, tmp_path / "single", load_config("tiny_cpu").data, shard_bytes=1 << 16)
+    assert single["rejected_by_reason"] == {"bad_manifest": 1, "duplicate_clip_id": 1}
+    reports = run_two_ranks(TWO_RANKS_CONVERT, [str(raw)], tmp_path)
+    assert reports[0] == reports[1] == single
+    parts = {}
+    for subset in ("lab", "wild"):
+        one, two = LocalDataset(local=str(tmp_path / "single" / subset)), LocalDataset(local=str(tmp_path / "mds" / subset))
+        assert len(one) == len(two) == single["written_by_subset"][subset]
+        for i in range(len(one)):
+            assert one[i].keys() == two[i].keys()
+            for column in one[i]:
+                assert np.array_equal(np.asarray(one[i][column]), np.asarray(two[i][column])), (subset, i, column)
+        shards = json.loads((tmp_path / "mds" / subset / "index.json").read_text())["shards"]
+        parts[subset] = {shard["raw_data"]["basename"].split("/")[0] for shard in shards}
+    # The manifest lists the lab clips first: rank 0's half holds only lab clips, rank 1's the rest.
+    assert parts == {"lab": {"part00000", "part00001"}, "wild": {"part00001"}}
 
 
 def write_bad_clips(raw):

@@ -6,15 +6,16 @@ import pytest
 import torch
 from streaming import MDSWriter
 
+from jala_ds.data.mds_parts import merge_parts
 from jala_ds.data.schema import MDS_COLUMNS, SHARD_HASHES, TOKEN_COLUMNS, array_bytes, hand_poses, hand_tokens
 from jala_ds.motion.config import TokenizerConfig
-from jala_ds.motion.corpus_copy import copy_share, corpus_subsets, merge_parts
+from jala_ds.motion.corpus_copy import copy_share, corpus_subsets
 from jala_ds.motion.corpus_tokenize import tokenize_corpus, tokenize_records
 from jala_ds.motion.pose_corpus import open_mds
 from jala_ds.motion.synthetic import synthetic_motion
 from jala_ds.motion.tokenizer import load_grvq_tokenizer, save_tokenizer
 from jala_ds.motion.tokenizer_model import MotionTokenizerModel
-from jala_ds.motion.torchrun_group import Ranks
+from jala_ds.torchrun_group import Ranks
 
 CFG = TokenizerConfig(groups=2, stages=2, codes_per_stage=8, latent_dim=16, conv_width=16)
 
@@ -85,7 +86,7 @@ def test_ranks_shares_merge_into_the_one_process_copy(corpus, tmp_path):
                               lambda _, records, __: tokenize_records(tok, records), subset, counted=(), block=64,
                               desc="tokenize", ranks=Ranks(rank, 2, torch.device("cpu")))
                    for rank in range(2)]
-        merge_parts(tmp_path / "split" / subset, 2)
+        merge_parts(tmp_path / "split" / subset, [0, 1])
         whole, split = open_mds(tmp_path / "whole" / subset), open_mds(tmp_path / "split" / subset)
         assert [t["clips"] for t in tallies] == [len(whole) // 2, len(whole) - len(whole) // 2]
         assert len(split) == len(whole)
@@ -103,7 +104,7 @@ def test_a_part_rank_0_cannot_see_is_named(corpus, tmp_path):
     src, checkpoint = corpus
     tokenize_corpus(checkpoint, src, tmp_path / "out")
     with pytest.raises(FileNotFoundError, match="part00001: every rank must write --out on one shared filesystem"):
-        merge_parts(tmp_path / "out" / "lab", 2)
+        merge_parts(tmp_path / "out" / "lab", [0, 1])
 
 
 def test_refuses_to_overwrite(corpus, tmp_path):

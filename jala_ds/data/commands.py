@@ -3,6 +3,7 @@ add GRVQ motion tokens.
 
     jala data synth --out demo_out/raw --lab 24 --wild 16 --seed 0
     jala data convert --src demo_out/raw --out demo_out/mds --workers 2 --recipe tiny_cpu
+    torchrun --nnodes 8 --nproc_per_node 1 ... $(which jala) data convert --src RAW --out MDS --workers 64
     jala data synth --format lerobot --out demo_out/lerobot --episodes 6 --cameras 2
     jala data convert --format lerobot --src demo_out/lerobot --out demo_out/robot_mds --horizon 16
     jala data inspect demo_out/mds
@@ -40,7 +41,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.set_defaults(handler=run_synth)
 
     convert = commands.add_parser("convert", help="raw clips -> MDS shards (<out>/lab, <out>/wild, report.json); "
-                                  "--format lerobot: a LeRobot dataset -> robot MDS shards")
+                                  "--format lerobot: a LeRobot dataset -> robot MDS shards",
+                                  description="Raw clips: under torchrun (one rank per node, --workers decoding "
+                                              "processes each) the ranks split the manifest and rank 0 merges the "
+                                              "datasets and the report; --out must be on a filesystem every node "
+                                              "shares.")
     convert.add_argument("--format", choices=("clips", "lerobot"), default="clips",
                          help="clips: raw hand clips (manifest.jsonl); lerobot: a LeRobot v2.x robot dataset")
     convert.add_argument("--src", required=True, help="raw corpus folder with manifest.jsonl, or a LeRobot folder")
@@ -111,18 +116,21 @@ def run_convert(args: argparse.Namespace) -> int:
     if args.format == "lerobot":
         return run_convert_lerobot(args, cfg)
     data = cfg.data
-    print(f"converting with data.frame_size={data.frame_size} data.chunk_frames={data.chunk_frames} "
-          f"data.wild_slowdown={data.wild_slowdown} data.min_pseudo_confidence={data.min_pseudo_confidence} "
-          f"(recipe {args.recipe})")
+    reporting = os.environ.get("RANK", "0") == "0"   # under torchrun rank 0 speaks for all
+    if reporting:
+        print(f"converting with data.frame_size={data.frame_size} data.chunk_frames={data.chunk_frames} "
+              f"data.wild_slowdown={data.wild_slowdown} data.min_pseudo_confidence={data.min_pseudo_confidence} "
+              f"(recipe {args.recipe})")
     try:
         report = convert_corpus(args.src, args.out, data, workers=args.workers, shard_bytes=args.shard_mb << 20,
                                 overwrite=args.overwrite)
     except (FileNotFoundError, FileExistsError, ValueError) as err:
         return fail("convert", err)
-    reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(report["rejected_by_reason"].items())) or "none"
-    print(f"{report['clips_in']} clips in = {report['written']} written {report['written_by_subset']} + "
-          f"{report['rejected']} rejected ({reasons}); pseudo labels dropped: {report['pseudo_labels_dropped']}")
-    print(f"report: {args.out}/report.json")
+    if reporting:
+        reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(report["rejected_by_reason"].items())) or "none"
+        print(f"{report['clips_in']} clips in = {report['written']} written {report['written_by_subset']} + "
+              f"{report['rejected']} rejected ({reasons}); pseudo labels dropped: {report['pseudo_labels_dropped']}")
+        print(f"report: {args.out}/report.json")
     return 0
 
 
@@ -163,7 +171,7 @@ def run_tokenize(args: argparse.Namespace) -> int:
         report = tokenize_corpus(args.tokenizer, args.src, args.out, device=args.device)
     except (FileNotFoundError, FileExistsError, ValueError) as err:
         return fail("tokenize", err)
-    if os.environ.get("RANK", "0") == "0":   # under torchrun every rank holds the same report
+    if os.environ.get("RANK", "0") == "0":   # under torchrun rank 0 speaks for all
         print(json.dumps(report, indent=2))
     return 0
 

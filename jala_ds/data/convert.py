@@ -8,7 +8,15 @@ never see them, and ``jala eval motion`` scores generation on them.
 
 Clips are read and checked in ``workers`` processes (decoding dominates) and written by this process in
 manifest order, so the shards and their hashes are the same for any number of workers. The report always
-balances: ``clips_in == written + rejected``; every rejection carries its reason and the clip it hit.
+balances: ``clips_in == written + rejected``; every rejection carries its reason and the clip it hit. A clip id
+seen earlier in the manifest is rejected as a duplicate without being decoded.
+
+Across nodes, under torchrun, each rank converts a contiguous run of the manifest with its own ``workers`` and
+writes the parts of each dataset (``jala_ds.data.mds_parts``); rank 0 merges their indexes and reports for all.
+The records and the report are those of a one-process conversion; ``--out`` must be on a filesystem every node
+shares:
+
+    torchrun --nnodes 8 --nproc_per_node 1 ... $(which jala) data convert --src RAW --out MDS --workers 64
 """
 from __future__ import annotations
 
@@ -25,8 +33,10 @@ from typing import Any
 from streaming import MDSWriter
 
 from jala_ds.data.config import DataConfig
+from jala_ds.data.mds_parts import merge_parts, share_folder
 from jala_ds.data.raw_clips import ClipRejected, ConvertSettings, convert_one
 from jala_ds.data.schema import MDS_COLUMNS, SHARD_HASHES, SUBSETS
+from jala_ds.torchrun_group import Ranks, torchrun_ranks
 
 HELDOUT = "heldout"
 """Folder under the converter's output that holds the held-out datasets (``heldout/lab``, ``heldout/wild``)."""
@@ -36,7 +46,8 @@ DEFAULT_SHARD_BYTES = 1 << 26
 
 def convert_corpus(src: str | Path, out: str | Path, data: DataConfig, *, workers: int = 1,
                    shard_bytes: int = DEFAULT_SHARD_BYTES, overwrite: bool = False) -> dict[str, Any]:
-    """Convert the raw corpus at ``src`` into MDS datasets under ``out``; return (and write) the report."""
+    """Convert the raw corpus at ``src`` into MDS datasets under ``out`` (this rank's share of it under torchrun);
+    return (and write) the report of the whole conversion."""
     src, out = Path(src), Path(out)
     manifest = src / "manifest.jsonl"
     if not manifest.is_file():
@@ -44,50 +55,100 @@ def convert_corpus(src: str | Path, out: str | Path, data: DataConfig, *, worker
                                 "(docs/architecture.md section 1; `jala data synth` writes one)")
     if workers < 1:
         raise ValueError(f"--workers {workers}: use at least 1")
-    for folder in [out / subset for subset in SUBSETS] + [out / HELDOUT / subset for subset in SUBSETS]:
-        if folder.exists() and any(folder.iterdir()):
-            if not overwrite:
-                raise FileExistsError(f"{folder} already holds data: pass --overwrite or choose another --out")
-            shutil.rmtree(folder)  # also when the new corpus lacks this subset: no stale data survives
     settings = ConvertSettings(chunk_frames=data.chunk_frames, wild_slowdown=data.wild_slowdown,
                                min_pseudo_confidence=data.min_pseudo_confidence, frame_size=data.frame_size)
     entries = read_manifest(manifest)
-    report = {"clips_in": len(entries), "written": 0, "rejected": 0, "written_by_subset": Counter(),
-              "heldout_by_subset": Counter(), "heldout_fraction": data.heldout_fraction,
-              "rejected_by_reason": Counter(), "pseudo_labels_dropped": 0, "rejections": [],
-              "settings": dataclasses.asdict(settings), "src": str(src)}
-    writers: dict[Path, MDSWriter] = {}
-    seen_ids: set[str] = set()
-    for clip_id, outcome in convert_all(src, entries, settings, workers):
-        if isinstance(outcome, ClipRejected) or clip_id in seen_ids:
-            rejection = outcome if isinstance(outcome, ClipRejected) else \
-                ClipRejected("duplicate_clip_id", f"{clip_id} appears more than once in the manifest")
-            report["rejected"] += 1
-            report["rejected_by_reason"][rejection.reason] += 1
-            report["rejections"].append({"clip_id": clip_id, "reason": rejection.reason, "detail": rejection.detail})
+    with torchrun_ranks() as ranks:
+        clear_out(out, overwrite, ranks)
+        first, end = (len(entries) * r // ranks.world_size for r in (ranks.rank, ranks.rank + 1))
+        share = convert_share(src, out, entries, range(first, end), settings, data.heldout_fraction, workers,
+                              shard_bytes, ranks)
+        shares = ranks.gather(share)   # returns once every rank has finished its parts
+        if ranks.rank == 0:
+            report = {"clips_in": len(entries), **combined(shares), "heldout_fraction": data.heldout_fraction,
+                      "settings": dataclasses.asdict(settings), "src": str(src)}
+            if ranks.world_size > 1:
+                for folder in sorted({f for theirs in shares for f in theirs["folders"]}):
+                    merge_parts(out / folder, [r for r, theirs in enumerate(shares) if folder in theirs["folders"]])
+            if report["clips_in"] != report["written"] + report["rejected"]:
+                raise RuntimeError(f"conversion lost clips: {report['clips_in']} in, {report['written']} written, "
+                                   f"{report['rejected']} rejected")
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        ranks.barrier()   # the report is there for every rank to return
+    return json.loads((out / "report.json").read_text())
+
+
+def clear_out(out: Path, overwrite: bool, ranks: Ranks) -> None:
+    """Refuse an ``out`` that holds data, or (``overwrite``) empty it, before any rank writes to it."""
+    occupied = [folder for folder in [out / subset for subset in SUBSETS] + [out / HELDOUT / s for s in SUBSETS]
+                if folder.exists() and any(folder.iterdir())]
+    if occupied and not overwrite:
+        raise FileExistsError(f"{occupied[0]} already holds data: pass --overwrite or choose another --out")
+    ranks.barrier()   # every rank has looked before rank 0 deletes
+    if ranks.rank == 0:
+        for folder in occupied:
+            shutil.rmtree(folder)  # also when the new corpus lacks this subset: no stale data survives
+    ranks.barrier()
+
+
+def convert_share(src: Path, out: Path, entries: list[tuple[str, Any]], share: range, settings: ConvertSettings,
+                  heldout_fraction: float, workers: int, shard_bytes: int, ranks: Ranks) -> dict[str, Any]:
+    """Convert ``entries[share]`` into this rank's part of each dataset (the dataset itself for one rank); return
+    this share's counts, its rejections in manifest order, and the datasets it wrote (relative to ``out``)."""
+    earlier = first_lines(entries)
+    tally = {"written": 0, "rejected": 0, "written_by_subset": Counter(), "heldout_by_subset": Counter(),
+             "rejected_by_reason": Counter(), "pseudo_labels_dropped": 0, "rejections": []}
+    writers: dict[str, MDSWriter] = {}
+    converted = convert_all(src, [i for i in share if earlier[entries[i][0]] == i], entries, settings, workers)
+    for i in share:
+        clip_id = entries[i][0]
+        if earlier[clip_id] == i:
+            _, outcome = next(converted)   # in share order, as they are written
+        else:
+            outcome = ClipRejected("duplicate_clip_id", f"{clip_id} appears earlier in the manifest, at entry "
+                                                        f"{earlier[clip_id] + 1}")
+        if isinstance(outcome, ClipRejected):
+            tally["rejected"] += 1
+            tally["rejected_by_reason"][outcome.reason] += 1
+            tally["rejections"].append({"clip_id": clip_id, "reason": outcome.reason, "detail": outcome.detail})
             continue
-        seen_ids.add(clip_id)
         record, pseudo_dropped = outcome
         subset = record["subset"]
-        heldout = bool(record["labeled"]) and is_heldout(clip_id, data.heldout_fraction)
-        folder = out / HELDOUT / subset if heldout else out / subset
+        heldout = bool(record["labeled"]) and is_heldout(clip_id, heldout_fraction)
+        folder = f"{HELDOUT}/{subset}" if heldout else subset
         if folder not in writers:
-            writers[folder] = MDSWriter(out=str(folder), columns=MDS_COLUMNS, compression=None,
-                                        hashes=SHARD_HASHES, size_limit=shard_bytes)
+            part = share_folder(out / folder, ranks.rank, ranks.world_size)
+            writers[folder] = MDSWriter(out=str(part), columns=MDS_COLUMNS, compression=None, hashes=SHARD_HASHES,
+                                        size_limit=shard_bytes)
         writers[folder].write(record)
-        report["written"] += 1
-        report["written_by_subset"][subset] += 1
-        report["heldout_by_subset"][subset] += int(heldout)
-        report["pseudo_labels_dropped"] += int(pseudo_dropped)
+        tally["written"] += 1
+        tally["written_by_subset"][subset] += 1
+        tally["heldout_by_subset"][subset] += int(heldout)
+        tally["pseudo_labels_dropped"] += int(pseudo_dropped)
     # Finished (index.json written) only on success: a crashed conversion leaves no loadable half-dataset.
     for writer in writers.values():
         writer.finish()
-    if report["clips_in"] != report["written"] + report["rejected"]:
-        raise RuntimeError(f"conversion lost clips: {report['clips_in']} in, {report['written']} written, "
-                           f"{report['rejected']} rejected")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-    return json.loads((out / "report.json").read_text())
+    return {**tally, "folders": sorted(writers)}
+
+
+def combined(shares: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ranks' counts added up and their rejections one after the other (the manifest's order)."""
+    report: dict[str, Any] = {}
+    for key in ("written", "rejected", "pseudo_labels_dropped"):
+        report[key] = sum(share[key] for share in shares)
+    for key in ("written_by_subset", "heldout_by_subset", "rejected_by_reason"):
+        report[key] = dict(sum((Counter(share[key]) for share in shares), Counter()))
+    report["rejections"] = [rejection for share in shares for rejection in share["rejections"]]
+    return report
+
+
+def first_lines(entries: list[tuple[str, Any]]) -> dict[str, int]:
+    """Each clip id's first entry: later ones are duplicates."""
+    first: dict[str, int] = {}
+    for i, (clip_id, _) in enumerate(entries):
+        first.setdefault(clip_id, i)
+    return first
 
 
 def is_heldout(clip_id: str, fraction: float) -> bool:
@@ -112,16 +173,14 @@ def read_manifest(manifest: Path) -> list[tuple[str, Any]]:
     return entries
 
 
-def convert_all(src: Path, entries: list[tuple[str, Any]], settings: ConvertSettings,
-                workers: int) -> Iterator[tuple[str, tuple[dict, bool] | ClipRejected]]:
-    """Each clip's record or rejection, in manifest order."""
-    tasks = [(src, entry, settings) for _, entry in entries]
-    ids = [clip_id for clip_id, _ in entries]
+def convert_all(src: Path, indices: list[int], entries: list[tuple[str, Any]], settings: ConvertSettings,
+                workers: int) -> Iterator[tuple[int, tuple[dict, bool] | ClipRejected]]:
+    """``(entry index, record or rejection)`` of each of ``indices``, in that order."""
+    tasks = [(src, entries[i][1], settings) for i in indices]
     if workers == 1:
-        yield from zip(ids, map(convert_one, tasks))
+        yield from zip(indices, map(convert_one, tasks))
         return
     # spawn: the parent may hold threads (torch, tokenizers) that a forked child must not inherit;
     # convert_one lives in raw_clips, whose imports (numpy, av, PIL) keep a spawned worker's start-up short.
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        yield from zip(ids, pool.imap(convert_one, tasks, chunksize=4))
-
+        yield from zip(indices, pool.imap(convert_one, tasks, chunksize=4))

@@ -9,11 +9,10 @@ record for record in the same order:
     # add_tokens(subset, records, tally) -> one dict of new or replaced columns per record, adding to tally["chunks"]
     # report: {"clips": ..., "chunks": ..., "subsets": {"lab": {"clips": ..., "chunks": ...}, ...}, "seconds": ...}
 
-Under torchrun the ranks split every subset into contiguous runs of records, one each in rank order; a rank writes
-its run to ``<out>/<subset>/part<rank>/`` and, once all have finished, rank 0 merges their indexes into
-``<out>/<subset>/index.json`` (``streaming.base.util.merge_index``). Readers see one dataset, in the source's record
-order for any number of ranks; only where shards end depends on it. ``<out>`` must be one folder that every rank
-writes to: a shared filesystem when the ranks span nodes.
+Under torchrun the ranks split every subset into contiguous runs of records, one each in rank order, and write
+them as the parts of one dataset (``jala_ds.data.mds_parts``): the copy reads as the source did, record for
+record, for any number of ranks. ``<out>`` must be one folder that every rank writes to: a shared filesystem
+when the ranks span nodes.
 """
 from __future__ import annotations
 
@@ -27,9 +26,10 @@ from typing import Any
 from tqdm import tqdm
 
 from jala_ds.data.convert import HELDOUT
+from jala_ds.data.mds_parts import merge_parts, share_folder
 from jala_ds.data.schema import SUBSETS
 from jala_ds.motion.pose_corpus import open_mds
-from jala_ds.motion.torchrun_group import Ranks
+from jala_ds.torchrun_group import Ranks
 
 Records = list[dict[str, Any]]
 
@@ -67,9 +67,9 @@ def copy_corpus(src: str | Path, out: str | Path, columns: dict[str, str],
     everyone = ranks.gather((time.perf_counter() - started, tallies))   # returns once every part is written
     seconds = max(took for took, _ in everyone)
     tallies = {subset: sum((theirs[subset] for _, theirs in everyone), Counter()) for subset in subsets}
-    if ranks.rank == 0:
+    if ranks.rank == 0 and ranks.world_size > 1:
         for subset in subsets:
-            merge_parts(out / subset, ranks.world_size)
+            merge_parts(out / subset, list(range(ranks.world_size)))
     ranks.barrier()   # the merged indexes are there for every rank to read
     clips = sum(tally["clips"] for tally in tallies.values())
     return {"clips": clips, **{key: sum(t[key] for t in tallies.values()) for key in counted},
@@ -77,14 +77,11 @@ def copy_corpus(src: str | Path, out: str | Path, columns: dict[str, str],
             "seconds": seconds, "clips_per_s": clips / seconds, "ranks": ranks.world_size}
 
 
-def part_folder(rank: int) -> str:
-    return f"part{rank:05d}"
-
-
 def copy_share(source_dir: Path, out_dir: Path, columns: dict[str, str],
                transform: Callable[[str, Records, Counter], Records], subset: str, *, counted: tuple[str, ...],
                block: int, desc: str, ranks: Ranks) -> Counter:
-    """Copy this rank's run of records of one subset to its part folder; return its tally (``clips`` included)."""
+    """Copy this rank's run of records of one subset to its share's folder; return its tally (``clips``
+    included)."""
     from streaming import MDSWriter
 
     source = open_mds(source_dir)
@@ -93,7 +90,7 @@ def copy_share(source_dir: Path, out_dir: Path, columns: dict[str, str],
     first, end = (len(source) * r // ranks.world_size for r in (ranks.rank, ranks.rank + 1))
     tally = Counter({key: 0 for key in ("clips", *counted)})
     started = time.perf_counter()
-    with MDSWriter(out=str(out_dir / part_folder(ranks.rank)), columns={**own, **columns},
+    with MDSWriter(out=str(share_folder(out_dir, ranks.rank, ranks.world_size)), columns={**own, **columns},
                    compression=settings.get("compression"), hashes=settings.get("hashes") or None,
                    size_limit=settings.get("size_limit")) as writer, \
             tqdm(total=end - first, desc=f"{desc} {subset}", unit="clip", disable=ranks.rank > 0) as progress:
@@ -106,23 +103,3 @@ def copy_share(source_dir: Path, out_dir: Path, columns: dict[str, str],
             rate = tally["clips"] * ranks.world_size / (time.perf_counter() - started)   # rank 0's, for all
             progress.set_postfix(clips_per_s=f"{rate:.1f}")
     return tally
-
-
-def merge_parts(out_dir: Path, parts: int) -> None:
-    """One ``index.json`` over the ranks' part folders of a subset, their shards in rank order, as streaming's
-    ``merge_index`` writes it (shard names prefixed with their folder); one clear error when a part is missing."""
-    indexes = [out_dir / part_folder(rank) / "index.json" for rank in range(parts)]
-    missing = [str(index.parent) for index in indexes if not index.is_file()]
-    if missing:
-        raise FileNotFoundError(f"rank 0 cannot see {', '.join(missing)}: every rank must write --out on one "
-                                "shared filesystem")
-    shards = []
-    for index in indexes:
-        for shard in json.loads(index.read_text())["shards"]:
-            for files in ("raw_data", "zip_data", "raw_meta", "zip_meta"):
-                if shard.get(files):
-                    shard[files]["basename"] = f"{index.parent.name}/{shard[files]['basename']}"
-            shards.append(shard)
-    written = out_dir / "index.json.partial"
-    written.write_text(json.dumps({"version": 2, "shards": shards}))
-    written.replace(out_dir / "index.json")   # readers never see half an index

@@ -24,7 +24,7 @@ from jala_ds.data.motion_tokens import MotionTokenizer
 from jala_ds.data.schema import HANDS, TOKEN_COLUMNS, array_bytes, hand_poses
 from jala_ds.motion.corpus_copy import copy_corpus
 from jala_ds.motion.tokenizer import load_grvq_tokenizer
-from jala_ds.motion.torchrun_group import torchrun_ranks
+from jala_ds.torchrun_group import torchrun_ranks
 
 CLIPS_PER_BLOCK = 64
 """Clips whose hands go through the tokenizer in one forward pass."""

@@ -31,7 +31,7 @@ from jala_ds.motion.chunk_pairs import boundary_frames
 from jala_ds.motion.corpus_copy import copy_corpus
 from jala_ds.motion.corpus_tokenize import tokenize_records
 from jala_ds.motion.token_predictor import ActionTokenPredictor, load_token_predictor, shape_of
-from jala_ds.motion.torchrun_group import torchrun_ranks
+from jala_ds.torchrun_group import torchrun_ranks
 
 CLIPS_PER_BLOCK = 64
 """Clips read, and their chunks predicted, together."""

@@ -34,7 +34,7 @@ from jala_ds.motion.token_predictor import (
     default_checkpoint,
     save_token_predictor,
 )
-from jala_ds.motion.torchrun_group import torchrun_ranks
+from jala_ds.torchrun_group import torchrun_ranks
 from jala_ds.train.tracking import Tracker
 
 

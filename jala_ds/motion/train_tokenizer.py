@@ -28,7 +28,7 @@ from jala_ds.motion.metrics import mpjpe
 from jala_ds.motion.pose_corpus import PoseCorpus
 from jala_ds.motion.tokenizer import save_tokenizer
 from jala_ds.motion.tokenizer_model import MotionTokenizerModel
-from jala_ds.motion.torchrun_group import torchrun_ranks
+from jala_ds.torchrun_group import torchrun_ranks
 from jala_ds.train.tracking import Tracker
 
 

@@ -1,5 +1,6 @@
-"""The process group of the motion-side jobs that torchrun launches without DeepSpeed: the tokenizer and
-token-predictor trainers, and the corpus copies (``jala data tokenize``, ``jala token-predictor label``).
+"""The process group of the jobs that torchrun launches without DeepSpeed: the corpus conversion (``jala data
+convert``), the tokenizer and token-predictor trainers, and the corpus copies (``jala data tokenize``,
+``jala token-predictor label``).
 
     with torchrun_ranks() as ranks:          # one process: rank 0 of 1, no group
         model.to(ranks.device)               # cuda:LOCAL_RANK on a GPU node, else the CPU
