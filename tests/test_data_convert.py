@@ -11,10 +11,12 @@ from two_ranks import run_two_ranks
 from jala_ds.config import load_config
 from jala_ds.data.convert import convert_corpus
 from jala_ds.data.frames import decode_stored_frames
+from jala_ds.data.loader import build_loader
 from jala_ds.data.raw_clips import REJECTION_REASONS
 from jala_ds.data.rot6d import ROT6D_SLICES
 from jala_ds.data.schema import HANDS, hand_poses
 from jala_ds.data.synth import synthesize_corpus
+from jala_ds.vocab import add_motion_vocab, byte_level_tokenizer
 
 
 def manifest(raw):
@@ -168,6 +170,13 @@ def test_two_ranks_convert_what_one_process_does(tiny_corpus, tmp_path):
         parts[subset] = {shard["raw_data"]["basename"].split("/")[0] for shard in shards}
     # The manifest lists the lab clips first: rank 0's half holds only lab clips, rank 1's the rest.
     assert parts == {"lab": {"part00000", "part00001"}, "wild": {"part00001"}}
+    # The training loader reads the merged datasets like any other: every clip once per epoch.
+    cfg = load_config("tiny_cpu", [f"data.mds_dir={tmp_path / 'mds'}"])
+    tok = byte_level_tokenizer()
+    loader = build_loader(cfg, tok, add_motion_vocab(tok, cfg.motion_tokenizer.vocab_per_part), 4, rank=0,
+                          world_size=1)
+    seen = sorted(sample.split("@")[0] for batch in loader for sample in batch["sample_ids"])
+    assert seen == sorted([*records(tmp_path / "single", "lab"), *records(tmp_path / "single", "wild")])
 
 
 def write_bad_clips(raw):
