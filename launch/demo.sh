@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: the whole JALA pipeline, tiny, on a laptop CPU (2 cores, no GPU), in about five minutes:
 # a UniHand-Mix-shaped corpus -> MDS shards with a held-out split -> a GRVQ motion tokenizer and the corpus's
-# motion tokens -> 2-rank DeepSpeed ZeRO-3 pretraining through the `deepspeed` launcher -> a Hugging Face export
-# -> hand-motion evaluation (MCP decoding, Table-1 metrics, pictures, the latent space) -> post-training a
+# motion tokens (2 torchrun ranks) -> 2-rank DeepSpeed ZeRO-3 pretraining through the `deepspeed` launcher -> a
+# Hugging Face export -> hand-motion evaluation (MCP decoding, Table-1 metrics, pictures, the latent space) -> post-training a
 # flow-matching policy on a LeRobot-format robot dataset -> the exported policy answering one observation.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +16,9 @@ jala data synth --out "$OUT/raw" --lab 48 --wild 24 --seed 0
 jala data convert --src "$OUT/raw" --out "$OUT/mds" --recipe "$RECIPE" data.heldout_fraction=0.15
 jala data inspect "$OUT/mds"
 jala tokenizer train --recipe "$RECIPE" --out "$OUT/tokenizer" data.mds_dir="$OUT/mds"
-jala data tokenize --tokenizer "$OUT/tokenizer" --src "$OUT/mds" --out "$OUT/mds_tokens"
+# Two ranks split the copy, as the GPUs of a node would; each writes its part of every dataset, rank 0 merges.
+torchrun --standalone --nproc_per_node 2 "$(command -v jala)" data tokenize --tokenizer "$OUT/tokenizer" \
+  --src "$OUT/mds" --out "$OUT/mds_tokens"
 
 deepspeed --num_gpus 2 --master_port "${MASTER_PORT:-29533}" "$(command -v jala)" train --recipe "$RECIPE" \
   data.mds_dir="$OUT/mds_tokens" motion_tokenizer.kind=grvq motion_tokenizer.checkpoint="$OUT/tokenizer" \
