@@ -2,8 +2,8 @@
 
 ``<mds_dir>/lab`` and ``<mds_dir>/wild`` are read in place (``open_mds``: random access to every record, each
 shard hash-checked when first read if the index records hashes); records follow ``jala_ds.data.schema``. Every
-hand sequence that is present (``left``/``right`` ``[T, 99]`` with
-``T >= chunk_frames``: lab clips and pseudo-labelled wild clips) contributes chunks.
+hand sequence that is present (``left``/``right`` ``[T, 99]`` with ``T >= chunk_frames``: lab clips and
+pseudo-labelled wild clips) contributes chunks.
 
     corpus = PoseCorpus("demo_out/mds")
     mean, std = corpus.normalization_stats(chunk_frames=15, max_chunks=100_000)
