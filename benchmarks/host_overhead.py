@@ -90,12 +90,13 @@ def measure_one(mds: Path, overrides: list[str], steps: int, out: Path) -> None:
     out.write_text(json.dumps(asdict(result)))
 
 
-def synthesize(root: Path) -> Path:
-    """A synthetic corpus in the real MDS format, converted for the tiny recipe: 160 samples, 10 steps' worth."""
+def synthesize(root: Path, lab: int = 120, wild: int = 40) -> Path:
+    """A synthetic corpus in the real MDS format, converted for the tiny recipe: by default 160 samples, 10 steps'
+    worth."""
     from jala_ds.cli import main as jala
 
     raw, mds = root / "raw", root / "mds"
-    for args in (["data", "synth", "--out", str(raw), "--lab", "120", "--wild", "40"],
+    for args in (["data", "synth", "--out", str(raw), "--lab", str(lab), "--wild", str(wild)],
                  ["data", "convert", "--src", str(raw), "--out", str(mds), "--recipe", "tiny_cpu"]):
         if jala(args):
             raise RuntimeError(f"`jala {' '.join(args)}` failed")

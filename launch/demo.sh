@@ -16,7 +16,7 @@ jala data synth --out "$OUT/raw" --lab 48 --wild 24 --seed 0
 jala data convert --src "$OUT/raw" --out "$OUT/mds" --recipe "$RECIPE" data.heldout_fraction=0.15
 jala data inspect "$OUT/mds"
 jala tokenizer train --recipe "$RECIPE" --out "$OUT/tokenizer" data.mds_dir="$OUT/mds"
-# Two ranks split the copy, as the GPUs of a node would; each writes its part of every dataset, rank 0 merges.
+# Two ranks share out the copy's pieces (here one per dataset), as the GPUs of a node would; rank 0 merges.
 torchrun --standalone --nproc_per_node 2 "$(command -v jala)" data tokenize --tokenizer "$OUT/tokenizer" \
   --src "$OUT/mds" --out "$OUT/mds_tokens"
 

@@ -9,10 +9,11 @@ from streaming import LocalDataset
 from two_ranks import run_two_ranks
 
 from jala_ds.config import load_config
+from jala_ds.data import convert
 from jala_ds.data.convert import convert_corpus
 from jala_ds.data.frames import decode_stored_frames
 from jala_ds.data.loader import build_loader
-from jala_ds.data.raw_clips import REJECTION_REASONS
+from jala_ds.data.raw_clips import REJECTION_REASONS, convert_one
 from jala_ds.data.rot6d import ROT6D_SLICES
 from jala_ds.data.schema import HANDS, hand_poses
 from jala_ds.data.synth import synthesize_corpus
@@ -139,37 +140,53 @@ from jala_ds.config import load_config
 from jala_ds.data.convert import convert_corpus
 
 report = convert_corpus(Path(sys.argv[1]), Path(sys.argv[2]) / "mds", load_config("tiny_cpu").data, workers=1,
-                        shard_bytes=1 << 16)
+                        shard_bytes=1 << 16, piece_clips=8, resume=True)
 (Path(sys.argv[2]) / f"rank{os.environ['RANK']}.json").write_text(json.dumps(report))
 """
 
 
 @pytest.mark.slow
-def test_two_ranks_convert_what_one_process_does(tiny_corpus, tmp_path):
-    # Each rank (torchrun-style processes, gloo) converts half the manifest into its part of each dataset; rank 0
-    # merges the indexes and the reports. The manifest ends with a bad line and a second copy of its first clip,
-    # which rank 1 must reject as a duplicate of a clip that rank 0 wrote.
+def test_two_ranks_resume_into_what_one_process_converts(tiny_corpus, tmp_path, monkeypatch):
+    # One process converts in pieces of 8 manifest entries and dies in its third piece; two ranks (torchrun-style
+    # processes, gloo) resume, sharing out the 4 pieces left, and rank 0 merges the indexes and the reports. The
+    # manifest ends with a bad line and a second copy of its first clip, which the last piece must reject as a
+    # duplicate of a clip that the first piece wrote before the stop.
     raw = tmp_path / "raw"
     shutil.copytree(tiny_corpus.raw, raw)
     first = (raw / "manifest.jsonl").read_text().splitlines()[0]
     with open(raw / "manifest.jsonl", "a") as file:
         file.write("{not json\n" + first + "\n")
-    single = convert_corpus(raw, tmp_path / "single", load_config("tiny_cpu").data, shard_bytes=1 << 16)
+    single = convert_corpus(raw, tmp_path / "single", load_config("tiny_cpu").data, shard_bytes=1 << 16,
+                            piece_clips=8)
     assert single["rejected_by_reason"] == {"bad_manifest": 1, "duplicate_clip_id": 1}
+    decoded = []
+
+    def dies_at_the_20th(task):
+        decoded.append(task)
+        if len(decoded) == 20:
+            raise RuntimeError("node lost")
+        return convert_one(task)
+
+    monkeypatch.setattr(convert, "convert_one", dies_at_the_20th)
+    with pytest.raises(RuntimeError, match="node lost"):
+        convert_corpus(raw, tmp_path / "mds", load_config("tiny_cpu").data, shard_bytes=1 << 16, piece_clips=8)
+    kept = {path: path.stat().st_mtime_ns for path in (tmp_path / "mds/lab").glob("piece0000[01]/*")}
+    assert len(kept) >= 4   # the two finished pieces' indexes and shards
     reports = run_two_ranks(TWO_RANKS_CONVERT, [str(raw)], tmp_path)
+    assert {path: path.stat().st_mtime_ns for path in kept} == kept   # not written again
     assert reports[0] == reports[1] == single
-    parts = {}
     for subset in ("lab", "wild"):
+        # The same shards, named alike, with the same hashes: the datasets do not depend on the number of ranks.
+        index = (tmp_path / "single" / subset / "index.json").read_text()
+        assert (tmp_path / "mds" / subset / "index.json").read_text() == index
         one, two = LocalDataset(local=str(tmp_path / "single" / subset)), LocalDataset(local=str(tmp_path / "mds" / subset))
-        assert len(one) == len(two) == single["written_by_subset"][subset]
+        assert len(one) == len(two) > 0
         for i in range(len(one)):
             assert one[i].keys() == two[i].keys()
             for column in one[i]:
                 assert np.array_equal(np.asarray(one[i][column]), np.asarray(two[i][column])), (subset, i, column)
-        shards = json.loads((tmp_path / "mds" / subset / "index.json").read_text())["shards"]
-        parts[subset] = {shard["raw_data"]["basename"].split("/")[0] for shard in shards}
-    # The manifest lists the lab clips first: rank 0's half holds only lab clips, rank 1's the rest.
-    assert parts == {"lab": {"part00000", "part00001"}, "wild": {"part00001"}}
+    pieces = sorted(path.name for path in (tmp_path / "mds" / "pieces").glob("piece*.json"))
+    assert pieces == [f"piece{k:05d}.json" for k in range(6)]   # 46 entries in pieces of 8
     # The training loader reads the merged datasets like any other: every clip once per epoch.
     cfg = load_config("tiny_cpu", [f"data.mds_dir={tmp_path / 'mds'}"])
     tok = byte_level_tokenizer()
@@ -177,6 +194,42 @@ def test_two_ranks_convert_what_one_process_does(tiny_corpus, tmp_path):
                           world_size=1)
     seen = sorted(sample.split("@")[0] for batch in loader for sample in batch["sample_ids"])
     assert seen == sorted([*records(tmp_path / "single", "lab"), *records(tmp_path / "single", "wild")])
+
+
+def test_a_stopped_conversion_resumes_where_it_stopped(tiny_corpus, tmp_path, monkeypatch):
+    # A conversion in pieces of 10 entries dies while decoding its 25th clip; rerun with resume, it decodes only
+    # the clips of the pieces it had not finished and ends with the datasets and report of a run that never
+    # stopped.
+    data = load_config("tiny_cpu").data
+    whole = convert_corpus(tiny_corpus.raw, tmp_path / "whole", data, shard_bytes=1 << 16, piece_clips=10)
+    decoded = []
+
+    def dies_at_the_25th(task):
+        decoded.append(task[1]["clip_id"])
+        if len(decoded) == 25:
+            raise RuntimeError("node lost")
+        return convert_one(task)
+
+    monkeypatch.setattr(convert, "convert_one", dies_at_the_25th)
+    with pytest.raises(RuntimeError, match="node lost"):
+        convert_corpus(tiny_corpus.raw, tmp_path / "mds", data, shard_bytes=1 << 16, piece_clips=10)
+    assert sorted(p.name for p in (tmp_path / "mds/pieces").glob("piece*.json")) == ["piece00000.json",
+                                                                                     "piece00001.json"]
+    with pytest.raises(FileExistsError, match="pass --resume to finish the build that wrote it"):
+        convert_corpus(tiny_corpus.raw, tmp_path / "mds", data, shard_bytes=1 << 16, piece_clips=10)
+    with pytest.raises(ValueError, match="begun with piece_clips=10, this run has 8"):
+        convert_corpus(tiny_corpus.raw, tmp_path / "mds", data, shard_bytes=1 << 16, piece_clips=8, resume=True)
+    decoded.clear()
+    report = convert_corpus(tiny_corpus.raw, tmp_path / "mds", data, shard_bytes=1 << 16, piece_clips=10,
+                            resume=True)
+    ids = [entry["clip_id"] for entry in manifest(tiny_corpus.raw)]
+    assert decoded == ids[20:]
+    assert report == whole
+    for subset in ("lab", "wild"):
+        assert (tmp_path / "mds" / subset / "index.json").read_text() == \
+            (tmp_path / "whole" / subset / "index.json").read_text()
+        assert records(tmp_path / "mds", subset).keys() == records(tmp_path / "whole", subset).keys()
+    assert not list((tmp_path / "mds").rglob("*.partial"))
 
 
 def write_bad_clips(raw):
@@ -230,6 +283,8 @@ def test_existing_output_is_kept_unless_overwrite(tmp_path, tiny_corpus):
     shutil.copytree(tiny_corpus.mds, tmp_path / "mds")
     with pytest.raises(FileExistsError, match="--overwrite"):
         convert_corpus(tiny_corpus.raw, tmp_path / "mds", data)
+    with pytest.raises(ValueError, match="--resume .* and --overwrite .*: pass one"):
+        convert_corpus(tiny_corpus.raw, tmp_path / "mds", data, resume=True, overwrite=True)
     with pytest.raises(FileNotFoundError, match="manifest.jsonl"):
         convert_corpus(tmp_path / "nowhere", tmp_path / "out", data)
     report = convert_corpus(tiny_corpus.raw, tmp_path / "mds", data, overwrite=True)

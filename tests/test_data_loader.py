@@ -111,11 +111,11 @@ def chunk_labels_per_sample(batch):
 
 def test_a_flipped_byte_in_a_shard_is_reported_with_the_shard_name(tiny_corpus, tmp_path):
     shutil.copytree(tiny_corpus.mds, tmp_path / "mds")
-    shard = tmp_path / "mds/lab/shard.00001.mds"
+    shard = tmp_path / "mds/lab/piece00000/shard.00001.mds"
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0x01
     shard.write_bytes(bytes(data))
-    with pytest.raises(CorruptShardError, match=r"lab/shard\.00001\.mds is corrupted"):
+    with pytest.raises(CorruptShardError, match=r"lab/piece00000/shard\.00001\.mds is corrupted"):
         list(make_loader(tmp_path / "mds"))
 
 

@@ -6,16 +6,16 @@ import pytest
 import torch
 from streaming import MDSWriter
 
-from jala_ds.data.mds_parts import merge_parts
-from jala_ds.data.schema import MDS_COLUMNS, SHARD_HASHES, TOKEN_COLUMNS, array_bytes, hand_poses, hand_tokens
+from jala_ds.data.mds_pieces import merge_pieces
+from jala_ds.data.schema import MDS_COLUMNS, SHARD_HASHES, array_bytes, hand_poses, hand_tokens
+from jala_ds.motion import corpus_tokenize
 from jala_ds.motion.config import TokenizerConfig
-from jala_ds.motion.corpus_copy import copy_share, corpus_subsets
+from jala_ds.motion.corpus_copy import corpus_subsets
 from jala_ds.motion.corpus_tokenize import tokenize_corpus, tokenize_records
 from jala_ds.motion.pose_corpus import open_mds
 from jala_ds.motion.synthetic import synthetic_motion
 from jala_ds.motion.tokenizer import load_grvq_tokenizer, save_tokenizer
 from jala_ds.motion.tokenizer_model import MotionTokenizerModel
-from jala_ds.torchrun_group import Ranks
 
 CFG = TokenizerConfig(groups=2, stages=2, codes_per_stage=8, latent_dim=16, conv_width=16)
 
@@ -75,36 +75,65 @@ def test_tokens_are_added_and_every_other_column_is_copied(corpus, tmp_path):
         assert index["shards"][0]["hashes"] == SHARD_HASHES
 
 
-def test_ranks_shares_merge_into_the_one_process_copy(corpus, tmp_path):
-    # What two torchrun ranks write (each its run of records in its part folder, then rank 0's merge) is read as
-    # the one-process copy, record for record. heldout/lab's single clip leaves rank 0 an empty part.
+def same_records(one, two):
+    assert len(one) == len(two)
+    for i in range(len(one)):
+        assert set(one[i]) == set(two[i])
+        for column in one[i]:
+            assert np.array_equal(np.asarray(one[i][column]), np.asarray(two[i][column])), column
+
+
+def test_a_stopped_copy_resumes_where_it_stopped(corpus, tmp_path, monkeypatch):
+    # In pieces of one clip, the copy dies in its fourth piece. Resumed, it tokenizes only the pieces it had not
+    # finished and ends with the shards and report of a copy that never stopped.
     src, checkpoint = corpus
-    tok = load_grvq_tokenizer(checkpoint)
-    tokenize_corpus(checkpoint, src, tmp_path / "whole")
+    whole = tokenize_corpus(checkpoint, src, tmp_path / "whole", piece_clips=1)
+    tokenize_corpus(checkpoint, src, tmp_path / "default")   # one piece per subset
+    tokenized = []
+
+    def dies_in_the_fourth_piece(tok, records):
+        tokenized.extend(record["clip_id"] for record in records)
+        if len(tokenized) == 4:
+            raise RuntimeError("pre-empted")
+        return tokenize_records(tok, records)
+
+    monkeypatch.setattr(corpus_tokenize, "tokenize_records", dies_in_the_fourth_piece)
+    with pytest.raises(RuntimeError, match="pre-empted"):
+        tokenize_corpus(checkpoint, src, tmp_path / "out", piece_clips=1)
+    with pytest.raises(FileExistsError, match="pass --resume"):
+        tokenize_corpus(checkpoint, src, tmp_path / "out", piece_clips=1)
+    tokenized.clear()
+    report = tokenize_corpus(checkpoint, src, tmp_path / "out", piece_clips=1, resume=True)
+    assert tokenized == ["wild_1", "lab_2"]   # lab_0, lab_1 and wild_0 were done
+    assert report["copied_now"] == 2
+    assert {key: report[key] for key in ("clips", "tokenized_hands", "chunks", "subsets")} == \
+        {key: whole[key] for key in ("clips", "tokenized_hands", "chunks", "subsets")}
     for subset in corpus_subsets(src):
-        tallies = [copy_share(src / subset, tmp_path / "split" / subset, TOKEN_COLUMNS,
-                              lambda _, records, __: tokenize_records(tok, records), subset, counted=(), block=64,
-                              desc="tokenize", ranks=Ranks(rank, 2, torch.device("cpu")))
-                   for rank in range(2)]
-        merge_parts(tmp_path / "split" / subset, [0, 1])
-        whole, split = open_mds(tmp_path / "whole" / subset), open_mds(tmp_path / "split" / subset)
-        assert [t["clips"] for t in tallies] == [len(whole) // 2, len(whole) - len(whole) // 2]
-        assert len(split) == len(whole)
-        for i in range(len(whole)):
-            assert set(split[i]) == set(whole[i])
-            for column in whole[i]:
-                assert np.array_equal(np.asarray(split[i][column]), np.asarray(whole[i][column])), column
-        shards = json.loads((tmp_path / "split" / subset / "index.json").read_text())["shards"]
-        folders = [shard["raw_data"]["basename"].split("/")[0] for shard in shards]
-        assert folders == sorted(folders) and set(folders) <= {"part00000", "part00001"}
-        assert shards[0]["hashes"] == SHARD_HASHES
+        assert (tmp_path / "out" / subset / "index.json").read_text() == \
+            (tmp_path / "whole" / subset / "index.json").read_text()
+        same_records(open_mds(tmp_path / "whole" / subset), open_mds(tmp_path / "out" / subset))
+        # other pieces, other shards; the same records
+        same_records(open_mds(tmp_path / "whole" / subset), open_mds(tmp_path / "default" / subset))
 
 
-def test_a_part_rank_0_cannot_see_is_named(corpus, tmp_path):
+def test_a_copy_resumes_only_from_the_same_inputs(corpus, tmp_path):
+    src, checkpoint = corpus
+    tokenize_corpus(checkpoint, src, tmp_path / "out", piece_clips=2)
+    other = save_tokenizer(MotionTokenizerModel(CFG, 15, torch.zeros(99), torch.ones(99)), tmp_path / "other",
+                           {"steps": 0})
+    with pytest.raises(ValueError, match="begun with tokenizer='[0-9a-f]{64}', this run has"):
+        tokenize_corpus(other, src, tmp_path / "out", piece_clips=2, resume=True)
+    report = tokenize_corpus(checkpoint, src, tmp_path / "out", piece_clips=2, resume=True)
+    assert report["copied_now"] == 0 and report["clips"] == 5   # all done: only the indexes are written again
+    report = tokenize_corpus(other, src, tmp_path / "out", piece_clips=2, overwrite=True)
+    assert report["copied_now"] == 5
+
+
+def test_a_piece_rank_0_cannot_see_is_named(corpus, tmp_path):
     src, checkpoint = corpus
     tokenize_corpus(checkpoint, src, tmp_path / "out")
-    with pytest.raises(FileNotFoundError, match="part00001: every rank must write --out on one shared filesystem"):
-        merge_parts(tmp_path / "out" / "lab", [0, 1])
+    with pytest.raises(FileNotFoundError, match="piece00001: every rank must write --out on one shared filesystem"):
+        merge_pieces(tmp_path / "out" / "lab", ["piece00000", "piece00001"])
 
 
 def test_refuses_to_overwrite(corpus, tmp_path):
@@ -112,7 +141,7 @@ def test_refuses_to_overwrite(corpus, tmp_path):
     with pytest.raises(ValueError, match="is the source corpus"):
         tokenize_corpus(checkpoint, src, src)
     tokenize_corpus(checkpoint, src, tmp_path / "out")
-    with pytest.raises(FileExistsError, match="choose a new --out folder"):
+    with pytest.raises(FileExistsError, match="--overwrite to start again, or choose another --out"):
         tokenize_corpus(checkpoint, src, tmp_path / "out")
 
 

@@ -25,13 +25,13 @@ def test_every_record_on_every_rank_of_a_torchrun_world(tiny_corpus, monkeypatch
 
 def test_a_corrupted_shard_is_named_when_first_read(tiny_corpus, tmp_path):
     shutil.copytree(tiny_corpus.mds / "lab", tmp_path / "lab")
-    shard = tmp_path / "lab/shard.00001.mds"
+    shard = tmp_path / "lab/piece00000/shard.00001.mds"
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0x01
     shard.write_bytes(bytes(data))
     dataset = open_mds(tmp_path / "lab")
     assert dataset[0]["labeled"] in (0, 1)          # shard 0 is intact
-    with pytest.raises(CorruptShardError, match=r"lab/shard\.00001\.mds is corrupted"):
+    with pytest.raises(CorruptShardError, match=r"lab/piece00000/shard\.00001\.mds is corrupted"):
         for i in range(len(dataset)):
             dataset[i]
 

@@ -151,7 +151,7 @@ def test_bad_inputs_get_one_clear_error(trained, tiny_corpus, labelled, tmp_path
     out, _ = labelled
     assert jala(["token-predictor", "label", "--recipe", "tiny_cpu", "--predictor", str(trained["checkpoint"]),
                  "--src", str(tiny_corpus.mds), "--out", str(out)]) == 2
-    assert "already holds lab, wild: choose a new --out folder" in capsys.readouterr().err
+    assert "mds_pseudo/lab already holds data: pass --resume" in capsys.readouterr().err
     assert jala(["token-predictor", "label", "--recipe", "tiny_cpu", "--predictor", str(tmp_path / "none"),
                  "--src", str(tiny_corpus.mds), "--out", str(tmp_path / "out")]) == 2
     assert "is not an action-token predictor" in capsys.readouterr().err
@@ -173,11 +173,12 @@ def test_two_rank_data_parallel_training_writes_one_checkpoint(trained, tiny_cor
 
 @pytest.mark.slow
 def test_two_ranks_label_the_copy_one_process_writes(trained, tiny_corpus, labelled, tmp_path):
-    # torchrun's 2 ranks (gloo) each label their half of every subset; rank 0 merges the parts' indexes.
+    # torchrun's 2 ranks (gloo) share out the pieces of 8 clips of every subset; rank 0 merges the indexes.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29564",
            "-m", "jala_ds.cli", "token-predictor", "label", "--recipe", "tiny_cpu", "--predictor",
-           str(trained["checkpoint"]), "--src", str(tiny_corpus.mds), "--out", str(tmp_path / "split")]
+           str(trained["checkpoint"]), "--src", str(tiny_corpus.mds), "--out", str(tmp_path / "split"),
+           "--piece-clips", "8"]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     whole, report = labelled
@@ -195,7 +196,8 @@ def test_two_ranks_label_the_copy_one_process_writes(trained, tiny_corpus, label
                 agreeing += int((hand_tokens(one[i], hand) == hand_tokens(two[i], hand)).sum())
                 scored += hand_tokens(one[i], hand).size
         shards = json.loads((tmp_path / "split" / subset / "index.json").read_text())["shards"]
-        assert {shard["raw_data"]["basename"].split("/")[0] for shard in shards} == {"part00000", "part00001"}
+        pieces = [shard["raw_data"]["basename"].split("/")[0] for shard in shards]
+        assert sorted(set(pieces)) == [f"piece{k:05d}" for k in range((len(one) + 7) // 8)] and pieces == sorted(pieces)
     # Other blocks of clips go through the encoder together: float rounding may flip a near tie.
     assert agreeing / scored > 0.99
 

@@ -18,6 +18,8 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
+from jala_ds.data.mds_pieces import PIECE_CLIPS
+
 if TYPE_CHECKING:
     from jala_ds.config import JalaConfig
 
@@ -43,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     convert = commands.add_parser("convert", help="raw clips -> MDS shards (<out>/lab, <out>/wild, report.json); "
                                   "--format lerobot: a LeRobot dataset -> robot MDS shards",
                                   description="Raw clips: under torchrun (one rank per node, --workers decoding "
-                                              "processes each) the ranks split the manifest and rank 0 merges the "
+                                              "processes each) the ranks share out its pieces and rank 0 merges the "
                                               "datasets and the report; --out must be on a filesystem every node "
                                               "shares.")
     convert.add_argument("--format", choices=("clips", "lerobot"), default="clips",
@@ -58,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="recipe whose data.* settings shape the shards (default tiny_cpu)")
     convert.add_argument("overrides", nargs="*", help="recipe overrides, e.g. data.frame_size=448")
     convert.add_argument("--shard-mb", type=int, default=64, help="shard size limit in MiB (default 64)")
-    convert.add_argument("--overwrite", action="store_true", help="replace existing subsets under --out")
+    add_build_arguments(convert)
     convert.set_defaults(handler=run_convert)
 
     inspect = commands.add_parser("inspect", help="counts per subset/source/task and a few samples")
@@ -69,14 +71,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     tokenize = commands.add_parser("tokenize", help="add GRVQ motion tokens (left_tokens/right_tokens) to a corpus",
                                    description="Copies --src to --out with each hand's motion tokens added. Under "
-                                               "torchrun the ranks split the corpus; --out must then be one folder "
+                                               "torchrun the ranks share out its pieces; --out must then be one folder "
                                                "that they all write (a shared filesystem across nodes).")
     tokenize.add_argument("--tokenizer", required=True, help="checkpoint folder of `jala tokenizer train`")
     tokenize.add_argument("--src", required=True, help="MDS corpus (the --out folder of `jala data convert`)")
     tokenize.add_argument("--out", required=True, help="new MDS corpus with the token columns")
     tokenize.add_argument("--device", default="cpu", help="torch device for the tokenizer (default cpu; cuda is "
                                                           "each rank's own GPU)")
+    add_build_arguments(tokenize)
     tokenize.set_defaults(handler=run_tokenize)
+
+
+def add_build_arguments(parser: argparse.ArgumentParser) -> None:
+    """What a corpus build does with an ``--out`` that already holds one (``jala_ds.data.mds_pieces``)."""
+    parser.add_argument("--resume", action="store_true",
+                        help="finish the build that stopped in --out, keeping the pieces it finished (also fine "
+                             "on an empty --out, so job scripts can always pass it)")
+    parser.add_argument("--overwrite", action="store_true", help="delete what --out holds and build it again")
+    parser.add_argument("--piece-clips", type=int, default=PIECE_CLIPS,
+                        help=f"clips per piece, the unit a resumed build keeps or redoes (default {PIECE_CLIPS})")
 
 
 def run_synth(args: argparse.Namespace) -> int:
@@ -123,7 +136,7 @@ def run_convert(args: argparse.Namespace) -> int:
               f"(recipe {args.recipe})")
     try:
         report = convert_corpus(args.src, args.out, data, workers=args.workers, shard_bytes=args.shard_mb << 20,
-                                overwrite=args.overwrite)
+                                piece_clips=args.piece_clips, overwrite=args.overwrite, resume=args.resume)
     except (FileNotFoundError, FileExistsError, ValueError) as err:
         return fail("convert", err)
     if reporting:
@@ -137,6 +150,9 @@ def run_convert(args: argparse.Namespace) -> int:
 def run_convert_lerobot(args: argparse.Namespace, cfg: JalaConfig) -> int:
     from jala_ds.data.lerobot_convert import convert_lerobot
 
+    if args.resume:   # robot datasets are thousands of episodes: one process converts them in minutes
+        return fail("convert", ValueError("--resume: a LeRobot conversion is not built in pieces; rerun it with "
+                                          "--overwrite"))
     cameras = [c.strip() for c in args.cameras.split(",") if c.strip()] if args.cameras else None
     print(f"converting with --horizon {args.horizon}, data.frame_size={cfg.data.frame_size}, "
           f"robot.norm_mode={cfg.robot.norm_mode} (recipe {args.recipe})")
@@ -168,7 +184,8 @@ def run_tokenize(args: argparse.Namespace) -> int:
     from jala_ds.motion.corpus_tokenize import tokenize_corpus
 
     try:
-        report = tokenize_corpus(args.tokenizer, args.src, args.out, device=args.device)
+        report = tokenize_corpus(args.tokenizer, args.src, args.out, device=args.device, resume=args.resume,
+                                 overwrite=args.overwrite, piece_clips=args.piece_clips)
     except (FileNotFoundError, FileExistsError, ValueError) as err:
         return fail("tokenize", err)
     if os.environ.get("RANK", "0") == "0":   # under torchrun rank 0 speaks for all

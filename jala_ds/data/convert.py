@@ -11,12 +11,13 @@ manifest order, so the shards and their hashes are the same for any number of wo
 balances: ``clips_in == written + rejected``; every rejection carries its reason and the clip it hit. A clip id
 seen earlier in the manifest is rejected as a duplicate without being decoded.
 
-Across nodes, under torchrun, each rank converts a contiguous run of the manifest with its own ``workers`` and
-writes the parts of each dataset (``jala_ds.data.mds_parts``); rank 0 merges their indexes and reports for all.
-The records and the report are those of a one-process conversion; ``--out`` must be on a filesystem every node
-shares:
+The datasets are written in pieces of ``piece_clips`` manifest entries (``jala_ds.data.mds_pieces``): a conversion
+that stops part-way (a crash, a pre-empted job) reruns with ``--resume`` and converts only the pieces it had not
+finished; a job script can pass ``--resume`` always. Across nodes, under torchrun, the ranks share out the pieces,
+each decoding with its own ``workers``, and rank 0 merges the indexes and the report. The records, shards and
+report are those of a one-process conversion; ``--out`` must be on a filesystem every node shares:
 
-    torchrun --nnodes 8 --nproc_per_node 1 ... $(which jala) data convert --src RAW --out MDS --workers 64
+    torchrun --nnodes 8 --nproc_per_node 1 ... $(which jala) data convert --src RAW --out MDS --workers 64 --resume
 """
 from __future__ import annotations
 
@@ -33,21 +34,24 @@ from typing import Any
 from streaming import MDSWriter
 
 from jala_ds.data.config import DataConfig
-from jala_ds.data.mds_parts import merge_parts, share_folder
+from jala_ds.data.mds_pieces import PIECE_CLIPS, PieceLedger, content_sha256, merge_pieces, piece_folder, piece_runs
 from jala_ds.data.raw_clips import ClipRejected, ConvertSettings, convert_one
 from jala_ds.data.schema import MDS_COLUMNS, SHARD_HASHES, SUBSETS
-from jala_ds.torchrun_group import Ranks, torchrun_ranks
+from jala_ds.torchrun_group import torchrun_ranks
 
 HELDOUT = "heldout"
 """Folder under the converter's output that holds the held-out datasets (``heldout/lab``, ``heldout/wild``)."""
+DATASETS = (*SUBSETS, *(f"{HELDOUT}/{subset}" for subset in SUBSETS))
+"""Every dataset a conversion may write, relative to its output folder."""
 DEFAULT_SHARD_BYTES = 1 << 26
 """64 MiB shards: big enough for sequential reads, small enough that one rank's shards spread over many."""
 
 
 def convert_corpus(src: str | Path, out: str | Path, data: DataConfig, *, workers: int = 1,
-                   shard_bytes: int = DEFAULT_SHARD_BYTES, overwrite: bool = False) -> dict[str, Any]:
-    """Convert the raw corpus at ``src`` into MDS datasets under ``out`` (this rank's share of it under torchrun);
-    return (and write) the report of the whole conversion."""
+                   shard_bytes: int = DEFAULT_SHARD_BYTES, piece_clips: int = PIECE_CLIPS, overwrite: bool = False,
+                   resume: bool = False) -> dict[str, Any]:
+    """Convert the raw corpus at ``src`` into MDS datasets under ``out`` (this rank's share of the pieces under
+    torchrun); return (and write) the report of the whole conversion."""
     src, out = Path(src), Path(out)
     manifest = src / "manifest.jsonl"
     if not manifest.is_file():
@@ -58,53 +62,60 @@ def convert_corpus(src: str | Path, out: str | Path, data: DataConfig, *, worker
     settings = ConvertSettings(chunk_frames=data.chunk_frames, wild_slowdown=data.wild_slowdown,
                                min_pseudo_confidence=data.min_pseudo_confidence, frame_size=data.frame_size)
     entries = read_manifest(manifest)
+    runs = {piece_folder(k): run for k, run in enumerate(piece_runs(len(entries), piece_clips))}
+    plan = {"build": "convert", "manifest_sha256": content_sha256(manifest), "piece_clips": piece_clips,
+            "settings": dataclasses.asdict(settings), "heldout_fraction": data.heldout_fraction,
+            "shard_bytes": shard_bytes}
     with torchrun_ranks() as ranks:
-        clear_out(out, overwrite, ranks)
-        first, end = (len(entries) * r // ranks.world_size for r in (ranks.rank, ranks.rank + 1))
-        share = convert_share(src, out, entries, range(first, end), settings, data.heldout_fraction, workers,
-                              shard_bytes, ranks)
-        shares = ranks.gather(share)   # returns once every rank has finished its parts
+        occupied = [out / folder for folder in DATASETS if (out / folder).exists() and any((out / folder).iterdir())]
+        ledger = PieceLedger(out, plan, ranks, occupied=occupied, resume=resume, overwrite=overwrite)
+        convert_pieces(src, out, entries, {piece: runs[piece] for piece in ledger.mine(list(runs))}, settings,
+                       data.heldout_fraction, workers, shard_bytes, ledger)
+        ranks.barrier()   # every piece is done
         if ranks.rank == 0:
-            report = {"clips_in": len(entries), **combined(shares), "heldout_fraction": data.heldout_fraction,
+            tallies = ledger.tallies(list(runs))
+            report = {"clips_in": len(entries), **combined(tallies), "heldout_fraction": data.heldout_fraction,
                       "settings": dataclasses.asdict(settings), "src": str(src)}
-            if ranks.world_size > 1:
-                for folder in sorted({f for theirs in shares for f in theirs["folders"]}):
-                    merge_parts(out / folder, [r for r, theirs in enumerate(shares) if folder in theirs["folders"]])
+            for folder in DATASETS:
+                pieces = [piece for piece, tally in zip(runs, tallies) if folder in tally["folders"]]
+                if pieces:
+                    merge_pieces(out / folder, pieces)
             if report["clips_in"] != report["written"] + report["rejected"]:
                 raise RuntimeError(f"conversion lost clips: {report['clips_in']} in, {report['written']} written, "
                                    f"{report['rejected']} rejected")
-            out.mkdir(parents=True, exist_ok=True)
             (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
         ranks.barrier()   # the report is there for every rank to return
     return json.loads((out / "report.json").read_text())
 
 
-def clear_out(out: Path, overwrite: bool, ranks: Ranks) -> None:
-    """Refuse an ``out`` that holds data, or (``overwrite``) empty it, before any rank writes to it."""
-    occupied = [folder for folder in [out / subset for subset in SUBSETS] + [out / HELDOUT / s for s in SUBSETS]
-                if folder.exists() and any(folder.iterdir())]
-    if occupied and not overwrite:
-        raise FileExistsError(f"{occupied[0]} already holds data: pass --overwrite or choose another --out")
-    ranks.barrier()   # every rank has looked before rank 0 deletes
-    if ranks.rank == 0:
-        for folder in occupied:
-            shutil.rmtree(folder)  # also when the new corpus lacks this subset: no stale data survives
-    ranks.barrier()
-
-
-def convert_share(src: Path, out: Path, entries: list[tuple[str, Any]], share: range, settings: ConvertSettings,
-                  heldout_fraction: float, workers: int, shard_bytes: int, ranks: Ranks) -> dict[str, Any]:
-    """Convert ``entries[share]`` into this rank's part of each dataset (the dataset itself for one rank); return
-    this share's counts, its rejections in manifest order, and the datasets it wrote (relative to ``out``)."""
+def convert_pieces(src: Path, out: Path, entries: list[tuple[str, Any]], runs: dict[str, range],
+                   settings: ConvertSettings, heldout_fraction: float, workers: int, shard_bytes: int,
+                   ledger: PieceLedger) -> None:
+    """Convert the pieces ``runs`` (name -> run of entries) one after the other, each marked done in ``ledger`` once
+    written; one pool of ``workers`` decodes all of them."""
     earlier = first_lines(entries)
+    fresh = [i for run in runs.values() for i in run if earlier[entries[i][0]] == i]
+    converted = convert_all(src, fresh, entries, settings, workers)
+    for piece, run in runs.items():
+        ledger.finish(piece, convert_piece(out, piece, entries, run, earlier, converted, heldout_fraction,
+                                           shard_bytes))
+    converted.close()
+
+
+def convert_piece(out: Path, piece: str, entries: list[tuple[str, Any]], run: range, earlier: dict[str, int],
+                  converted: Iterator[tuple[int, tuple[dict, bool] | ClipRejected]], heldout_fraction: float,
+                  shard_bytes: int) -> dict[str, Any]:
+    """Write ``entries[run]`` (their outcomes drawn from ``converted`` in order) to the piece's folder of each
+    dataset; return the piece's counts, its rejections in manifest order and the datasets it wrote to."""
+    for folder in DATASETS:
+        shutil.rmtree(out / folder / piece, ignore_errors=True)   # what a stopped attempt at this piece left
     tally = {"written": 0, "rejected": 0, "written_by_subset": Counter(), "heldout_by_subset": Counter(),
              "rejected_by_reason": Counter(), "pseudo_labels_dropped": 0, "rejections": []}
     writers: dict[str, MDSWriter] = {}
-    converted = convert_all(src, [i for i in share if earlier[entries[i][0]] == i], entries, settings, workers)
-    for i in share:
+    for i in run:
         clip_id = entries[i][0]
         if earlier[clip_id] == i:
-            _, outcome = next(converted)   # in share order, as they are written
+            _, outcome = next(converted)
         else:
             outcome = ClipRejected("duplicate_clip_id", f"{clip_id} appears earlier in the manifest, at entry "
                                                         f"{earlier[clip_id] + 1}")
@@ -118,22 +129,20 @@ def convert_share(src: Path, out: Path, entries: list[tuple[str, Any]], share: r
         heldout = bool(record["labeled"]) and is_heldout(clip_id, heldout_fraction)
         folder = f"{HELDOUT}/{subset}" if heldout else subset
         if folder not in writers:
-            part = share_folder(out / folder, ranks.rank, ranks.world_size)
-            writers[folder] = MDSWriter(out=str(part), columns=MDS_COLUMNS, compression=None, hashes=SHARD_HASHES,
-                                        size_limit=shard_bytes)
+            writers[folder] = MDSWriter(out=str(out / folder / piece), columns=MDS_COLUMNS, compression=None,
+                                        hashes=SHARD_HASHES, size_limit=shard_bytes)
         writers[folder].write(record)
         tally["written"] += 1
         tally["written_by_subset"][subset] += 1
         tally["heldout_by_subset"][subset] += int(heldout)
         tally["pseudo_labels_dropped"] += int(pseudo_dropped)
-    # Finished (index.json written) only on success: a crashed conversion leaves no loadable half-dataset.
     for writer in writers.values():
         writer.finish()
     return {**tally, "folders": sorted(writers)}
 
 
 def combined(shares: list[dict[str, Any]]) -> dict[str, Any]:
-    """The ranks' counts added up and their rejections one after the other (the manifest's order)."""
+    """The pieces' counts added up and their rejections one after the other (the manifest's order)."""
     report: dict[str, Any] = {}
     for key in ("written", "rejected", "pseudo_labels_dropped"):
         report[key] = sum(share[key] for share in shares)

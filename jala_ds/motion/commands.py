@@ -15,6 +15,8 @@ import argparse
 import importlib
 import sys
 
+from jala_ds.data.commands import add_build_arguments
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     tokenizer = subparsers.add_parser("tokenizer", help="train the GRVQ motion tokenizer")
@@ -38,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                description="Writes --src to --out with predicted motion tokens (and labeled=1) for "
                                            "every video-only training clip, for the hands data.video_only_hands "
                                            "names; pretrain on --out with model.align=false. Under torchrun the "
-                                           "ranks split the corpus, each on its own GPU; --out must then be one "
+                                           "ranks share out its pieces, each on its own GPU; --out must then be one "
                                            "folder that they all write (a shared filesystem across nodes).")
     label.add_argument("--recipe", required=True, help="recipe name or YAML path (token layout, video_only_hands)")
     label.add_argument("overrides", nargs="*", help="recipe overrides, section.key=value")
@@ -48,6 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     label.add_argument("--out", required=True, help="a new folder for the pseudo-labelled copy")
     label.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one, "
                                                          "each rank's own)")
+    add_build_arguments(label)
     label.set_defaults(handler=run_predictor_label)
 
 
@@ -92,7 +95,8 @@ def run_predictor_label(args: argparse.Namespace) -> int:
     cfg = load_config(args.recipe, args.overrides)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        pseudo_label_corpus(cfg, args.predictor or default_checkpoint(cfg), args.src, args.out, device)
+        pseudo_label_corpus(cfg, args.predictor or default_checkpoint(cfg), args.src, args.out, device,
+                            resume=args.resume, overwrite=args.overwrite, piece_clips=args.piece_clips)
     except (FileNotFoundError, FileExistsError, ValueError) as err:   # no predictor or corpus, --out taken
         print(f"jala token-predictor label: {err}", file=sys.stderr)
         return 2

@@ -5,14 +5,16 @@ video-only clips) share. Every subset of ``<src>`` (``lab``, ``wild`` and the he
 written to the same folder under ``<out>`` with the source's shard settings (hashes, compression, size limit),
 record for record in the same order:
 
-    report = copy_corpus(src, out, TOKEN_COLUMNS, add_tokens, counted=("chunks",), block=64, desc="tokenize")
+    report = copy_corpus(src, out, TOKEN_COLUMNS, add_tokens, counted=("chunks",), block=64, desc="tokenize",
+                         inputs={"tokenizer": content_sha256(checkpoint)}, ranks=ranks)
     # add_tokens(subset, records, tally) -> one dict of new or replaced columns per record, adding to tally["chunks"]
     # report: {"clips": ..., "chunks": ..., "subsets": {"lab": {"clips": ..., "chunks": ...}, ...}, "seconds": ...}
 
-Under torchrun the ranks split every subset into contiguous runs of records, one each in rank order, and write
-them as the parts of one dataset (``jala_ds.data.mds_parts``): the copy reads as the source did, record for
-record, for any number of ranks. ``<out>`` must be one folder that every rank writes to: a shared filesystem
-when the ranks span nodes.
+The copy is written in pieces of ``piece_clips`` records of a subset (``jala_ds.data.mds_pieces``): one that
+stops part-way reruns with ``resume`` and copies only the pieces it had not finished. Under torchrun the ranks
+share out the pieces and rank 0 merges each subset's index: the copy reads as the source did, record for record,
+in the same shards for any number of ranks. ``<out>`` must be one folder that every rank writes to: a shared
+filesystem when the ranks span nodes.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from typing import Any
 from tqdm import tqdm
 
 from jala_ds.data.convert import HELDOUT
-from jala_ds.data.mds_parts import merge_parts, share_folder
+from jala_ds.data.mds_pieces import PIECE_CLIPS, PieceLedger, content_sha256, merge_pieces, piece_folder, piece_runs
 from jala_ds.data.schema import SUBSETS
 from jala_ds.motion.pose_corpus import open_mds
 from jala_ds.torchrun_group import Ranks
@@ -46,60 +48,69 @@ def corpus_subsets(src: Path) -> list[str]:
 
 def copy_corpus(src: str | Path, out: str | Path, columns: dict[str, str],
                 transform: Callable[[str, Records, Counter], Records], *, counted: tuple[str, ...], block: int,
-                desc: str, ranks: Ranks) -> dict[str, Any]:
+                desc: str, inputs: dict[str, Any], ranks: Ranks, piece_clips: int = PIECE_CLIPS,
+                resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Write every subset of ``src`` to ``out`` with ``columns`` (name -> MDS encoding) added to its own;
     ``transform(subset, records, tally)`` gives each record's new or replaced column values and adds to the
-    subset's ``tally`` under the ``counted`` keys. This rank copies its share of each subset (module docstring).
-    Returns the clips and tallies of all ranks, per subset and in total, and the time the slowest rank took.
-    Refuses to write over the source or over a subset already in ``out``."""
+    subset's ``tally`` under the ``counted`` keys; ``inputs`` names what else decides its output (a checkpoint's
+    hash, settings), which a resumed copy must share. This rank copies its share of the pieces still to do.
+    Returns the clips and tallies of the whole copy, per subset and in total, and the time and rate of this run
+    (its slowest rank) on the clips it copied. Refuses to write over the source."""
     src, out = Path(src), Path(out)
     if src.resolve() == out.resolve():
         raise ValueError(f"--out {out} is the source corpus: write the copy to another folder")
     subsets = corpus_subsets(src)
-    taken = [s for s in subsets if (out / s).exists()]
-    if taken:
-        raise FileExistsError(f"{out} already holds {', '.join(taken)}: choose a new --out folder or delete it")
-    ranks.barrier()   # every rank has looked at <out> before any writes to it
+    sources = {subset: open_mds(src / subset) for subset in subsets}
+    runs = {f"{subset}/{piece_folder(k)}": (subset, run)
+            for subset in subsets for k, run in enumerate(piece_runs(len(sources[subset]), piece_clips))}
+    plan = {"build": desc, "source": {subset: content_sha256(src / subset / "index.json") for subset in subsets},
+            "columns": columns, "piece_clips": piece_clips, **inputs}
+    occupied = [out / subset for subset in subsets if (out / subset).exists()]
+    ledger = PieceLedger(out, plan, ranks, occupied=occupied, resume=resume, overwrite=overwrite)
+    mine = ledger.mine(list(runs))
     started = time.perf_counter()
-    tallies = {subset: copy_share(src / subset, out / subset, columns, transform, subset, counted=counted,
-                                  block=block, desc=desc, ranks=ranks)
-               for subset in subsets}
-    everyone = ranks.gather((time.perf_counter() - started, tallies))   # returns once every part is written
-    seconds = max(took for took, _ in everyone)
-    tallies = {subset: sum((theirs[subset] for _, theirs in everyone), Counter()) for subset in subsets}
-    if ranks.rank == 0 and ranks.world_size > 1:
+    with tqdm(total=sum(len(runs[piece][1]) for piece in mine), desc=desc, unit="clip",
+              disable=ranks.rank > 0) as progress:
+        for piece in mine:
+            subset, run = runs[piece]
+            ledger.finish(piece, copy_piece(sources[subset], src / subset, out / piece, run, columns, transform,
+                                            subset, counted=counted, block=block, progress=progress))
+            rate = progress.n * ranks.world_size / (time.perf_counter() - started)   # rank 0's, for all
+            progress.set_postfix(clips_per_s=f"{rate:.1f}")
+    everyone = ranks.gather((time.perf_counter() - started, sum(len(runs[piece][1]) for piece in mine)))
+    seconds, copied = max(took for took, _ in everyone), sum(clips for _, clips in everyone)
+    tallies = dict(zip(runs, ledger.tallies(list(runs))))
+    if ranks.rank == 0:
         for subset in subsets:
-            merge_parts(out / subset, list(range(ranks.world_size)))
+            merge_pieces(out / subset, [Path(piece).name for piece, (theirs, _) in runs.items() if theirs == subset])
     ranks.barrier()   # the merged indexes are there for every rank to read
-    clips = sum(tally["clips"] for tally in tallies.values())
-    return {"clips": clips, **{key: sum(t[key] for t in tallies.values()) for key in counted},
-            "subsets": {subset: {key: t[key] for key in ("clips", *counted)} for subset, t in tallies.items()},
-            "seconds": seconds, "clips_per_s": clips / seconds, "ranks": ranks.world_size}
+    by_subset = {subset: sum((Counter(tallies[piece]) for piece, (theirs, _) in runs.items() if theirs == subset),
+                             Counter({key: 0 for key in ("clips", *counted)}))
+                 for subset in subsets}
+    clips = sum(tally["clips"] for tally in by_subset.values())
+    return {"clips": clips, **{key: sum(t[key] for t in by_subset.values()) for key in counted},
+            "subsets": {subset: {key: t[key] for key in ("clips", *counted)} for subset, t in by_subset.items()},
+            "copied_now": copied, "seconds": seconds, "clips_per_s": copied / seconds, "ranks": ranks.world_size}
 
 
-def copy_share(source_dir: Path, out_dir: Path, columns: dict[str, str],
+def copy_piece(source: Any, source_dir: Path, out_dir: Path, run: range, columns: dict[str, str],
                transform: Callable[[str, Records, Counter], Records], subset: str, *, counted: tuple[str, ...],
-               block: int, desc: str, ranks: Ranks) -> Counter:
-    """Copy this rank's run of records of one subset to its share's folder; return its tally (``clips``
-    included)."""
+               block: int, progress: tqdm) -> Counter:
+    """Copy the records ``run`` of one subset to a piece folder, with the source's shard settings; return the
+    piece's tally (``clips`` included)."""
     from streaming import MDSWriter
 
-    source = open_mds(source_dir)
     settings = json.loads((source_dir / "index.json").read_text())["shards"][0]
     own = dict(zip(settings["column_names"], settings["column_encodings"]))
-    first, end = (len(source) * r // ranks.world_size for r in (ranks.rank, ranks.rank + 1))
     tally = Counter({key: 0 for key in ("clips", *counted)})
-    started = time.perf_counter()
-    with MDSWriter(out=str(share_folder(out_dir, ranks.rank, ranks.world_size)), columns={**own, **columns},
-                   compression=settings.get("compression"), hashes=settings.get("hashes") or None,
-                   size_limit=settings.get("size_limit")) as writer, \
-            tqdm(total=end - first, desc=f"{desc} {subset}", unit="clip", disable=ranks.rank > 0) as progress:
-        for start in range(first, end, block):
-            records = [source[i] for i in range(start, min(start + block, end))]
+    # exist_ok: the writer first deletes what a stopped attempt at this piece left
+    with MDSWriter(out=str(out_dir), columns={**own, **columns}, compression=settings.get("compression"),
+                   hashes=settings.get("hashes") or None, size_limit=settings.get("size_limit"),
+                   exist_ok=True) as writer:
+        for start in range(run.start, run.stop, block):
+            records = [source[i] for i in range(start, min(start + block, run.stop))]
             for record, added in zip(records, transform(subset, records, tally)):
                 writer.write({**{name: record[name] for name in own}, **added})
             tally["clips"] += len(records)
             progress.update(len(records))
-            rate = tally["clips"] * ranks.world_size / (time.perf_counter() - started)   # rank 0's, for all
-            progress.set_postfix(clips_per_s=f"{rate:.1f}")
     return tally

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from jala_ds.data.mds_pieces import PIECE_CLIPS, content_sha256
 from jala_ds.data.motion_tokens import MotionTokenizer
 from jala_ds.data.schema import HANDS, TOKEN_COLUMNS, array_bytes, hand_poses
 from jala_ds.motion.corpus_copy import copy_corpus
@@ -50,10 +51,11 @@ def tokenize_records(tok: MotionTokenizer, records: list[dict[str, Any]]) -> lis
     return columns
 
 
-def tokenize_corpus(tokenizer_path: str | Path, src_mds: str | Path, out_mds: str | Path,
-                    device: str = "cpu") -> dict[str, Any]:
+def tokenize_corpus(tokenizer_path: str | Path, src_mds: str | Path, out_mds: str | Path, device: str = "cpu", *,
+                    resume: bool = False, overwrite: bool = False, piece_clips: int = PIECE_CLIPS) -> dict[str, Any]:
     """Copy ``src_mds`` to ``out_mds`` with motion tokens added, this rank's share of it under torchrun (``device``
-    ``cuda`` is the rank's GPU); return counts and throughput, the same on every rank."""
+    ``cuda`` is the rank's GPU); return counts and throughput, the same on every rank. ``resume`` finishes a copy
+    that stopped part-way (``jala_ds.motion.corpus_copy``)."""
     with torchrun_ranks() as ranks:
         tok = load_grvq_tokenizer(tokenizer_path, ranks.on(device))
 
@@ -66,7 +68,8 @@ def tokenize_corpus(tokenizer_path: str | Path, src_mds: str | Path, out_mds: st
             return columns
 
         report = copy_corpus(src_mds, out_mds, TOKEN_COLUMNS, add_tokens, counted=("tokenized_hands", "chunks"),
-                             block=CLIPS_PER_BLOCK, desc="tokenize", ranks=ranks)
+                             block=CLIPS_PER_BLOCK, desc="tokenize", inputs={"tokenizer": content_sha256(tokenizer_path)},
+                             ranks=ranks, piece_clips=piece_clips, resume=resume, overwrite=overwrite)
     if ranks.rank == 0:
         print(f"tokenized {report['clips']} clips ({report['chunks']} chunks) into {out_mds} at "
               f"{report['clips_per_s']:.1f} clips/s on {ranks.world_size} rank(s)")

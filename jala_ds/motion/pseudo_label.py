@@ -15,6 +15,7 @@ each rank labels its share of every subset on its own GPU
 """
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from functools import partial
 from pathlib import Path
@@ -25,6 +26,7 @@ import torch
 
 from jala_ds.config import JalaConfig
 from jala_ds.data.frames import normalized
+from jala_ds.data.mds_pieces import PIECE_CLIPS, content_sha256
 from jala_ds.data.motion_tokens import MotionTokenizer, build_motion_tokenizer
 from jala_ds.data.schema import HANDS, SUBSETS, TOKEN_COLUMNS, array_bytes
 from jala_ds.motion.chunk_pairs import boundary_frames
@@ -58,9 +60,11 @@ def predicted_codes(model: ActionTokenPredictor, clips: list[torch.Tensor], hand
 
 
 def pseudo_label_corpus(cfg: JalaConfig, predictor_path: str | Path, src_mds: str | Path, out_mds: str | Path,
-                        device: str = "cpu") -> dict[str, Any]:
+                        device: str = "cpu", *, resume: bool = False, overwrite: bool = False,
+                        piece_clips: int = PIECE_CLIPS) -> dict[str, Any]:
     """Copy ``src_mds`` to ``out_mds`` with the video-only training clips pseudo-labelled, this rank's share of it
-    under torchrun (``device`` ``cuda`` is the rank's GPU); return counts, the same on every rank."""
+    under torchrun (``device`` ``cuda`` is the rank's GPU); return counts, the same on every rank. ``resume``
+    finishes a copy that stopped part-way (``jala_ds.motion.corpus_copy``)."""
     with torchrun_ranks() as ranks:
         torch_device = ranks.on(device)
         model = load_token_predictor(predictor_path, expect=shape_of(cfg)).to(torch_device)
@@ -68,8 +72,11 @@ def pseudo_label_corpus(cfg: JalaConfig, predictor_path: str | Path, src_mds: st
         hands = [0, 1] if cfg.data.video_only_hands == "both" else [1]
         label = partial(labelled_columns, model, tokenizer, hands, cfg.token_predictor.label_batch_chunks,
                         torch_device)
+        inputs = {"predictor": content_sha256(predictor_path), "video_only_hands": cfg.data.video_only_hands,
+                  "motion_tokenizer": dataclasses.asdict(cfg.motion_tokenizer)}   # what decides the labels
         report = copy_corpus(src_mds, out_mds, TOKEN_COLUMNS, label, block=CLIPS_PER_BLOCK, desc="pseudo-label",
-                             counted=("pseudo_labelled_clips", "pseudo_labelled_chunks"), ranks=ranks)
+                             counted=("pseudo_labelled_clips", "pseudo_labelled_chunks"), inputs=inputs, ranks=ranks,
+                             piece_clips=piece_clips, resume=resume, overwrite=overwrite)
     report["hands"] = [HANDS[h] for h in hands]
     if ranks.rank == 0:
         print(f"pseudo-labelled {report['pseudo_labelled_clips']} video-only clips ({report['pseudo_labelled_chunks']}"
