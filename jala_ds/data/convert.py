@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from streaming import MDSWriter
+from tqdm import tqdm
 
 from jala_ds.data.config import DataConfig
 from jala_ds.data.mds_pieces import PIECE_CLIPS, PieceLedger, content_sha256, merge_pieces, piece_folder, piece_runs
@@ -96,15 +97,18 @@ def convert_pieces(src: Path, out: Path, entries: list[tuple[str, Any]], runs: d
     earlier = first_lines(entries)
     fresh = [i for run in runs.values() for i in run if earlier[entries[i][0]] == i]
     converted = convert_all(src, fresh, entries, settings, workers)
-    for piece, run in runs.items():
-        ledger.finish(piece, convert_piece(out, piece, entries, run, earlier, converted, heldout_fraction,
-                                           shard_bytes))
+    ranks = ledger.ranks
+    with tqdm(total=sum(len(run) for run in runs.values()), unit="clip", disable=ranks.rank > 0,
+              desc="convert" if ranks.world_size == 1 else f"convert (rank 0 of {ranks.world_size})") as progress:
+        for piece, run in runs.items():
+            ledger.finish(piece, convert_piece(out, piece, entries, run, earlier, converted, heldout_fraction,
+                                               shard_bytes, progress))
     converted.close()
 
 
 def convert_piece(out: Path, piece: str, entries: list[tuple[str, Any]], run: range, earlier: dict[str, int],
                   converted: Iterator[tuple[int, tuple[dict, bool] | ClipRejected]], heldout_fraction: float,
-                  shard_bytes: int) -> dict[str, Any]:
+                  shard_bytes: int, progress: tqdm) -> dict[str, Any]:
     """Write ``entries[run]`` (their outcomes drawn from ``converted`` in order) to the piece's folder of each
     dataset; return the piece's counts, its rejections in manifest order and the datasets it wrote to."""
     for folder in DATASETS:
@@ -113,6 +117,7 @@ def convert_piece(out: Path, piece: str, entries: list[tuple[str, Any]], run: ra
              "rejected_by_reason": Counter(), "pseudo_labels_dropped": 0, "rejections": []}
     writers: dict[str, MDSWriter] = {}
     for i in run:
+        progress.update()
         clip_id = entries[i][0]
         if earlier[clip_id] == i:
             _, outcome = next(converted)
