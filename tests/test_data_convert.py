@@ -12,6 +12,7 @@ from jala_ds.config import load_config
 from jala_ds.data import convert
 from jala_ds.data.convert import convert_corpus
 from jala_ds.data.frames import decode_stored_frames
+from jala_ds.data.inspect_corpus import format_summary, summarize
 from jala_ds.data.loader import build_loader
 from jala_ds.data.raw_clips import REJECTION_REASONS, convert_one
 from jala_ds.data.rot6d import ROT6D_SLICES
@@ -215,6 +216,9 @@ def test_a_stopped_conversion_resumes_where_it_stopped(tiny_corpus, tmp_path, mo
         convert_corpus(tiny_corpus.raw, tmp_path / "mds", data, shard_bytes=1 << 16, piece_clips=10)
     assert sorted(p.name for p in (tmp_path / "mds/pieces").glob("piece*.json")) == ["piece00000.json",
                                                                                      "piece00001.json"]
+    partial = summarize(tmp_path / "mds")   # what `jala data inspect` sees of a stopped (or running) build
+    assert partial["build"] == {"build": "convert", "pieces": 5, "done": 2} and partial["subsets"] == {}
+    assert "convert: 2 of 5 pieces done (unfinished" in format_summary(partial)
     with pytest.raises(FileExistsError, match="pass --resume to finish the build that wrote it"):
         convert_corpus(tiny_corpus.raw, tmp_path / "mds", data, shard_bytes=1 << 16, piece_clips=10)
     with pytest.raises(ValueError, match="begun with piece_clips=10, this run has 8"):
@@ -230,6 +234,7 @@ def test_a_stopped_conversion_resumes_where_it_stopped(tiny_corpus, tmp_path, mo
             (tmp_path / "whole" / subset / "index.json").read_text()
         assert records(tmp_path / "mds", subset).keys() == records(tmp_path / "whole", subset).keys()
     assert not list((tmp_path / "mds").rglob("*.partial"))
+    assert summarize(tmp_path / "mds", samples=0)["build"] == {"build": "convert", "pieces": 5, "done": 5}
 
 
 def write_bad_clips(raw):

@@ -65,7 +65,7 @@ def convert_corpus(src: str | Path, out: str | Path, data: DataConfig, *, worker
     entries = read_manifest(manifest)
     runs = {piece_folder(k): run for k, run in enumerate(piece_runs(len(entries), piece_clips))}
     plan = {"build": "convert", "manifest_sha256": content_sha256(manifest), "piece_clips": piece_clips,
-            "settings": dataclasses.asdict(settings), "heldout_fraction": data.heldout_fraction,
+            "pieces": len(runs), "settings": dataclasses.asdict(settings), "heldout_fraction": data.heldout_fraction,
             "shard_bytes": shard_bytes}
     with torchrun_ranks() as ranks:
         occupied = [out / folder for folder in DATASETS if (out / folder).exists() and any((out / folder).iterdir())]

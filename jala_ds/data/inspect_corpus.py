@@ -1,4 +1,5 @@
-"""What a converted corpus holds: counts per subset, source and task, labelled vs video-only, a few samples.
+"""What a converted corpus holds: counts per subset, source and task, labelled vs video-only, a few samples; and
+for a corpus still being built (or stopped), how many of its pieces are done.
 
     jala data inspect demo_out/mds --samples 3
 """
@@ -11,6 +12,7 @@ from typing import Any
 
 from streaming import LocalDataset
 
+from jala_ds.data.mds_pieces import build_progress
 from jala_ds.data.schema import HANDS, SUBSETS, labelled_hands
 
 
@@ -18,10 +20,13 @@ def summarize(mds_dir: str | Path, samples: int = 3) -> dict[str, Any]:
     """Counts for every subset under ``mds_dir`` plus the first ``samples`` records of each, described."""
     root = Path(mds_dir)
     subsets = [s for s in SUBSETS if (root / s / "index.json").is_file()]
-    if not subsets:
+    progress = build_progress(root)
+    if not subsets and progress is None:
         raise FileNotFoundError(f"{root} holds no MDS dataset (lab/index.json, wild/index.json): "
                                 "pass the --out folder of `jala data convert`")
     summary: dict[str, Any] = {"mds_dir": str(root), "subsets": {}, "samples": []}
+    if progress is not None:
+        summary["build"] = progress
     for subset in subsets:
         dataset = LocalDataset(local=str(root / subset))
         counts: dict[str, Any] = {"clips": len(dataset), "labeled": 0, "video_only": 0, "chunks": 0,
@@ -55,6 +60,11 @@ def describe(record: dict[str, Any]) -> dict[str, Any]:
 
 def format_summary(summary: dict[str, Any]) -> str:
     lines = [f"corpus {summary['mds_dir']}"]
+    if "build" in summary:
+        build = summary["build"]
+        state = "complete" if build["done"] == build["pieces"] else \
+            "unfinished: its datasets appear once every piece is done; rerun it with --resume if it stopped"
+        lines.append(f"  {build['build']}: {build['done']} of {build['pieces']} pieces done ({state})")
     for subset, counts in summary["subsets"].items():
         lines.append(f"  {subset}: {counts['clips']} clips ({counts['labeled']} labelled, {counts['video_only']} "
                      f"video-only), {counts['chunks']} chunks")

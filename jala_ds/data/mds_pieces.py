@@ -90,6 +90,17 @@ class PieceLedger:
         return [json.loads((self.folder / f"{piece}.json").read_text()) for piece in pieces]
 
 
+def build_progress(out: Path) -> dict[str, Any] | None:
+    """How far the build at ``out`` has got, ``{"build", "pieces", "done"}``, read from its ledger by any process
+    (``jala data inspect`` while the ranks work); None where ``out`` was not built in pieces."""
+    begun = out / LEDGER / "plan.json"
+    if not begun.is_file():
+        return None
+    plan = json.loads(begun.read_text())
+    done = sum(1 for path in (out / LEDGER).rglob("*.json") if path != begun)
+    return {"build": plan["build"], "pieces": plan["pieces"], "done": done}
+
+
 def check_same_plan(begun: dict[str, Any], plan: dict[str, Any], out: Path) -> None:
     """One clear error when a build is resumed from other inputs or settings than it began with."""
     for key in sorted(set(begun) | set(plan)):
