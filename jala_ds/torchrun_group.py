@@ -16,6 +16,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -48,13 +49,13 @@ class Ranks:
 
 
 @contextmanager
-def torchrun_ranks() -> Iterator[Ranks]:
+def torchrun_ranks(timeout: timedelta | None = None) -> Iterator[Ranks]:
     """Join torchrun's process group when ``WORLD_SIZE`` > 1 (NCCL on GPUs, gloo on CPUs) and give this process'
-    place in it."""
+    place in it. ``timeout``: how long a collective waits for the other ranks (torch's default when None)."""
     cuda = torch.cuda.is_available()
     ours = not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     if ours:
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
+        dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=timeout)
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)

@@ -35,7 +35,15 @@ from streaming import MDSWriter
 from tqdm import tqdm
 
 from jala_ds.data.config import DataConfig
-from jala_ds.data.mds_pieces import PIECE_CLIPS, PieceLedger, content_sha256, merge_pieces, piece_folder, piece_runs
+from jala_ds.data.mds_pieces import (
+    PIECE_CLIPS,
+    RANKS_WAIT,
+    PieceLedger,
+    content_sha256,
+    merge_pieces,
+    piece_folder,
+    piece_runs,
+)
 from jala_ds.data.raw_clips import ClipRejected, ConvertSettings, convert_one
 from jala_ds.data.schema import MDS_COLUMNS, SHARD_HASHES, SUBSETS
 from jala_ds.torchrun_group import torchrun_ranks
@@ -67,7 +75,7 @@ def convert_corpus(src: str | Path, out: str | Path, data: DataConfig, *, worker
     plan = {"build": "convert", "manifest_sha256": content_sha256(manifest), "piece_clips": piece_clips,
             "pieces": len(runs), "settings": dataclasses.asdict(settings), "heldout_fraction": data.heldout_fraction,
             "shard_bytes": shard_bytes}
-    with torchrun_ranks() as ranks:
+    with torchrun_ranks(RANKS_WAIT) as ranks:
         occupied = [out / folder for folder in DATASETS if (out / folder).exists() and any((out / folder).iterdir())]
         ledger = PieceLedger(out, plan, ranks, occupied=occupied, resume=resume, overwrite=overwrite)
         convert_pieces(src, out, entries, {piece: runs[piece] for piece in ledger.mine(list(runs))}, settings,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,10 @@ PIECE_CLIPS = 10_000
 """Input records per piece: the most a stopped build redoes per rank (minutes of decoding), and few enough pieces
 (750 for the paper's 7.5M clips) that the merged index stays small."""
 LEDGER = "pieces"
+RANKS_WAIT = timedelta(hours=12)
+"""How long a rank that has built its share of the pieces waits for the others (``torchrun_ranks(RANKS_WAIT)``):
+shares of a 7.5M-clip corpus finish minutes to hours apart, and torch's default (10 minutes under NCCL) would stop
+a healthy build at its end."""
 
 
 def piece_folder(index: int) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from jala_ds.data.mds_pieces import PIECE_CLIPS, content_sha256
+from jala_ds.data.mds_pieces import PIECE_CLIPS, RANKS_WAIT, content_sha256
 from jala_ds.data.motion_tokens import MotionTokenizer
 from jala_ds.data.schema import HANDS, TOKEN_COLUMNS, array_bytes, hand_poses
 from jala_ds.motion.corpus_copy import copy_corpus
@@ -56,7 +56,7 @@ def tokenize_corpus(tokenizer_path: str | Path, src_mds: str | Path, out_mds: st
     """Copy ``src_mds`` to ``out_mds`` with motion tokens added, this rank's share of it under torchrun (``device``
     ``cuda`` is the rank's GPU); return counts and throughput, the same on every rank. ``resume`` finishes a copy
     that stopped part-way (``jala_ds.motion.corpus_copy``)."""
-    with torchrun_ranks() as ranks:
+    with torchrun_ranks(RANKS_WAIT) as ranks:
         tok = load_grvq_tokenizer(tokenizer_path, ranks.on(device))
 
         def add_tokens(subset: str, records: list[dict[str, Any]], tally: Counter) -> list[dict[str, bytes]]:

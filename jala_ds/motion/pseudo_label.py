@@ -26,7 +26,7 @@ import torch
 
 from jala_ds.config import JalaConfig
 from jala_ds.data.frames import normalized
-from jala_ds.data.mds_pieces import PIECE_CLIPS, content_sha256
+from jala_ds.data.mds_pieces import PIECE_CLIPS, RANKS_WAIT, content_sha256
 from jala_ds.data.motion_tokens import MotionTokenizer, build_motion_tokenizer
 from jala_ds.data.schema import HANDS, SUBSETS, TOKEN_COLUMNS, array_bytes
 from jala_ds.motion.chunk_pairs import boundary_frames
@@ -65,7 +65,7 @@ def pseudo_label_corpus(cfg: JalaConfig, predictor_path: str | Path, src_mds: st
     """Copy ``src_mds`` to ``out_mds`` with the video-only training clips pseudo-labelled, this rank's share of it
     under torchrun (``device`` ``cuda`` is the rank's GPU); return counts, the same on every rank. ``resume``
     finishes a copy that stopped part-way (``jala_ds.motion.corpus_copy``)."""
-    with torchrun_ranks() as ranks:
+    with torchrun_ranks(RANKS_WAIT) as ranks:
         torch_device = ranks.on(device)
         model = load_token_predictor(predictor_path, expect=shape_of(cfg)).to(torch_device)
         tokenizer = build_motion_tokenizer(cfg.motion_tokenizer)
