@@ -32,8 +32,8 @@ PIECE_CLIPS = 10_000
 LEDGER = "pieces"
 RANKS_WAIT = timedelta(hours=12)
 """How long a rank that has built its share of the pieces waits for the others (``torchrun_ranks(RANKS_WAIT)``):
-shares of a 7.5M-clip corpus finish minutes to hours apart, and torch's default (10 minutes under NCCL) would stop
-a healthy build at its end."""
+on a 7.5M-clip corpus a slow node can finish its share many minutes after the others, and torch's default (10
+minutes under NCCL) would stop a healthy build at its end."""
 
 
 def piece_folder(index: int) -> str:
@@ -43,7 +43,7 @@ def piece_folder(index: int) -> str:
 def piece_runs(records: int, size: int) -> list[range]:
     """The input's records cut into runs of ``size``, the last one shorter."""
     if size < 1:
-        raise ValueError(f"piece size {size}: use at least 1 record per piece")
+        raise ValueError(f"--piece-clips {size}: use at least 1 clip per piece")
     return [range(start, min(start + size, records)) for start in range(0, records, size)]
 
 
