@@ -4,11 +4,11 @@ import shutil
 
 import pytest
 import torch
-from streaming.base.util import clean_stale_shared_memory
 from two_ranks import run_two_ranks
 
 from jala_ds.config import load_config
 from jala_ds.data.loader import build_loader
+from jala_ds.data.orphaned_memory import remove_orphaned_streaming_memory
 from jala_ds.data.shard_check import CorruptShardError
 from jala_ds.vocab import add_motion_vocab, byte_level_tokenizer
 
@@ -20,7 +20,7 @@ def single_process_world(monkeypatch):
     """No launcher variables in this process (build_loader sets them; monkeypatch restores them), no stale shm."""
     for name in WORLD_VARIABLES:
         monkeypatch.delenv(name, raising=False)
-    clean_stale_shared_memory()
+    remove_orphaned_streaming_memory()
 
 
 def make_loader(mds, *overrides, rank=0, world_size=1, epoch=0):

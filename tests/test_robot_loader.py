@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 from streaming import StreamingDataset
-from streaming.base.util import clean_stale_shared_memory
 from two_ranks import run_two_ranks
 
 from jala_ds.config import ConfigError, load_config
 from jala_ds.data.lerobot_convert import convert_lerobot
 from jala_ds.data.lerobot_synth import CAMERA_KEYS, synthesize_lerobot
+from jala_ds.data.orphaned_memory import remove_orphaned_streaming_memory
 from jala_ds.data.robot_loader import build_robot_loader, robot_batch
 from jala_ds.data.robot_norm import NORM_STATS_FILE, NormStats
 from jala_ds.data.robot_schema import RobotSample, robot_sample
@@ -27,7 +27,7 @@ HORIZON = 4
 def single_process_world(monkeypatch):
     for name in WORLD_VARIABLES:
         monkeypatch.delenv(name, raising=False)
-    clean_stale_shared_memory()
+    remove_orphaned_streaming_memory()
 
 
 @pytest.fixture(scope="module")

@@ -48,7 +48,9 @@ def kill_a_rank_after_first_checkpoint(process: subprocess.Popen, out: Path) -> 
     """SIGKILL rank 1 as soon as a checkpoint exists, as a node failure would."""
     deadline = time.monotonic() + 600
     while read_latest(checkpoints_dir(out)) is None:
-        assert process.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
+        if process.poll() is not None:
+            pytest.fail(f"the run ended before its first checkpoint:\n{process.stdout.read()[-4000:]}")
+        assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
         time.sleep(0.2)
     ranks = [p for p in psutil.Process(process.pid).children(recursive=True)
              if "--local_rank=1" in " ".join(p.cmdline())]

@@ -27,8 +27,8 @@ exact, and a loader given the state yields exactly the samples, and documents, t
 would have. (``streaming.StreamingDataLoader`` counts rows, which packing breaks, hence our own count.)
 
 Every shard is checked against its index.json hash the first time a process reads it
-(:mod:`jala_ds.data.shard_check`). Shared memory left by a crashed job is removed with
-``streaming.base.util.clean_stale_shared_memory()``, called once at job start, before any loader exists.
+(:mod:`jala_ds.data.shard_check`). Shared memory left by a dead job is removed once per node at job start,
+before any loader exists (:mod:`jala_ds.data.orphaned_memory`), and only that: other jobs on the node keep theirs.
 """
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,9 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from streaming.base.util import clean_stale_shared_memory
 
 from jala_ds.data.loader import build_loader
+from jala_ds.data.orphaned_memory import remove_orphaned_streaming_memory
 from jala_ds.model.backbone import image_token_count
 from jala_ds.model.build import build_model
 from jala_ds.train.checkpoint import load_checkpoint, save_checkpoint
@@ -139,7 +140,8 @@ def build_training(plan: RunPlan, rank: int, world_size: int) -> TrainingParts:
     """Tokenizer and vocabulary, the model (partitioned at birth under ZeRO-3), this rank's loader, the engine
     and the EMA. The process group must exist (``init_distributed``); ``jala bench throughput`` shares this."""
     cfg, train_cfg = plan.cfg, plan.cfg.train
-    clean_stale_shared_memory()  # a crashed job's shared memory would confuse the new loaders (local rank 0 cleans)
+    if os.environ.get("LOCAL_RANK", "0") == "0":  # once per node; other jobs' loaders on the node keep theirs
+        remove_orphaned_streaming_memory()
     tokenizer = load_text_tokenizer(cfg.model.pretrained, cfg.model.arch)
     vocab = add_motion_vocab(tokenizer, cfg.motion_tokenizer.vocab_per_part)
     with model_init_context(plan.ds_config):

@@ -10,6 +10,7 @@ JALA, the robot loader, and a checkpoint that carries the dataset's ``norm_stats
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import yaml
@@ -78,8 +79,8 @@ def build_posttraining(plan: RunPlan, rank: int, world_size: int):
     """``loop.train``'s parts for post-training: tokenizer and vocabulary from the backbone's folder, the policy
     model (partitioned at birth under ZeRO-3, then filled from ``posttrain.init``), the robot loader, the engine."""
     import torch
-    from streaming.base.util import clean_stale_shared_memory
 
+    from jala_ds.data.orphaned_memory import remove_orphaned_streaming_memory
     from jala_ds.data.robot_loader import build_robot_loader
     from jala_ds.model.backbone import image_token_count
     from jala_ds.model.policy_model import build_policy_model
@@ -89,7 +90,8 @@ def build_posttraining(plan: RunPlan, rank: int, world_size: int):
     from jala_ds.vocab import add_motion_vocab, load_text_tokenizer
 
     cfg, train_cfg = plan.cfg, plan.cfg.train
-    clean_stale_shared_memory()
+    if os.environ.get("LOCAL_RANK", "0") == "0":  # once per node; other jobs' loaders on the node keep theirs
+        remove_orphaned_streaming_memory()
     tokenizer = load_text_tokenizer(cfg.model.pretrained, cfg.model.arch)
     vocab = add_motion_vocab(tokenizer, cfg.motion_tokenizer.vocab_per_part)
     with model_init_context(plan.ds_config):
