@@ -49,6 +49,7 @@ from jala_ds.data.collate import collate
 from jala_ds.data.config import DataConfig
 from jala_ds.data.example import Example, ExampleBuilder
 from jala_ds.data.motion_tokens import build_motion_tokenizer
+from jala_ds.data.registration_turn import registration_turn
 from jala_ds.data.schema import SUBSETS
 from jala_ds.data.sequence import SequenceBuilder
 from jala_ds.data.shard_check import verify_shard
@@ -65,7 +66,8 @@ class ExampleStream(StreamingDataset):
     """A StreamingDataset whose items are training examples; shards are hash-checked on first use."""
 
     def __init__(self, *, examples: BuildsExamples, validate_hashes: bool, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        with registration_turn():  # other jobs on the node must not register between our ranks' scans and ours
+            super().__init__(**kwargs)
         self.examples, self.validate_hashes = examples, validate_hashes
         self.epoch = 0
         """Epoch the examples are built for; set by :class:`JalaLoader` before each iteration starts workers."""
