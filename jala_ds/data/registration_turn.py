@@ -39,9 +39,7 @@ log = logging.getLogger(__name__)
 @contextmanager
 def registration_turn(wait: float = TURN_WAIT) -> Iterator[None]:
     """Build a ``StreamingDataset`` inside this, on every rank of the job; the local leader is ``LOCAL_RANK`` 0."""
-    leader = os.environ.get("LOCAL_RANK", "0") == "0"
-    # Read-only is enough for flock, and lets every user of the node open the file whoever created it.
-    turn = os.open(TURN_FILE, os.O_RDONLY | os.O_CREAT, 0o644) if leader else None
+    turn = open_turn_file() if os.environ.get("LOCAL_RANK", "0") == "0" else None
     try:
         if turn is not None:
             take_turn(turn, wait)
@@ -51,6 +49,19 @@ def registration_turn(wait: float = TURN_WAIT) -> Iterator[None]:
     finally:
         if turn is not None:
             os.close(turn)  # releases the lock
+
+
+def open_turn_file() -> int | None:
+    """The lock's file, read-only (enough for flock): opened without O_CREAT when it exists, since the kernel refuses
+    O_CREAT on another user's file in the sticky /dev/shm (fs.protected_regular). None if this user may not read it."""
+    try:
+        return os.open(TURN_FILE, os.O_RDONLY)
+    except FileNotFoundError:
+        return os.open(TURN_FILE, os.O_RDONLY | os.O_CREAT, 0o644)
+    except PermissionError:
+        log.warning("cannot read %s (another user's, mode %o): registering streaming's shared memory without the "
+                    "node's turn", TURN_FILE, TURN_FILE.stat().st_mode & 0o777)
+        return None
 
 
 def take_turn(turn: int, wait: float) -> None:
