@@ -14,7 +14,7 @@ from jala_ds.cli import main
 HOUR_MS = 3_600_000
 START_MS = 1_767_225_600_000
 RUNS = {
-    # name: (params, loss per step, samples_per_s per log or None, hours)
+    # name: (params, loss per step, samples_per_s per log or None, hours); base also logs peak_memory_gb
     "base": ({"train.lr": "0.001", "train.seed": "1", "model.align": "True"},
              [2.0, 1.5, 1.2, 1.1, 1.15], [10.0, 50.0, 52.0, 51.0], 2.0),
     "low-lr": ({"train.lr": "0.0003", "train.seed": "1", "model.align": "True"},
@@ -23,6 +23,7 @@ RUNS = {
                  [2.0, 1.4, 1.0, 0.9, 0.95], None, 0.5),
 }
 MEDIAN_RATE = {"base": 50.5, "low-lr": 48.0, "no-align": None}  # the warm-up value does not pull the median
+PEAK_MEMORY = [61.5, 70.25, 68.0]  # base only; falling again, as a per-window peak may: the largest counts
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +40,8 @@ def store(tmp_path_factory):
         metrics = [Metric("loss", v, start + step, step) for step, v in enumerate(losses)]
         metrics += [Metric("accuracy", 1 - v / 2, start + step, step) for step, v in enumerate(losses)]
         metrics += [Metric("train/samples_per_s", v, start + step, step) for step, v in enumerate(rates or [])]
+        if name == "base":
+            metrics += [Metric("peak_memory_gb", v, start + step, step) for step, v in enumerate(PEAK_MEMORY)]
         client.log_batch(run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()])
         client.set_terminated(run_id, end_time=int(start + hours * HOUR_MS))
         ids[name] = run_id
@@ -58,6 +61,7 @@ def test_table_shows_differing_params_final_best_throughput_and_hours(store, tmp
         assert row["loss final"] == losses[-1] and row["loss best"] == min(losses)
         assert row["hours"] == pytest.approx(hours)
         assert row.get("train/samples_per_s median") == MEDIAN_RATE[row["run"]]
+        assert row.get("peak_memory_gb max") == (max(PEAK_MEMORY) if row["run"] == "base" else None)
         assert row["status"] == "FINISHED"
 
 

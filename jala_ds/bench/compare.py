@@ -1,9 +1,10 @@
 """Side-by-side comparison of MLflow runs: a table, its CSV and markdown, and the metric curves overlaid.
 
 The table has one row per run: name, id, status, duration in hours, every config param whose value differs
-between the runs, the final and best value of each chosen metric, and the median of the throughput metrics
-(``samples_per_s``, ``tokens_per_s``, ``mfu``, also under a prefix such as ``train/mfu``) when a run logged them.
-Medians, because the first logged values include start-up and compilation.
+between the runs, the final and best value of each chosen metric, the median of the throughput metrics
+(``samples_per_s``, ``tokens_per_s``, ``mfu``, also under a prefix such as ``train/mfu``) and the largest peak
+memory (``peak_memory_gb``) when a run logged them. Medians, because the first logged values include start-up and
+compilation; the largest memory, because that is what a run needs.
 
     result = compare_runs("jala-tiny", metrics=["loss", "align_loss"], out_dir="compare_jala-tiny")
     result.paths        # comparison.csv, comparison.md, curves.png
@@ -20,8 +21,8 @@ from pathlib import Path
 from jala_ds.bench.tables import markdown_table
 from jala_ds.train.tracking import resolve_uri
 
-"""MLflow's own default store: ``mlflow.db`` in the working directory."""
 THROUGHPUT_METRICS = ("samples_per_s", "tokens_per_s", "mfu")
+MEMORY_METRICS = ("peak_memory_gb",)
 
 
 @dataclass(frozen=True)
@@ -85,9 +86,9 @@ def differing_params(runs: list) -> list[str]:
     return [key for key in keys if len({run.data.params.get(key) for run in runs}) > 1]
 
 
-def throughput_keys(run) -> list[str]:
-    """The run's logged metrics that are throughput: last path component in ``THROUGHPUT_METRICS``."""
-    return sorted(key for key in run.data.metrics if re.split(r"[/.]", key)[-1] in THROUGHPUT_METRICS)
+def logged_keys(run, names: tuple[str, ...]) -> list[str]:
+    """The run's logged metrics whose last path component is one of ``names`` (``train/mfu`` for ``mfu``)."""
+    return sorted(key for key in run.data.metrics if re.split(r"[/.]", key)[-1] in names)
 
 
 def run_row(run, histories: dict[str, list], metrics: list[MetricSpec], params: list[str]) -> dict[str, object]:
@@ -102,8 +103,10 @@ def run_row(run, histories: dict[str, list], metrics: list[MetricSpec], params: 
         values = [m.value for m in history]
         row[f"{spec.key} final"] = values[-1] if values else None
         row[f"{spec.key} best"] = (max(values) if spec.maximize else min(values)) if values else None
-    for key in throughput_keys(run):
+    for key in logged_keys(run, THROUGHPUT_METRICS):
         row[f"{key} median"] = statistics.median(m.value for m in histories[key])
+    for key in logged_keys(run, MEMORY_METRICS):
+        row[f"{key} max"] = max(m.value for m in histories[key])
     return row
 
 
@@ -155,7 +158,8 @@ def compare_runs(experiment: str, run_ids: list[str] | tuple[str, ...] = (), met
         raise ValueError(f"--metric {', '.join(missing)}: no run logged it; logged metrics are "
                          f"{', '.join(sorted(logged)) or 'none'}")
     histories = [{key: client.get_metric_history(run.info.run_id, key)
-                  for key in {s.key for s in specs} | set(throughput_keys(run)) if key in run.data.metrics}
+                  for key in {s.key for s in specs} | set(logged_keys(run, THROUGHPUT_METRICS + MEMORY_METRICS))
+                  if key in run.data.metrics}
                  for run in runs]
     params = differing_params(runs)
     rows = [run_row(run, history, specs, params) for run, history in zip(runs, histories)]

@@ -17,8 +17,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import resource
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -133,14 +131,6 @@ class PhaseClock:
         self.totals[name] += self.now() - started
 
 
-def peak_memory_gb(device: torch.device) -> float:
-    """CUDA max allocated on ``device``; else this process's peak RSS (Linux reports KiB, macOS bytes)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 1e9
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 1e9 if sys.platform == "darwin" else rss * 1024 / 1e9
-
-
 def card_peak_flops(device_name: str, device: torch.device) -> float | None:
     """The detected card's dense bf16 peak (``cards.card``), None on a CPU or a card the table lacks."""
     from jala_ds.bench import cards
@@ -171,6 +161,7 @@ def measure_throughput(plan, steps: int, warmup: int, name_device: Callable[[], 
     from jala_ds.train.compiled_blocks import compilations
     from jala_ds.train.engine import init_distributed
     from jala_ds.train.loop import build_training, endless, seed_everything, to_device
+    from jala_ds.train.metrics import peak_memory_gb
 
     cfg, train_cfg = plan.cfg, plan.cfg.train
     init_distributed()
