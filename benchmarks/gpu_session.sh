@@ -6,12 +6,11 @@
 #
 #     OUT=/tmp/out BUDGET_S=560 PHASES="base zero3 eager_layers grvq" bash benchmarks/gpu_session.sh
 #
-# Inputs the caller puts in the checkout (both git-ignored):
+# Inputs the caller puts in the checkout (git-ignored); `bash benchmarks/prepare_gpu_lease.sh` builds the first two:
 #   .whl/          wheels for what the machine's image lacks or has at other versions (transformers 4.57,
 #                  deepspeed, mosaicml-streaming and their small dependencies), installed to /tmp/site;
-#   .gpu_corpus/   a synthetic corpus converted for the full recipe (`jala data synth --lab 240 --wild 80
-#                  --frame-size 448` then `jala data convert --recipe pretrain_internvl3_2b`), so the machine
-#                  needs no video encoder; ~320 clips keep loader restarts (one per epoch) out of the step time;
+#   .gpu_corpus/   a synthetic corpus converted for the full recipe (448 px frames), so the machine needs no video
+#                  encoder; ~320 clips keep loader restarts (one per epoch) out of the step time;
 #   .gpu_prev/     for the `previous` phase only: an earlier commit (`git archive REV | tar -x -C .gpu_prev`).
 set -u
 OUT=${OUT:-/tmp/gpu_session_out}
