@@ -51,5 +51,6 @@ def run(cmd: list[str], tmp_path: Path) -> str:
 
 
 def leftover_allreduce_buffers(port: int) -> list[str]:
-    """DeepSpeed's CPU all-reduce files of a job on ``port`` still in /dev/shm (``engine.unlink_cpu_allreduce_buffer``)."""
+    """DeepSpeed's CPU all-reduce files of a job on ``port`` in /dev/shm: none, as ``engine.init_distributed`` keeps
+    DeepSpeed from building the op that maps them (``skip_cpu_inference_allreduce``)."""
     return [path.name for path in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*")]

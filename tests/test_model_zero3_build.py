@@ -24,7 +24,8 @@ from transformers.integrations.deepspeed import HfDeepSpeedConfig
 from jala_ds.model.build import build_model
 from model_batches import Doc, make_batch, tiny_setup
 
-deepspeed.init_distributed(dist_backend="gloo")
+from jala_ds.train.engine import init_distributed
+init_distributed()
 ds = {{"train_micro_batch_size_per_gpu": 1,
       "optimizer": {{"type": "AdamW", "params": {{"lr": 1e-3, "torch_adam": True}}}},
       # threshold 0: every parameter partitioned, none kept whole on the rank

@@ -105,7 +105,7 @@ def test_killed_and_resumed_run_matches_uninterrupted_run_and_exports(workdir, t
     kill_a_rank_after_first_checkpoint(interrupted, tmp_path / "resumed")
     killed_at = latest_checkpoint(tmp_path / "resumed").name
     assert killed_at != f"step_{STEPS:08d}"
-    assert not leftover_allreduce_buffers(29652)  # unlinked at start: a killed job leaves none either
+    assert not leftover_allreduce_buffers(29652)  # never mapped: a killed job leaves none either
     # Resumed under the other launcher: nothing a run saves may depend on which one started it.
     log = run([*torchrun(29653), *train_args(tmp_path, tiny_corpus.mds, "resumed")], tmp_path)
     assert f"resumed from {tmp_path / 'resumed'}" in log

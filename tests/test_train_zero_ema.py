@@ -187,10 +187,10 @@ def run_worker(out: Path, dtype: str, tau: float, steps: int) -> None:
 
 
 if __name__ == "__main__":
-    import deepspeed
+    from jala_ds.train.engine import init_distributed
 
     os.chdir(Path(__file__).resolve().parents[1])
-    deepspeed.init_distributed("gloo")
+    init_distributed()
     run_worker(Path(sys.argv[1]), "fp32", tau=0.9, steps=4)
     run_worker(Path(sys.argv[1]), "bf16", tau=0.9999, steps=20)
     # Leaving the group to the interpreter's exit once aborted a rank ("terminate called without an active

@@ -6,15 +6,14 @@ a 2B model is born partitioned instead of whole on every rank), then ``deepspeed
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import socket
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import deepspeed
 import torch
-import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
 
 from jala_ds.train.checkpoint import install_safe_engine
@@ -45,26 +44,23 @@ def init_distributed() -> None:
         # A plain `jala train`: a world of one, so the same ZeRO code path runs without a launcher.
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=os.environ.get("MASTER_PORT", str(free_port())))
+    skip_cpu_inference_allreduce()
     deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
     get_accelerator().set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    unlink_cpu_allreduce_buffer()
 
 
-def unlink_cpu_allreduce_buffer() -> None:
-    """Remove the name of this rank's DeepSpeed CPU all-reduce buffer once every rank has mapped it.
+def skip_cpu_inference_allreduce() -> None:
+    """Keep DeepSpeed's CPU backend from building its shared-memory all-reduce when the process group starts.
 
-    On the CPU accelerator with all ranks on one node (the deepspeed launcher sets LOCAL_SIZE), DeepSpeed maps a
-    69 MB shared-memory file per rank, /dev/shm/deepspeed_allreduce_buffer_<uid>_<addr>_<port>_<rank>, and never
-    unlinks it: each run would leave them in RAM (/dev/shm is tmpfs). Each rank opens its peers' files inside
-    ``init_distributed``, so after a barrier the names are no longer needed; the mappings live until exit.
+    On the CPU accelerator DeepSpeed compiles that C++ op with gcc (74 s on our 2-core machine, and again for every
+    new virtual environment: the build depends on its path), and each rank then maps a 69 MB file in /dev/shm that
+    it never removes. The op serves only ``inference_all_reduce``, which DeepSpeed-Inference's tensor-parallel
+    layers call; training reduces through torch.distributed (gloo on a CPU) either way. Other accelerators have no
+    such op, so this changes nothing there.
     """
-    local_size = os.environ.get("LOCAL_SIZE")
-    if get_accelerator().device_name() != "cpu" or local_size != str(dist.get_world_size()):
-        return
-    dist.barrier()
-    name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ['MASTER_ADDR']}_{os.environ['MASTER_PORT']}_"
-            f"{dist.get_rank()}")
-    (Path("/dev/shm") / name).unlink(missing_ok=True)
+    if get_accelerator().device_name() == "cpu":
+        # By module name: the attribute deepspeed.comm.torch is the torch package, which deepspeed.comm imports.
+        importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
 
 
 @contextlib.contextmanager
