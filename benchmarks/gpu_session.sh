@@ -2,7 +2,8 @@
 # One short lease of a GPU machine: the full recipe's training throughput with the variants that move it, the
 # kernel tests in bf16 and the kernel benchmarks. Every phase is time-boxed so the whole script ends inside one
 # call; logs and results are packed into $OUT/gpu_session.tgz after every phase, so a cut-off run still returns
-# what it finished. PHASES picks and orders the phases (default: all, in the order below).
+# what it finished. PHASES picks and orders the phases. The default runs all of them, what a lease most needs
+# first: one call of a 15-minute lease (BUDGET_S ~520, compilation cold) reaches about the fifth.
 #
 #     OUT=/tmp/out BUDGET_S=560 PHASES="base zero3 eager_layers grvq" bash benchmarks/gpu_session.sh
 #
@@ -81,7 +82,10 @@ throughput_args() {  # VARIANT STEPS [OVERRIDES...]
 }
 ZERO3="train.ds_config=ds_configs/zero3_bf16.json"
 
-PHASES=${PHASES:-"env zero2_tests base host_variants stock_host stock_buckets grad_buckets grad_checks ga8 sync_tests cpp_wrapper zero3 repeat eager_layers lm_head kernel_tests attention unfused fused_ops flex"}
+# The order: the shipped step, free-running and profiled (base); the same per-GPU work as the paper's 8 GPUs at a
+# batch of 128 (ga8: 8 micro-batches and one whole-model optimiser step = 8 x (16 samples and an eighth of it));
+# the host-side changes undone (stock_host: before/after); those changes' tests on CUDA; then the rest.
+PHASES=${PHASES:-"env base ga8 stock_host zero2_tests attention host_variants sync_tests cpp_wrapper kernel_tests repeat stock_buckets grad_buckets grad_checks zero3 eager_layers lm_head unfused fused_ops flex"}
 for name in $PHASES; do
   case $name in
     env) phase env 20 python3 -c "import sys, torch, triton, transformers, deepspeed, streaming
