@@ -93,8 +93,13 @@ def test_ablations_drop_their_perceivers_and_the_alignment(overrides, has_lap, h
     torch.testing.assert_close(out.loss, out.mcp_loss)
 
 
-def test_ntp_objective_is_causal_inside_chunks():
-    cfg, vocab = tiny_setup("model.objective=ntp", "model.align=false", "model.decoupled_ema=false")
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+@pytest.mark.parametrize("attention", ["reference", "triton", "flex"])
+def test_ntp_objective_is_causal_inside_chunks(attention, monkeypatch):
+    """Whatever chunks the batch carries (robot documents always do), and whichever attention backend."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the Triton kernel on CPU tensors
+    cfg, vocab = tiny_setup("model.objective=ntp", "model.align=false", "model.decoupled_ema=false",
+                            f"model.attention={attention}")
     model = build_model(cfg, vocab).eval()
     batch = make_batch(cfg, vocab, [[Doc()]], seed=5)
     chunk = (batch["chunk_ids"][0] == 0).nonzero().squeeze(1)

@@ -136,8 +136,12 @@ class JalaModel(nn.Module):
                              "the motion layout")
         embeds = self._input_embeddings(batch, frame_features, chunk_tokens)
         doc_ids = batch["doc_ids"]
-        # ntp (Being-H0) is plain causal attention: no position belongs to a bidirectional chunk.
-        chunk_ids = batch["chunk_ids"] if self.cfg.objective == "mcp" else torch.full_like(batch["chunk_ids"], -1)
+        # ntp (Being-H0) is plain causal attention: no position belongs to a bidirectional chunk. The collate's
+        # chunk_bounds describe the batch's chunks, so the kernel finds its bounds from the causal ids instead.
+        if self.cfg.objective == "mcp":
+            chunk_ids, chunk_bounds = batch["chunk_ids"], batch["chunk_bounds"]
+        else:
+            chunk_ids, chunk_bounds = torch.full_like(batch["chunk_ids"], -1), None
         language_model = self.backbone.model.language_model
         layers = self.cfg.align_layer if stop_at_align_layer else language_model.config.num_hidden_layers
         # the align layer's output as the next layer (or, after the last layer run, the final norm) receives it
@@ -145,7 +149,7 @@ class JalaModel(nn.Module):
         with _capture_input(consumer) as captured, _running_layers(language_model, layers):
             final = language_model(inputs_embeds=embeds, position_ids=batch["position_ids"],
                                    attention_mask=prepare_chunk_mask(self.cfg.attention, doc_ids, chunk_ids),
-                                   doc_ids=doc_ids, chunk_ids=chunk_ids, chunk_bounds=batch["chunk_bounds"],
+                                   doc_ids=doc_ids, chunk_ids=chunk_ids, chunk_bounds=chunk_bounds,
                                    past_key_values=past_key_values,
                                    use_cache=False).last_hidden_state
         predictive = captured.output.flatten(0, 1)[chunk_tokens]

@@ -54,7 +54,7 @@ def predicted_codes(model: ActionTokenPredictor, clips: list[torch.Tensor], hand
             pairs.append(torch.stack([clip[:-1], clip[1:]], dim=1).repeat(len(hands), 1, 1, 1))
             hand.append(torch.tensor(hands, device=device).repeat_interleave(len(clip) - 1))
         pairs, hand = torch.cat(pairs), torch.cat(hand)
-        codes = torch.cat([model.logits(pairs[i:i + batch], hand[i:i + batch]).argmax(-1)
+        codes = torch.cat([model.codes(model.logits(pairs[i:i + batch], hand[i:i + batch]))
                            for i in range(0, len(pairs), batch)])
     return [c.numpy().astype(np.int32) for c in torch.split(codes.cpu(), [len(hands) * (len(c) - 1) for c in clips])]
 

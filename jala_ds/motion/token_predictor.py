@@ -4,11 +4,13 @@ The paper trains "an action-token predictor mapping boundary frames to motion ch
 writes its predictions into the video-only clips as explicit pseudo labels, in place of latent actions. Ours is
 LAP's architecture with a classifier: the frozen visual encoder reads (o_t, o_t+k), a ``Perceiver`` with one
 query per token position of a hand's chunk reads the pair (its two-hand head picks the hand), and a linear layer
-scores every code of a part's vocabulary at each position.
+scores the codes of that position's residual stage. A position holds one stage's code, and stage ``r`` owns codes
+``[r * K, (r + 1) * K)`` of its part (the layout GRVQ and binning share, docs/architecture.md section 3): any other
+code is one the tokenizer cannot decode, so the classifier never offers it.
 
     predictor = build_token_predictor(cfg)
-    logits = predictor(frames, hand)        # frames [C, 2, 3, s, s] normalised, hand [C] -> [C, T, V]
-    codes = predictor.predict(frames, hand) # int64 [C, T], in [0, vocab_per_part)
+    logits = predictor(frames, hand)        # frames [C, 2, 3, s, s] normalised, hand [C] -> [C, T, K]
+    codes = predictor.predict(frames, hand) # int64 [C, T], each in its position's stage range of [0, vocab_per_part)
 
 A checkpoint folder holds ``model.safetensors`` (every weight, the frozen encoder's included, so a random test
 encoder reloads as trained), ``visual_encoder/config.json`` and ``config.json`` (shapes, token layout, training).
@@ -31,7 +33,9 @@ from jala_ds.model.visual_encoder import FrozenFrameEncoder, build_visual_encode
 from jala_ds.motion.checkpoint_folder import folder_config, written_whole
 
 CHECKPOINT_FORMAT = "jala-token-predictor"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Version 2 (2026-11-28): a K-way classifier per position, over its stage's codes (version 1 scored a part's
+whole vocabulary, and could pick codes of another stage)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +43,8 @@ class PredictorShape:
     """What a checkpoint must agree on with the recipe that uses it."""
     tokens_per_chunk: int
     vocab_per_part: int
+    codes_per_stage: int
+    """K: the codes of one residual stage, the classes at each position."""
     chunk_frames: int
     image_size: int
     """Side of the frames the visual encoder reads (``model.visual_encoder_image_size``)."""
@@ -54,10 +60,15 @@ class ActionTokenPredictor(nn.Module):
         self.visual_encoder = encoder
         self.perceiver = Perceiver(feature_dim=encoder.hidden_size, width=shape.width, heads=shape.heads,
                                    layers=shape.layers, queries=shape.tokens_per_chunk, out_dim=shape.width)
-        self.classifier = nn.Linear(shape.width, shape.vocab_per_part)
+        self.classifier = nn.Linear(shape.width, shape.codes_per_stage)
+        # The first code of each position's stage: a part's tokens run (step, group, stage), stage fastest.
+        stages = shape.vocab_per_part // shape.codes_per_stage
+        self.register_buffer("stage_offsets", torch.arange(shape.tokens_per_chunk) % stages * shape.codes_per_stage,
+                             persistent=False)
 
     def forward(self, frames: torch.Tensor, hand: torch.Tensor) -> torch.Tensor:
-        """``frames [C, 2, 3, s, s]`` (ImageNet-normalised), ``hand [C]`` -> logits ``[C, T, vocab_per_part]``."""
+        """``frames [C, 2, 3, s, s]`` (ImageNet-normalised), ``hand [C]`` -> logits ``[C, T, codes_per_stage]``:
+        class ``k`` at position ``t`` is code ``stage_offsets[t] + k``."""
         return self.logits(self.visual_encoder(frames), hand)
 
     def logits(self, features: torch.Tensor, hand: torch.Tensor) -> torch.Tensor:
@@ -68,12 +79,27 @@ class ActionTokenPredictor(nn.Module):
     @torch.no_grad()
     def predict(self, frames: torch.Tensor, hand: torch.Tensor) -> torch.Tensor:
         """The most likely code at each position: int64 ``[C, T]``."""
-        return self.forward(frames, hand).argmax(-1)
+        return self.codes(self.forward(frames, hand))
+
+    def codes(self, logits: torch.Tensor) -> torch.Tensor:
+        """The most likely code at each position of ``logits [..., T, K]``: int64 ``[..., T]``."""
+        return logits.argmax(-1) + self.stage_offsets
+
+    def classes(self, codes: torch.Tensor) -> torch.Tensor:
+        """Each code of ``codes [..., T]`` as its class at its position, the cross-entropy target; codes outside
+        their position's stage are refused (they come from another tokenizer layout)."""
+        classes = codes - self.stage_offsets
+        if bool(((classes < 0) | (classes >= self.shape.codes_per_stage)).any()):
+            raise ValueError("motion codes outside their position's stage range: the corpus was tokenized with "
+                             "another motion_tokenizer layout; set motion_tokenizer.stages and codes_per_stage to "
+                             "the corpus's, or re-tokenize it")
+        return classes
 
 
 def shape_of(cfg: JalaConfig) -> PredictorShape:
     return PredictorShape(tokens_per_chunk=cfg.motion_tokenizer.tokens_per_chunk,
-                          vocab_per_part=cfg.motion_tokenizer.vocab_per_part, chunk_frames=cfg.data.chunk_frames,
+                          vocab_per_part=cfg.motion_tokenizer.vocab_per_part,
+                          codes_per_stage=cfg.motion_tokenizer.codes_per_stage, chunk_frames=cfg.data.chunk_frames,
                           image_size=cfg.model.visual_encoder_image_size, width=cfg.model.perceiver_width,
                           heads=cfg.model.perceiver_heads, layers=cfg.model.perceiver_layers)
 
@@ -108,6 +134,7 @@ def load_token_predictor(path: str | Path, expect: PredictorShape | None = None)
     shape = PredictorShape(**config["shape"])
     if expect is not None:
         keys = {"tokens_per_chunk": "motion_tokenizer (its layout)", "vocab_per_part": "motion_tokenizer (its layout)",
+                "codes_per_stage": "motion_tokenizer.codes_per_stage",
                 "chunk_frames": "data.chunk_frames", "image_size": "model.visual_encoder_image_size"}
         for field, key in keys.items():
             if getattr(expect, field) != getattr(shape, field):

@@ -60,20 +60,22 @@ def probe_pairs(cfg: JalaConfig, tokenizer: MotionTokenizer) -> ChunkPairs:
                       codes=torch.cat([p.codes for p in found])[:n])
 
 
-def scored(model: torch.nn.Module, frames: torch.Tensor, hand: torch.Tensor, codes: torch.Tensor,
-           device: torch.device, label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cross-entropy, token accuracy) of ``model`` on uint8 ``frames``."""
+def scored(model: ActionTokenPredictor, trainer: torch.nn.Module, frames: torch.Tensor, hand: torch.Tensor,
+           codes: torch.Tensor, device: torch.device, label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cross-entropy over each position's stage codes, token accuracy) of ``model`` on uint8 ``frames``, run
+    through ``trainer`` (the model, or its DistributedDataParallel wrapper)."""
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        logits = model(normalized(frames.to(device)), hand.to(device))
+        logits = trainer(normalized(frames.to(device)), hand.to(device))
     codes = codes.to(device)
-    loss = F.cross_entropy(logits.float().flatten(0, 1), codes.flatten(), label_smoothing=label_smoothing)
-    return loss, (logits.argmax(-1) == codes).float().mean()
+    loss = F.cross_entropy(logits.float().flatten(0, 1), model.classes(codes).flatten(),
+                           label_smoothing=label_smoothing)
+    return loss, (model.codes(logits) == codes).float().mean()
 
 
 @torch.no_grad()
 def probe_metrics(model: ActionTokenPredictor, probe: ChunkPairs, device: torch.device) -> dict[str, float]:
     model.eval()
-    loss, accuracy = scored(model, probe.frames, probe.hand, probe.codes, device)
+    loss, accuracy = scored(model, model, probe.frames, probe.hand, probe.codes, device)
     model.train()
     return {"probe_loss": loss.item(), "probe_token_accuracy": accuracy.item()}
 
@@ -111,7 +113,7 @@ def train_token_predictor(cfg: JalaConfig, steps: int | None = None, out_dir: st
         started, seen = time.perf_counter(), 0
         for step in range(1, steps + 1):
             frames, hand, codes = next(batches)
-            loss, accuracy = scored(trainer, frames, hand, codes, device, pcfg.label_smoothing)
+            loss, accuracy = scored(model, trainer, frames, hand, codes, device, pcfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
