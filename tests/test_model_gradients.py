@@ -68,10 +68,13 @@ def test_labeled_batch_trains_the_motion_rows_of_the_head(setup):
     assert float(model.backbone.lm_head.weight.grad[vocab.motion_base:].abs().sum()) > 0
 
 
-def test_without_decoupling_both_perceivers_train_everything():
+def test_without_decoupling_both_perceivers_start_shared_and_train_everything():
     cfg, vocab = tiny_setup("model.decoupled_ema=false")
     model = build_model(cfg, vocab)
     assert model.ema_pairs() == []
+    lap, lsp = model.lap.state_dict(), model.lsp.state_dict()
+    assert lap.keys() == lsp.keys() and all(torch.equal(lap[k], lsp[k]) for k in lap), \
+        "'w/o dec.' must differ from JALA in its updates, not in its initial weights"
     backward(model, make_batch(cfg, vocab, [[Doc()]], seed=3))
     for perceiver in ("lap", "lsp"):
         norms = {n: grad_norm(p) for n, p in getattr(model, perceiver).named_parameters()}

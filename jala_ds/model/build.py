@@ -6,9 +6,8 @@
     model = build_model(cfg, vocab)
 
 The backbone is the checkpoint in ``model.pretrained`` or a random ``model.arch``; the VLM (vision tower
-included) trains, as in the paper's pretraining. The perceivers' visual encoder is frozen. With
-``model.decoupled_ema`` the EMA targets (LAP's trunk, LSP's queries) start equal to their sources and take no
-gradient.
+included) trains, as in the paper's pretraining. The perceivers' visual encoder is frozen. LAP starts equal to
+LSP; with ``model.decoupled_ema`` the EMA targets (LAP's trunk, LSP's queries) then take no gradient.
 """
 from __future__ import annotations
 
@@ -50,16 +49,19 @@ def build_model(cfg: JalaConfig, vocab: MotionVocab) -> JalaModel:
     model = JalaModel(model_cfg, backbone, cfg.motion_tokenizer.tokens_per_chunk, vocab.size, visual_encoder=encoder,
                       lap=perceiver() if model_cfg.align else None,
                       lsp=perceiver() if model_cfg.lsp_context else None)
-    if model_cfg.decoupled_ema:
-        _start_decoupled(model)
+    _start_shared(model)
     return model
 
 
-def _start_decoupled(model: JalaModel) -> None:
-    """EMA targets start as copies of their sources (the paper's shared weights) and are never optimised."""
+def _start_shared(model: JalaModel) -> None:
+    """LAP and LSP start as one set of weights (the paper's shared weights), with decoupling or without it, so
+    that the 'w/o dec.' ablation differs from JALA in its updates alone. Under decoupling the EMA targets are
+    then never optimised."""
     params = dict(model.named_parameters())
-    pairs = [(params[target], params[source]) for target, source in model.ema_pairs()]
+    pairs = [(params[target], params[source]) for target, source in model.perceiver_pairs()]
+    follow_by_ema = {params[target] for target, _ in model.ema_pairs()}
     with gathered_for_edit([p for pair in pairs for p in pair]), torch.no_grad():
         for target, source in pairs:
             target.copy_(source)
-            target.requires_grad_(False)
+            if target in follow_by_ema:
+                target.requires_grad_(False)

@@ -105,13 +105,17 @@ class JalaModel(nn.Module):
         self.lap = lap
         self.lsp = lsp
 
-    def ema_pairs(self) -> list[tuple[str, str]]:
-        """(target, source) parameter names the decoupled EMA updates: LAP's trunk follows LSP's, LSP's queries
-        follow LAP's. Empty without decoupling. Both names of a pair have equal shapes."""
-        if not self.cfg.decoupled_ema:
+    def perceiver_pairs(self) -> list[tuple[str, str]]:
+        """(target, source) names of every LAP parameter and its LSP twin (equal shapes), in the decoupled EMA's
+        direction: LAP's trunk follows LSP's, LSP's queries follow LAP's. Empty unless both perceivers exist."""
+        if self.lap is None or self.lsp is None:
             return []
         trunk = [(f"lap.trunk.{name}", f"lsp.trunk.{name}") for name, _ in self.lsp.trunk.named_parameters()]
         return trunk + [("lsp.queries", "lap.queries")]
+
+    def ema_pairs(self) -> list[tuple[str, str]]:
+        """The pairs the decoupled EMA updates (``perceiver_pairs``); empty without decoupling."""
+        return self.perceiver_pairs() if self.cfg.decoupled_ema else []
 
     def encode_frames(self, batch: dict) -> torch.Tensor | None:
         """Frozen features ``[C, 2, L, D]`` of every chunk's (o_t, o_t+k); None when no perceiver reads them."""
