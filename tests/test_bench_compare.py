@@ -120,3 +120,16 @@ def test_compare_command_writes_to_out(store, tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["comparison.csv", "comparison.md", "curves.png"]
     assert main(["compare", "--experiment", "missing", "--tracking-uri", uri, "--out", str(out)]) == 2
     assert "jala compare: --experiment 'missing'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, metrics", [
+    ([], ["loss"]),
+    (["--metric", "loss", "accuracy:max"], ["loss", "accuracy"]),
+    (["--metric", "loss", "--metric", "accuracy:max"], ["loss", "accuracy"]),   # a repeated flag adds, not replaces
+])
+def test_compare_command_compares_every_metric_named(store, tmp_path, flags, metrics):
+    _, uri, _ = store
+    out = tmp_path / "cmp"
+    assert main(["compare", "--experiment", "ablation", *flags, "--tracking-uri", uri, "--out", str(out)]) == 0
+    header = next(csv.reader((out / "comparison.csv").open()))
+    assert sorted({column.split()[0] for column in header if column.endswith(" final")}) == sorted(metrics)

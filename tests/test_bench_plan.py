@@ -155,9 +155,16 @@ def test_calibration_precedence_and_discovery(tmp_path):
     write_result(tmp_path / "2026-11-01_throughput_h100.md", "NVIDIA H100", ["samples_per_s"], ["10"])
     write_result(tmp_path / "2026-11-20_throughput_h100.md", "NVIDIA H100", ["samples_per_s"], ["20"])
     assert calibration(7e12, results_dir=tmp_path).mfu == pytest.approx(7e12 * 20 / 989e12)
+    # a newer CPU result cannot calibrate a GPU plan: the newest usable one does, and the plan says what it skipped
     write_result(tmp_path / "2026-11-25_throughput_cpu.md", "CPU (x86_64, 2 cores)", ["samples_per_s"], ["1"])
-    skipped = calibration(7e12, results_dir=tmp_path)
-    assert skipped.mfu == plan.DEFAULT_MFU and "not usable" in skipped.source
+    skipping = calibration(7e12, results_dir=tmp_path)
+    assert skipping.mfu == pytest.approx(7e12 * 20 / 989e12)
+    assert "2026-11-25_throughput_cpu.md" in skipping.source and "not usable" in skipping.source
+    only_cpu = tmp_path / "cpu_only"
+    only_cpu.mkdir()
+    write_result(only_cpu / "2026-11-25_throughput_cpu.md", "CPU (x86_64, 2 cores)", ["samples_per_s"], ["1"])
+    skipped = calibration(7e12, results_dir=only_cpu)
+    assert skipped.mfu == plan.DEFAULT_MFU and "no usable result" in skipped.source
     with pytest.raises(ValueError, match="no such file"):
         calibration(7e12, result=tmp_path / "missing.md")
     with pytest.raises(ValueError, match="--mfu 45"):

@@ -1,6 +1,7 @@
 """The effective DeepSpeed config: recipe values fill "auto", agreeing numbers pass, contradictions are refused."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -75,9 +76,17 @@ def test_contradictions_and_unsupported_settings_are_one_line_naming_both_keys(t
         assert word in message, message
 
 
-def test_world_size_that_breaks_the_batch_arithmetic_is_refused(tmp_path):
-    with pytest.raises(ConfigError, match="world size 3"):
-        build_ds_config(custom(tmp_path, {}), world_size=3)
+def test_world_size_that_breaks_the_batch_arithmetic_is_refused_with_fixes_that_work(tmp_path):
+    train = custom(tmp_path, {})   # micro-batch 2, 2 micro-batches per step, global batch 8
+    with pytest.raises(ConfigError, match="world size 3") as refused:
+        build_ds_config(train, world_size=3)
+    # 8 samples do not split into micro-batches of 2 on 3 ranks: only the global batch can change
+    assert "grad_accum_steps=" not in str(refused.value) and "train.global_batch_size=12" in str(refused.value)
+    with pytest.raises(ConfigError, match="world size 4") as refused:
+        build_ds_config(train, world_size=4)
+    assert "train.grad_accum_steps=1 or train.global_batch_size=16" in str(refused.value)
+    build_ds_config(dataclasses.replace(train, grad_accum_steps=1), world_size=4)
+    build_ds_config(dataclasses.replace(train, global_batch_size=12), world_size=3)
 
 
 def test_invalid_json_names_the_line(tmp_path):

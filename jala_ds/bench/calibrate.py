@@ -178,10 +178,9 @@ def _split_by_busy_time(row: dict[str, str], flops_per_sample: float, device: st
                        host_step_s=optimizer_step / 1e3, **split)
 
 
-def latest_result(results_dir: str | Path) -> Path | None:
-    """The newest throughput result in ``results_dir`` (names start with the date), if any."""
-    found = sorted(Path(results_dir).glob(RESULTS_GLOB))
-    return found[-1] if found else None
+def results_newest_first(results_dir: str | Path) -> list[Path]:
+    """The throughput results in ``results_dir``, newest first (names start with the date)."""
+    return sorted(Path(results_dir).glob(RESULTS_GLOB), reverse=True)
 
 
 def calibration(flops_per_sample: float, given_mfu: float | None = None, result: str | Path | None = None,
@@ -224,10 +223,17 @@ def _compute_calibration(flops_per_sample: float, given_mfu: float | None, resul
         return Calibration(given_mfu, "given with --mfu")
     if result is not None:
         return read_throughput_result(result, flops_per_sample, trained_params)
-    found = latest_result(results_dir)
-    if found is None:
-        return Calibration(DEFAULT_MFU, f"assumed: no --mfu, --calibrate or {results_dir}/{RESULTS_GLOB}")
-    try:
-        return read_throughput_result(found, flops_per_sample, trained_params)
-    except ValueError as err:  # e.g. a CPU run's result: it cannot calibrate a GPU plan, so it is skipped, visibly
-        return Calibration(DEFAULT_MFU, f"assumed: {found} was not usable ({err})")
+    skipped = []
+    for found in results_newest_first(results_dir):
+        try:
+            calibrated = read_throughput_result(found, flops_per_sample, trained_params)
+        except ValueError as err:  # e.g. a CPU run's result: it cannot calibrate a GPU plan; skipped, visibly
+            skipped.append(f"{found.name} ({err})")
+            continue
+        if skipped:
+            calibrated = dataclasses.replace(calibrated, source=f"{calibrated.source}; newer results not usable: "
+                                                                 + "; ".join(skipped))
+        return calibrated
+    if skipped:
+        return Calibration(DEFAULT_MFU, f"assumed: no usable result in {results_dir} ({'; '.join(skipped)})")
+    return Calibration(DEFAULT_MFU, f"assumed: no --mfu, --calibrate or {results_dir}/{RESULTS_GLOB}")

@@ -60,8 +60,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                     description="Reads an MLflow store and writes comparison.csv, comparison.md "
                                                 "and curves.png for the runs of one experiment.")
     compare.add_argument("--experiment", required=True, help="MLflow experiment name")
-    compare.add_argument("--runs", nargs="+", default=[], metavar="ID", help="run ids (default: all runs)")
-    compare.add_argument("--metric", nargs="+", default=["loss"], metavar="NAME[:max]",
+    compare.add_argument("--runs", nargs="+", action="extend", default=[], metavar="ID",
+                         help="run ids (default: all runs)")
+    compare.add_argument("--metric", nargs="+", action="extend", metavar="NAME[:max]",
                          help="metrics to compare; best is the minimum unless NAME:max (default loss)")
     compare.add_argument("--tracking-uri", default=None,
                          help="MLflow store (default MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
@@ -125,7 +126,7 @@ def run_compare(args: argparse.Namespace) -> int:
     from jala_ds.bench.tables import markdown_table
 
     try:
-        result = compare_runs(args.experiment, args.runs, args.metric, args.tracking_uri, args.out)
+        result = compare_runs(args.experiment, args.runs, args.metric or ["loss"], args.tracking_uri, args.out)
     except ValueError as err:
         return _fail("compare", str(err))
     print(markdown_table(result.rows))

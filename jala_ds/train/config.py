@@ -103,11 +103,14 @@ class TrainConfig:
     def check_world_size(self, world_size: int) -> None:
         """The batch arithmetic, checked once the world size is known (still before any process group)."""
         per_step = self.micro_batch_size * self.grad_accum_steps * world_size
+        per_micro_step = self.micro_batch_size * world_size
+        # Offer grad_accum_steps only where some value of it gives the global batch.
+        accumulate = (f"train.grad_accum_steps={self.global_batch_size // per_micro_step} or "
+                      if self.global_batch_size % per_micro_step == 0 else "")
         require(per_step == self.global_batch_size, "train.global_batch_size",
                 f"{self.global_batch_size} != micro_batch_size {self.micro_batch_size} x grad_accum_steps "
-                f"{self.grad_accum_steps} x world size {world_size} = {per_step}: set "
-                f"train.grad_accum_steps={max(1, self.global_batch_size // (self.micro_batch_size * world_size))}"
-                f" or train.global_batch_size={per_step}")
+                f"{self.grad_accum_steps} x world size {world_size} = {per_step}: set {accumulate}"
+                f"train.global_batch_size={per_step}")
 
 
 @dataclass
