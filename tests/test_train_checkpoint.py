@@ -2,6 +2,7 @@
 a crash or kill mid-save, and every file loadable with ``torch.load(weights_only=True)``."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -60,8 +61,9 @@ def test_resume_continues_exactly_and_every_file_loads_weights_only(tmp_path, st
     files = [p for p in folder.rglob("*") if p.is_file()]
     assert any(p.name.startswith("jala_rank") for p in files)
     assert any("optim_states" in p.name for p in files) == (stage > 0)
-    for path in files:
-        torch.load(path, weights_only=True)
+    for path in files:   # every file but the JSON record for preflight is a torch file
+        if path.name != checkpoint_layout.SAVED_WITH:
+            torch.load(path, weights_only=True)
 
     engine, ema = fresh_run(ds, seed=1)  # different initial weights: everything must come from the checkpoint
     run_state, rank_state = load_checkpoint(engine, latest_checkpoint(tmp_path / "run"))
@@ -81,6 +83,23 @@ def test_a_checkpoint_of_another_zero_stage_is_refused_before_deepspeed_reads_it
     with pytest.raises(RuntimeError, match="saved under ZeRO-3 and this run's train.ds_config is ZeRO-2: resume "
                                            "with the ds_config the run started with"):
         load_checkpoint(engine, folder)
+
+
+def test_a_checkpoint_records_what_saved_it_for_preflight(tmp_path):
+    engine, ema = fresh_run(ds_config_for(tmp_path, 3, "bf16"))
+    train_step(engine, ema)
+    folder = save(engine, ema, tmp_path / "run", step=1)
+    assert json.loads((folder / checkpoint_layout.SAVED_WITH).read_text()) == {"world_size": 1, "zero_stage": 3}
+    checkpoint_layout.check_resumable(folder, world_size=1, zero_stage=3)
+    with pytest.raises(ConfigError, match="saved by 1 ranks and this launch has 2"):
+        checkpoint_layout.check_resumable(folder, world_size=2, zero_stage=3)
+    with pytest.raises(ConfigError, match="saved under ZeRO-3 and this run's config is ZeRO-2"):
+        checkpoint_layout.check_resumable(folder, world_size=1, zero_stage=2)
+    # a checkpoint from before saved_with.json: its rank files give the world size
+    (folder / checkpoint_layout.SAVED_WITH).unlink()
+    checkpoint_layout.check_resumable(folder, world_size=1, zero_stage=2)
+    with pytest.raises(ConfigError, match="saved by 1 ranks"):
+        checkpoint_layout.check_resumable(folder, world_size=2, zero_stage=3)
 
 
 def test_keeps_the_last_n_and_latest_names_the_newest(tmp_path):

@@ -60,6 +60,27 @@ def test_broken_invocation_fails_in_one_line_with_exit_code_2(case, tmp_path):
     extra, env_changes, words = CASES[case]
     if isinstance(extra, str):
         extra = [write_ds_config(tmp_path, extra, **DS_CHANGES[extra])]
+    assert_one_line_error(extra, env_changes, words, tmp_path)
+
+
+@pytest.mark.parametrize("saved_with, words", [
+    ({"world_size": 4, "zero_stage": 3}, ["train.resume", "saved by 4 ranks and this launch has 2",
+                                          "relaunch with 4 ranks", "train.resume=none"]),
+    ({"world_size": 2, "zero_stage": 2}, ["train.ds_config", "saved under ZeRO-2", "is ZeRO-3", "ds_config.json"]),
+])
+def test_a_checkpoint_this_launch_cannot_load_is_refused_before_any_process_group(saved_with, words, tmp_path):
+    """What the checkpoint's saved_with.json records against the launch (2 ranks, cpu.json's ZeRO-3): DeepSpeed
+    would otherwise fail part-way through loading its shards, on every rank."""
+    root = tmp_path / "run" / "checkpoints"
+    (root / "step_00000005").mkdir(parents=True)
+    (root / "step_00000005" / "saved_with.json").write_text(json.dumps(saved_with))
+    (root / "latest").write_text("step_00000005")
+    assert_one_line_error([f"train.out_dir={tmp_path / 'run'}"], {}, words, tmp_path)
+
+
+def assert_one_line_error(extra: list[str], env_changes: dict[str, str], words: list[str], tmp_path: Path) -> None:
+    """``jala train`` with ``extra`` as rank 0 of a 2-rank launch stops with exit code 2 and one stderr line, a
+    config error holding each of ``words``."""
     recipe = [] if "--recipe" in extra else ["--recipe", "tiny_cpu"]
     args = [JALA, "train", *recipe, f"data.mds_dir={tmp_path}", "train.dtype=fp32", *extra]
     launcher_vars = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")

@@ -4,11 +4,12 @@ A checkpoint folder (``checkpoint_layout.py`` says where) holds DeepSpeed's file
 scheduler) with the run state (step, resolved config, MLflow run id) as client state, and one
 ``jala_rank_NNNNN.pt`` per rank with that rank's own state (loader position, RNG states, EMA shadows) and the
 ZeRO stage it was saved under: DeepSpeed lays out each stage's shards differently, so a resume under another
-stage is refused before DeepSpeed reads anything.
+stage is refused before DeepSpeed reads anything. ``saved_with.json`` records the world size and stage for
+preflight, which refuses a mismatch before any process group starts.
 
 A save is: every rank writes its files; barrier; rank 0 replaces ``latest`` (write a temporary file, then
 ``os.replace``) and deletes checkpoints beyond ``train.keep_last``. A crash or kill anywhere before the
-replace leaves ``latest`` on the previous checkpoint, which stays intact. Every file loads with
+replace leaves ``latest`` on the previous checkpoint, which stays intact. Every torch file loads with
 ``torch.load(weights_only=True)`` (see ``safe_checkpoint_engine.py``).
 """
 from __future__ import annotations
@@ -50,6 +51,7 @@ def save_checkpoint(engine: Any, out_dir: str | Path, step: int, run_state: dict
     if rank == 0:
         for path in extra_files:
             shutil.copy2(path, folder / Path(path).name)
+        layout.record_saved_with(folder, dist.get_world_size(), engine.zero_optimization_stage())
     dist.barrier()  # every rank has written everything: only now may 'latest' move
     if rank == 0:
         layout.publish_latest(root, tag)

@@ -2,12 +2,14 @@
 
     <train.out_dir>/checkpoints/latest            the tag of the newest complete checkpoint
     <train.out_dir>/checkpoints/step_00000040/    one checkpoint (see checkpoint.py for what is inside)
+    <train.out_dir>/checkpoints/step_00000040/saved_with.json   the world size and ZeRO stage that saved it
 
 ``latest`` is replaced atomically (temporary file + ``os.replace``) and only after a save completed, so a
 reader sees the old tag or the new one, never a torn file nor a half-written checkpoint.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -18,6 +20,9 @@ from jala_ds.config_checks import ConfigError
 LATEST = "latest"
 TAG_PATTERN = re.compile(r"^step_(\d+)$")
 RANK_FILE_GLOB = "jala_rank_*.pt"
+SAVED_WITH = "saved_with.json"
+"""The world size and ZeRO stage a checkpoint was saved with, as plain JSON: preflight checks a resume against
+them before any process group or torch import."""
 
 
 def checkpoints_dir(out_dir: str | Path) -> Path:
@@ -56,6 +61,29 @@ def resume_target(resume: str, out_dir: str) -> Path | None:
         raise ConfigError(f"train.resume: '{resume}' is not a checkpoint folder (.../checkpoints/step_NNNNNNNN): "
                           "point it at one, or use auto or none")
     return folder
+
+
+def record_saved_with(folder: Path, world_size: int, zero_stage: int) -> None:
+    (folder / SAVED_WITH).write_text(json.dumps({"world_size": world_size, "zero_stage": zero_stage}))
+
+
+def check_resumable(folder: Path, world_size: int, zero_stage: int) -> None:
+    """Refuse, in one line, a resume of ``folder`` by ``world_size`` ranks under ZeRO-``zero_stage`` that DeepSpeed
+    would fail part-way through loading: its ZeRO shards, and our loader positions and EMA shards, are split by the
+    saving world size and laid out by the saving stage. A checkpoint from before ``saved_with.json`` has its world
+    size counted from its rank files; its stage is checked later, when its rank files are read."""
+    record = folder / SAVED_WITH
+    saved = (json.loads(record.read_text()) if record.is_file()
+             else {"world_size": len(list(folder.glob(RANK_FILE_GLOB))), "zero_stage": None})
+    if saved["world_size"] != world_size:
+        raise ConfigError(f"train.resume: {folder} was saved by {saved['world_size']} ranks and this launch has "
+                          f"{world_size}: relaunch with {saved['world_size']} ranks (its ZeRO shards and per-rank "
+                          "loader and EMA state are split that many ways), or start afresh with train.resume=none "
+                          "or a new train.out_dir")
+    if saved["zero_stage"] not in (None, zero_stage):
+        raise ConfigError(f"train.ds_config: {folder} was saved under ZeRO-{saved['zero_stage']} and this run's "
+                          f"config is ZeRO-{zero_stage}: resume with the ds_config the run started with (its "
+                          "train.out_dir keeps a copy, ds_config.json), or start afresh with train.resume=none")
 
 
 def publish_latest(root: Path, tag: str) -> None:

@@ -1,5 +1,6 @@
 """Everything ``jala train`` can check before a process group exists: recipe, batch arithmetic against the
-launcher's WORLD_SIZE, the effective ds_config, the data folder, the checkpoint to resume from.
+launcher's WORLD_SIZE, the effective ds_config, the data folder, the checkpoint to resume from (and that it was
+saved by as many ranks under the same ZeRO stage).
 
 Any problem is one :class:`ConfigError` line; the CLI prints it and exits with code 2. Only the standard
 library and YAML are imported here, so a bad command fails in a fraction of a second on every rank.
@@ -13,7 +14,7 @@ from typing import Any
 
 from jala_ds.config import JalaConfig, load_config
 from jala_ds.config_checks import ConfigError
-from jala_ds.train.checkpoint_layout import resume_target
+from jala_ds.train.checkpoint_layout import check_resumable, resume_target
 from jala_ds.train.ds_config import build_ds_config
 
 
@@ -50,5 +51,7 @@ def check_run(recipe: str, overrides: list[str]) -> RunPlan:
 
 def plan_for(cfg: JalaConfig, world_size: int, ds_config: dict[str, Any]) -> RunPlan:
     """The plan of a checked config (``jala posttrain`` checks its own data before calling it)."""
-    return RunPlan(cfg=cfg, ds_config=ds_config, world_size=world_size,
-                   resume_from=resume_target(cfg.train.resume, cfg.train.out_dir))
+    resume_from = resume_target(cfg.train.resume, cfg.train.out_dir)
+    if resume_from is not None:
+        check_resumable(resume_from, world_size, ds_config.get("zero_optimization", {}).get("stage", 0))
+    return RunPlan(cfg=cfg, ds_config=ds_config, world_size=world_size, resume_from=resume_from)
