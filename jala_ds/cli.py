@@ -17,7 +17,7 @@ import gc
 import importlib
 import sys
 
-from jala_ds.config_checks import ConfigError
+from jala_ds.config_checks import ConfigError, InputError
 
 COMMAND_MODULES = (
     "jala_ds.data.commands",
@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args) or 0
     except ConfigError as err:
         print(f"jala: config error: {err}", file=sys.stderr)
+        return 2
+    except InputError as err:
+        print(f"jala {args.command}: {err}", file=sys.stderr)
         return 2
 
 

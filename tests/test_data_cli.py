@@ -20,6 +20,11 @@ def test_synth_convert_inspect_from_the_command_line(tmp_path, capsys):
     assert main(["data", "convert", "--src", str(raw), "--out", str(mds)]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert main(["data", "synth", "--out", str(raw), "--lab", "0", "--wild", "0"]) == 2
+    manifest = (raw / "manifest.jsonl").read_bytes()
+    capsys.readouterr()
+    assert main(["data", "synth", "--out", str(raw), "--lab", "1", "--wild", "1"]) == 2
+    assert "already holds a synthetic corpus" in capsys.readouterr().err
+    assert (raw / "manifest.jsonl").read_bytes() == manifest
 
 
 def test_loader_benchmark_smoke_run_writes_its_table(tmp_path, monkeypatch):

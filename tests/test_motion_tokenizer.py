@@ -4,6 +4,7 @@ Measured here (300 steps, batch 64, G=2 x R=2 x K=16 per part, 192 synthetic cli
 reconstruction MSE falls 14.6x from initialisation; the test asks for 8x.
 """
 import os
+import shutil
 import subprocess
 import sys
 
@@ -119,6 +120,21 @@ def test_training_without_a_corpus_fails_with_one_line(tmp_path, capsys):
     code = jala(["tokenizer", "train", "--recipe", "tiny_cpu", f"data.mds_dir={tmp_path / 'missing'}", "--steps", "1"])
     assert code == 2
     assert "point data.mds_dir at the output of `jala data convert`" in capsys.readouterr().err
+
+
+def test_training_into_a_checkpoint_replaces_it_only_when_asked(trained, tmp_path, capsys, monkeypatch):
+    """The tokenized corpus and the runs point at the checkpoint: retraining over it takes --overwrite."""
+    out = tmp_path / "checkpoint"
+    shutil.copytree(trained["checkpoint"], out)
+    before = (out / "model.safetensors").read_bytes()
+    monkeypatch.chdir(tmp_path)
+    command = ["tokenizer", "train", "--recipe", "tiny_cpu", *overrides(trained["mds"], tmp_path / "mlflow.db"),
+               "--steps", "1", "--out", str(out)]
+    assert jala(command) == 2
+    assert f"--out {out} already holds a tokenizer checkpoint" in capsys.readouterr().err
+    assert (out / "model.safetensors").read_bytes() == before
+    assert jala([*command, "--overwrite"]) == 0
+    assert (out / "model.safetensors").read_bytes() != before
 
 
 @pytest.mark.slow

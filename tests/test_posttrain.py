@@ -15,6 +15,7 @@ import pytest
 import torch
 from jala_jobs import JALA, deepspeed_launcher, run, torchrun
 
+from jala_ds.cli import main as jala
 from jala_ds.config import ConfigError, load_config
 from jala_ds.data.robot_norm import NORM_STATS_FILE, NormStats
 from jala_ds.data.robot_schema import ROBOT_META_FILE, RobotSample
@@ -124,6 +125,16 @@ def test_preflight_refuses_data_without_statistics_or_with_other_dims(robot_mds,
         check_posttrain(RECIPE, [f"robot.mds_dir={robot_mds}"], init=str(tmp_path))
 
 
+def test_preflight_says_when_post_training_starts_without_a_pretrained_jala(robot_mds, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    check_posttrain(RECIPE, [f"robot.mds_dir={robot_mds}", "train.global_batch_size=2", f"train.out_dir={tmp_path}"], init=None)
+    assert "no --init (posttrain.init): starting from random weights, without JALA pretraining" in \
+        capsys.readouterr().err
+    monkeypatch.setenv("RANK", "1")   # once per job, from rank 0
+    check_posttrain(RECIPE, [f"robot.mds_dir={robot_mds}", "train.global_batch_size=2", f"train.out_dir={tmp_path}"], init=None)
+    assert capsys.readouterr().err == ""
+
+
 def test_arrays_cross_the_wire_exactly_and_bad_ones_are_named():
     for array in (np.arange(24, dtype=np.uint8).reshape(2, 3, 4), np.linspace(-1, 1, 6, dtype=np.float32)):
         back = decode_array(json.loads(json.dumps(encode_array(array))), "x")
@@ -174,7 +185,8 @@ def test_gathering_by_block_posttrains_like_gathering_by_module(pretrained, robo
 
 
 @pytest.mark.slow
-def test_posttrain_on_two_ranks_exports_a_policy_that_answers_through_the_server(pretrained, robot_mds, tmp_path):
+def test_posttrain_on_two_ranks_exports_a_policy_that_answers_through_the_server(pretrained, robot_mds, tmp_path,
+                                                                                  capsys):
     from mlflow import MlflowClient
 
     from jala_ds.train.checkpoint_layout import latest_checkpoint
@@ -214,6 +226,10 @@ def test_posttrain_on_two_ranks_exports_a_policy_that_answers_through_the_server
         with pytest.raises(ObservationError, match="'images' must map every camera"):
             client.predict({**live_observation(2), "images": {"observation.images.image": np.zeros((2, 8, 8, 3),
                                                                                                  np.uint8)}})
+        busy = server.server_address[1]   # a second server on the same port: one line, not a traceback
+        capsys.readouterr()
+        assert jala(["serve", "--ckpt", str(export), "--port", str(busy), "--device", "cpu"]) == 2
+        assert f"jala serve: --host 127.0.0.1 --port {busy}: " in capsys.readouterr().err
     finally:
         server.shutdown()
         server.server_close()

@@ -175,6 +175,10 @@ def test_bad_inputs_get_one_clear_error(trained, tiny_corpus, labelled, tmp_path
     assert jala(["token-predictor", "label", "--recipe", "tiny_cpu", "--predictor", str(tmp_path / "none"),
                  "--src", str(tiny_corpus.mds), "--out", str(tmp_path / "out")]) == 2
     assert "is not an action-token predictor" in capsys.readouterr().err
+    assert jala(["token-predictor", "train", "--recipe", "tiny_cpu", f"data.mds_dir={tiny_corpus.mds}",
+                 "--steps", "1", "--out", str(trained["checkpoint"])]) == 2
+    assert "already holds an action-token predictor: choose another --out, or pass --overwrite" in \
+        capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -101,7 +101,7 @@ def run_synth(args: argparse.Namespace) -> int:
         return fail("synth", ValueError("--format clips needs --lab and --wild (clip counts)"))
     try:
         manifest = synthesize_corpus(args.out, lab=args.lab, wild=args.wild, seed=args.seed, frame_size=args.frame_size)
-    except ValueError as err:
+    except (ValueError, FileExistsError) as err:
         return fail("synth", err)
     print(f"wrote {args.lab} lab + {args.wild} wild clips: {manifest}")
     return 0

@@ -56,6 +56,8 @@ def synthesize_corpus(out: str | Path, *, lab: int, wild: int, seed: int, frame_
     if frame_size < 16 or frame_size % 2:
         raise ValueError(f"--frame-size {frame_size}: use an even size of at least 16 pixels (the video codec needs it)")
     out = Path(out)
+    if (out / "manifest.jsonl").exists():   # its clips would mix with the new ones, under a new manifest
+        raise FileExistsError(f"{out} already holds a synthetic corpus (manifest.jsonl): choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     lines = []

@@ -19,10 +19,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from jala_ds.eval.policy import JalaPolicy
+    import torch
+
+    from jala_ds.config_checks import InputError
+    from jala_ds.eval.policy import JalaPolicy, PolicyLoadError
     from jala_ds.eval.policy_server import make_server
 
-    server = make_server(JalaPolicy.from_checkpoint(args.ckpt, device=args.device), args.host, args.port)
+    if args.device and args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {args.device}: no CUDA device is visible here: pass --device cpu, or leave it out")
+    try:
+        policy = JalaPolicy.from_checkpoint(args.ckpt, device=args.device)
+    except PolicyLoadError as err:
+        raise InputError(f"--ckpt {args.ckpt}: {err}") from err
+    try:
+        server = make_server(policy, args.host, args.port)
+    except OSError as err:   # the port is taken, or the address is not this machine's
+        raise InputError(f"--host {args.host} --port {args.port}: {err.strerror}: pick a free port (--port 0 "
+                         "finds one) or an address of this machine") from err
     host, port = server.server_address[:2]
     print(f"serving {args.ckpt} on http://{host}:{port} (GET /health, POST /predict); Ctrl-C stops", flush=True)
     try:

@@ -20,6 +20,14 @@ from pathlib import Path
 from typing import Any
 
 
+def refuse_to_replace(out_dir: Path, what: str, overwrite: bool) -> None:
+    """Refuse, before any training, to replace the checkpoint at ``out_dir`` unless ``overwrite``: the corpus
+    tokenized with it, or labelled by it, and the runs that read it would no longer match it."""
+    if not overwrite and out_dir.exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"--out {out_dir} already holds {what}: choose another --out, or pass --overwrite to "
+                              "replace it (what was tokenized or labelled with it then no longer matches)")
+
+
 @contextmanager
 def written_whole(out_dir: str | Path) -> Iterator[Path]:
     out_dir = Path(out_dir)

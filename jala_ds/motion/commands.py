@@ -61,6 +61,7 @@ def add_train_arguments(train: argparse.ArgumentParser, section: str, default_fo
     train.add_argument("--steps", type=int, default=None, help=f"optimiser steps (default {section}.train_steps)")
     train.add_argument("--out", default=None, help=f"checkpoint folder (default {section}.checkpoint, else "
                                                    f"<train.out_dir>/{default_folder})")
+    train.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in the folder")
     train.set_defaults(handler=run_train)
 
 
@@ -78,8 +79,9 @@ def run_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.recipe, args.overrides)
     module, function = TRAINERS[args.command]
     try:
-        getattr(importlib.import_module(module), function)(cfg, steps=args.steps, out_dir=args.out)
-    except (FileNotFoundError, ValueError) as err:   # missing corpus, no labels, bad chunk length
+        getattr(importlib.import_module(module), function)(cfg, steps=args.steps, out_dir=args.out,
+                                                           overwrite=args.overwrite)
+    except (FileNotFoundError, FileExistsError, ValueError) as err:   # no corpus or labels, --out taken
         print(f"jala {args.command} train: {err}", file=sys.stderr)
         return 2
     return 0

@@ -26,6 +26,7 @@ from jala_ds.data.convert import HELDOUT
 from jala_ds.data.frames import normalized
 from jala_ds.data.motion_tokens import MotionTokenizer, build_motion_tokenizer
 from jala_ds.data.schema import SUBSETS
+from jala_ds.motion.checkpoint_folder import refuse_to_replace
 from jala_ds.motion.chunk_pairs import ChunkPairs, LabelledChunkStream, labelled_pairs
 from jala_ds.motion.pose_corpus import open_mds
 from jala_ds.motion.token_predictor import (
@@ -80,11 +81,13 @@ def probe_metrics(model: ActionTokenPredictor, probe: ChunkPairs, device: torch.
     return {"probe_loss": loss.item(), "probe_token_accuracy": accuracy.item()}
 
 
-def train_token_predictor(cfg: JalaConfig, steps: int | None = None, out_dir: str | Path | None = None) -> Path:
+def train_token_predictor(cfg: JalaConfig, steps: int | None = None, out_dir: str | Path | None = None,
+                          overwrite: bool = False) -> Path:
     """Train on ``cfg.data.mds_dir`` for ``steps`` (default ``token_predictor.train_steps``); return the checkpoint."""
     pcfg = cfg.token_predictor
     steps = steps or pcfg.train_steps
     out_dir = Path(out_dir) if out_dir else default_checkpoint(cfg)
+    refuse_to_replace(out_dir, "an action-token predictor", overwrite)
     with torchrun_ranks() as ranks:
         rank, world_size, device = ranks.rank, ranks.world_size, ranks.device
         torch.manual_seed(cfg.train.seed)

@@ -23,6 +23,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from jala_ds.config import JalaConfig
+from jala_ds.motion.checkpoint_folder import refuse_to_replace
 from jala_ds.motion.kinematics import HandKinematics
 from jala_ds.motion.metrics import mpjpe
 from jala_ds.motion.pose_corpus import PoseCorpus
@@ -82,11 +83,13 @@ def check_codebooks_in_sync(model: MotionTokenizerModel) -> None:
         raise RuntimeError("GRVQ codebooks differ between ranks: the EMA statistics were not all-reduced")
 
 
-def train_tokenizer(cfg: JalaConfig, steps: int | None = None, out_dir: str | Path | None = None) -> Path:
+def train_tokenizer(cfg: JalaConfig, steps: int | None = None, out_dir: str | Path | None = None,
+                    overwrite: bool = False) -> Path:
     """Train on ``cfg.data.mds_dir`` for ``steps`` (default ``motion_tokenizer.train_steps``); return the checkpoint."""
     tcfg = cfg.motion_tokenizer
     steps = steps or tcfg.train_steps
     out_dir = Path(out_dir) if out_dir else default_out_dir(cfg)
+    refuse_to_replace(out_dir, "a tokenizer checkpoint", overwrite)
     with torchrun_ranks() as ranks:
         rank, world_size, device = ranks.rank, ranks.world_size, ranks.device
         torch.manual_seed(cfg.train.seed)

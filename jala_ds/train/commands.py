@@ -80,8 +80,12 @@ def leave_process_group() -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from jala_ds.config_checks import InputError
     from jala_ds.train.export import export_run
 
-    out = export_run(args.run, args.out, dtype=args.dtype)
+    try:
+        out = export_run(args.run, args.out, dtype=args.dtype)
+    except FileNotFoundError as err:   # not a finished run: the message names the folder and what to pass
+        raise InputError(str(err)) from err
     print(f"exported to {out}")
     return 0

@@ -11,6 +11,7 @@ JALA, the robot loader, and a checkpoint that carries the dataset's ``norm_stats
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import yaml
@@ -38,6 +39,10 @@ def check_posttrain(recipe: str, overrides: list[str], init: str | None) -> RunP
     check_robot_data(cfg)
     if cfg.posttrain.init is not None:
         resolve_init(cfg)
+    elif os.environ.get("RANK", "0") == "0":   # legitimate (a no-pretraining baseline) but easy to do by mistake
+        start = f"model.pretrained={cfg.model.pretrained}" if cfg.model.pretrained else "random weights"
+        print(f"jala posttrain: no --init (posttrain.init): starting from {start}, without JALA pretraining; pass "
+              "--init EXPORT_OR_RUN to post-train a pretrained JALA", file=sys.stderr, flush=True)
     world_size = launcher_world_size()
     return plan_for(cfg, world_size, build_ds_config(cfg.train, world_size))
 
