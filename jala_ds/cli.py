@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
+import os
 import sys
 
 from jala_ds.config_checks import ConfigError, InputError
@@ -44,11 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args) or 0
-    except ConfigError as err:
-        print(f"jala: config error: {err}", file=sys.stderr)
-        return 2
-    except InputError as err:
-        print(f"jala {args.command}: {err}", file=sys.stderr)
+    except (ConfigError, InputError) as err:
+        # Under a launcher every rank finds the same error: one line per node, from its first local rank.
+        if os.environ.get("LOCAL_RANK", "0") == "0":
+            prefix = "jala: config error" if isinstance(err, ConfigError) else f"jala {args.command}"
+            print(f"{prefix}: {err}", file=sys.stderr)
         return 2
 
 

@@ -31,8 +31,11 @@ class Ranks:
     """``cuda:LOCAL_RANK`` when the machine has GPUs, else the CPU."""
 
     def on(self, device: str) -> torch.device:
-        """``device``, with a bare ``cuda`` meaning this rank's GPU."""
+        """``device``, with a bare ``cuda`` meaning this rank's GPU; ``cuda`` without one is refused rather than
+        quietly run on the CPU."""
         chosen = torch.device(device)
+        if chosen.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: no CUDA device is visible here: pass --device cpu")
         return self.device if chosen.type == "cuda" and chosen.index is None else chosen
 
     def barrier(self) -> None:

@@ -45,6 +45,12 @@ def store(tmp_path_factory):
         client.log_batch(run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()])
         client.set_terminated(run_id, end_time=int(start + hours * HOUR_MS))
         ids[name] = run_id
+    # Runs of other jobs in the same experiment, which the training runs' table leaves out: the tokenizer the runs
+    # read (tagged) and an evaluation nested under a training run (as one from before the tag is).
+    tokenizer = client.create_run(experiment, run_name="tokenizer", tags={"jala.job": "tokenizer"}).info.run_id
+    client.log_batch(tokenizer, metrics=[Metric("loss", 0.5, START_MS, 1)], params=[Param("motion_tokenizer.stages", "2")])
+    ids["tokenizer"] = tokenizer
+    ids["eval"] = client.create_run(experiment, run_name="eval", tags={"mlflow.parentRunId": ids["base"]}).info.run_id
     other = client.create_experiment("other")
     ids["other"] = client.create_run(other, run_name="elsewhere").info.run_id
     return folder, uri, ids
@@ -133,3 +139,14 @@ def test_compare_command_compares_every_metric_named(store, tmp_path, flags, met
     assert main(["compare", "--experiment", "ablation", *flags, "--tracking-uri", uri, "--out", str(out)]) == 0
     header = next(csv.reader((out / "comparison.csv").open()))
     assert sorted({column.split()[0] for column in header if column.endswith(" final")}) == sorted(metrics)
+
+
+def test_an_experiment_s_runs_of_another_job_are_compared_apart(store, tmp_path, capsys):
+    _, uri, ids = store
+    tokenizer_only = compare_runs("ablation", tracking_uri=uri, out_dir=tmp_path / "tok", job="tokenizer")
+    assert [row["run"] for row in tokenizer_only.rows] == ["tokenizer"]
+    with pytest.raises(ValueError, match="--job nothing: experiment 'ablation' has no runs of that job; its runs "
+                                         "are of: eval, tokenizer, train"):
+        compare_runs("ablation", tracking_uri=uri, out_dir=tmp_path / "none", job="nothing")
+    chosen = compare_runs("ablation", [ids["base"], ids["tokenizer"]], tracking_uri=uri, out_dir=tmp_path / "ids")
+    assert [row["run"] for row in chosen.rows] == ["base", "tokenizer"]   # runs named by id, whatever their job

@@ -31,3 +31,13 @@ def test_serve_on_cuda_without_a_cuda_device(tmp_path, capsys):
     assert jala(["serve", "--ckpt", str(tmp_path), "--device", "cuda"]) == 2
     assert one_line(capsys) == ("jala serve: --device cuda: no CUDA device is visible here: pass --device cpu, "
                                 "or leave it out")
+
+
+@pytest.mark.parametrize("command", [["eval", "motion", "--split", "lab"], ["eval", "latents"]])
+@pytest.mark.parametrize("flag, value", [("--limit", "0"), ("--limit", "-1"), ("--batch-size", "0")])
+def test_eval_counts_must_be_positive(command, flag, value, tmp_path, capsys):
+    """A limit of 0 used to score every clip, and -1 all but the last."""
+    with pytest.raises(SystemExit) as stopped:
+        jala([*command, "--ckpt", str(tmp_path), "--data", str(tmp_path), flag, value])
+    assert stopped.value.code == 2
+    assert f"argument {flag}: {value}: give a positive number" in capsys.readouterr().err

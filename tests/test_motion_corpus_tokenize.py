@@ -6,6 +6,7 @@ import pytest
 import torch
 from streaming import MDSWriter
 
+from jala_ds.cli import main as jala
 from jala_ds.data.mds_pieces import merge_pieces
 from jala_ds.data.schema import MDS_COLUMNS, SHARD_HASHES, array_bytes, hand_poses, hand_tokens
 from jala_ds.motion import corpus_tokenize
@@ -136,6 +137,15 @@ def test_a_piece_rank_0_cannot_see_is_named(corpus, tmp_path):
         merge_pieces(tmp_path / "out" / "lab", ["piece00000", "piece00001"])
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is visible")
+def test_cuda_without_a_cuda_device_is_refused_not_run_on_the_cpu(corpus, tmp_path, capsys):
+    src, checkpoint = corpus
+    assert jala(["data", "tokenize", "--tokenizer", str(checkpoint), "--src", str(src), "--out",
+                 str(tmp_path / "out"), "--device", "cuda"]) == 2
+    assert "--device cuda: no CUDA device is visible here: pass --device cpu" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "lab").exists()
+
+
 def test_refuses_to_overwrite(corpus, tmp_path):
     src, checkpoint = corpus
     with pytest.raises(ValueError, match="is the source corpus"):
@@ -147,8 +157,6 @@ def test_refuses_to_overwrite(corpus, tmp_path):
 
 def test_the_converters_corpus_trains_a_tokenizer_and_gets_tokens_the_loader_reads(tiny_corpus, tmp_path,
                                                                                   monkeypatch):
-    from jala_ds.cli import main as jala
-
     monkeypatch.chdir(tmp_path)   # MLflow's store and artifacts
     assert jala(["tokenizer", "train", "--recipe", "tiny_cpu", f"data.mds_dir={tiny_corpus.mds}",
                  "motion_tokenizer.log_every=1", "--steps", "3", "--out", str(tmp_path / "tok")]) == 0

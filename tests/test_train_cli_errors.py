@@ -14,6 +14,7 @@ import pytest
 from jala_ds.train.ds_config import PROJECT_ROOT
 
 JALA = str(Path(sys.executable).with_name("jala"))
+LAUNCHER_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 def write_ds_config(folder: Path, name: str, **changes) -> str:
@@ -78,13 +79,23 @@ def test_a_checkpoint_this_launch_cannot_load_is_refused_before_any_process_grou
     assert_one_line_error([f"train.out_dir={tmp_path / 'run'}"], {}, words, tmp_path)
 
 
+def test_under_a_launcher_only_the_first_local_rank_prints_the_error(tmp_path):
+    """Every rank of a node finds the same error; one line per node says it."""
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS} | {"WORLD_SIZE": "2"}
+    for local_rank, printed in (("0", True), ("1", False)):
+        done = subprocess.run([JALA, "train", "--recipe", "tiny_cpu", f"data.mds_dir={tmp_path}", "train.lrr=1"],
+                              cwd=tmp_path, env=env | {"RANK": local_rank, "LOCAL_RANK": local_rank},
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2
+        assert ("train.lrr" in done.stderr) == printed and len(done.stderr.strip().splitlines()) == int(printed)
+
+
 def assert_one_line_error(extra: list[str], env_changes: dict[str, str], words: list[str], tmp_path: Path) -> None:
     """``jala train`` with ``extra`` as rank 0 of a 2-rank launch stops with exit code 2 and one stderr line, a
     config error holding each of ``words``."""
     recipe = [] if "--recipe" in extra else ["--recipe", "tiny_cpu"]
     args = [JALA, "train", *recipe, f"data.mds_dir={tmp_path}", "train.dtype=fp32", *extra]
-    launcher_vars = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-    env = {k: v for k, v in os.environ.items() if k not in launcher_vars} | {"WORLD_SIZE": "2"} | env_changes
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS} | {"WORLD_SIZE": "2"} | env_changes
     done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2, done.stderr

@@ -31,9 +31,9 @@ def test_rank_zero_logs_to_sqlite_in_the_working_dir_and_a_resumed_job_continues
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = TrackingConfig(experiment="jala-test")
-    assert Tracker(cfg, rank=1, run_name="quiet").run_id is None
+    assert Tracker(cfg, rank=1, run_name="quiet", job="train").run_id is None
 
-    first = Tracker(cfg, rank=0, run_name="tiny")
+    first = Tracker(cfg, rank=0, run_name="tiny", job="train")
     first.log_params({"train.lr": 1e-3, "train.betas": [0.9, 0.95]})
     first.log_metrics({"loss": 2.0}, step=1)
     (tmp_path / "config.yaml").write_text("train:\n  lr: 0.001\n")
@@ -41,7 +41,7 @@ def test_rank_zero_logs_to_sqlite_in_the_working_dir_and_a_resumed_job_continues
     first.close()
     assert (tmp_path / "mlflow.db").is_file()
 
-    resumed = Tracker(cfg, rank=0, run_name="tiny", resume_run_id=first.run_id)
+    resumed = Tracker(cfg, rank=0, run_name="tiny", job="train", resume_run_id=first.run_id)
     resumed.log_params({"train.lr": 1e-3, "train.max_steps": 40})
     resumed.log_metrics({"loss": 1.5}, step=2)
     resumed.close()
@@ -58,7 +58,7 @@ def test_rank_zero_logs_to_sqlite_in_the_working_dir_and_a_resumed_job_continues
 
 def test_unreachable_server_costs_one_warning_and_later_calls_do_nothing(caplog):
     caplog.set_level(logging.WARNING)
-    tracker = Tracker(TrackingConfig(uri="http://127.0.0.1:9"), rank=0, run_name="offline")
+    tracker = Tracker(TrackingConfig(uri="http://127.0.0.1:9"), rank=0, run_name="offline", job="train")
     tracker.log_params({"train.lr": 1e-3})
     for step in range(3):
         tracker.log_metrics({"loss": 1.0}, step=step)
@@ -73,7 +73,7 @@ def test_unreachable_server_costs_one_warning_and_later_calls_do_nothing(caplog)
 def test_a_failing_call_mid_run_turns_tracking_off_with_one_warning(tmp_path, monkeypatch, caplog):
     monkeypatch.chdir(tmp_path)
     caplog.set_level(logging.WARNING)
-    tracker = Tracker(TrackingConfig(uri=f"sqlite:///{tmp_path / 'runs.db'}"), rank=0, run_name="flaky")
+    tracker = Tracker(TrackingConfig(uri=f"sqlite:///{tmp_path / 'runs.db'}"), rank=0, run_name="flaky", job="train")
     tracker.log_metrics({"loss": 1.0}, step=1)
     tracker.log_artifact(tmp_path / "missing.json")  # a real failure: MLflow cannot log a file that is not there
     tracker.log_metrics({"loss": 0.5}, step=2)
@@ -88,7 +88,7 @@ def test_a_failing_call_mid_run_turns_tracking_off_with_one_warning(tmp_path, mo
 def test_disabled_or_other_ranks_touch_nothing(tmp_path, monkeypatch, enabled, rank):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    tracker = Tracker(TrackingConfig(enabled=enabled), rank=rank, run_name="x")
+    tracker = Tracker(TrackingConfig(enabled=enabled), rank=rank, run_name="x", job="train")
     tracker.log_metrics({"loss": 1.0}, step=1)
     tracker.close()
     assert tracker.run_id is None and not (tmp_path / "mlflow.db").exists()

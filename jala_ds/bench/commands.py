@@ -64,6 +64,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="run ids (default: all runs)")
     compare.add_argument("--metric", nargs="+", action="extend", metavar="NAME[:max]",
                          help="metrics to compare; best is the minimum unless NAME:max (default loss)")
+    compare.add_argument("--job", default="train",
+                         help="whose runs, without --runs: train (default), tokenizer, token-predictor or eval")
     compare.add_argument("--tracking-uri", default=None,
                          help="MLflow store (default MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     compare.add_argument("--out", default=None, help="output folder (default compare_<experiment>/)")
@@ -126,7 +128,8 @@ def run_compare(args: argparse.Namespace) -> int:
     from jala_ds.bench.tables import markdown_table
 
     try:
-        result = compare_runs(args.experiment, args.runs, args.metric or ["loss"], args.tracking_uri, args.out)
+        result = compare_runs(args.experiment, args.runs, args.metric or ["loss"], args.tracking_uri, args.out,
+                              args.job)
     except ValueError as err:
         return _fail("compare", str(err))
     print(markdown_table(result.rows))

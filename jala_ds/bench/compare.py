@@ -1,6 +1,7 @@
 """Side-by-side comparison of MLflow runs: a table, its CSV and markdown, and the metric curves overlaid.
 
-The table has one row per run: name, id, status, duration in hours, every config param whose value differs
+The runs are one job's (training by default: an experiment also holds its tokenizer's and its evaluations' runs,
+whose configs and metrics have little in common with it). The table has one row per run: name, id, status, duration in hours, every config param whose value differs
 between the runs, the final and best value of each chosen metric, the median of the throughput metrics
 (``samples_per_s``, ``tokens_per_s``, ``mfu``, also under a prefix such as ``train/mfu``) and the largest peak
 memory (``peak_memory_gb``) when a run logged them. Medians, because the first logged values include start-up and
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jala_ds.bench.tables import markdown_table
-from jala_ds.train.tracking import resolve_uri
+from jala_ds.train.tracking import JOB_TAG, resolve_uri
 
 THROUGHPUT_METRICS = ("samples_per_s", "tokens_per_s", "mfu")
 MEMORY_METRICS = ("peak_memory_gb",)
@@ -55,8 +56,16 @@ def _check_store_exists(uri: str) -> None:
                              "MLFLOW_TRACKING_URI) at the store that holds the runs")
 
 
-def load_runs(client, experiment: str, run_ids: list[str] | tuple[str, ...] = ()) -> list:
-    """The runs of ``experiment`` (all active ones, oldest first, or the ``run_ids`` given, in that order)."""
+def job_of(run) -> str:
+    """The job that made ``run`` (its ``JOB_TAG``); a run from before the tag is an evaluation when nested under
+    another run, else a training run."""
+    tags = run.data.tags
+    return tags.get(JOB_TAG) or ("eval" if "mlflow.parentRunId" in tags else "train")
+
+
+def load_runs(client, experiment: str, run_ids: list[str] | tuple[str, ...] = (), job: str = "train") -> list:
+    """The runs of ``experiment``: all active ones of ``job``, oldest first, or the ``run_ids`` given, in that
+    order, whatever their job."""
     found = client.get_experiment_by_name(experiment)
     if found is None:
         known = ", ".join(sorted(e.name for e in client.search_experiments())) or "none"
@@ -65,7 +74,12 @@ def load_runs(client, experiment: str, run_ids: list[str] | tuple[str, ...] = ()
         runs = client.search_runs([found.experiment_id], order_by=["attributes.start_time ASC"], max_results=1000)
         if not runs:
             raise ValueError(f"experiment {experiment!r} has no runs yet")
-        return list(runs)
+        chosen = [run for run in runs if job_of(run) == job]
+        if not chosen:
+            jobs = ", ".join(sorted({job_of(run) for run in runs}))
+            raise ValueError(f"--job {job}: experiment {experiment!r} has no runs of that job; its runs are of: "
+                             f"{jobs}")
+        return chosen
     from mlflow.exceptions import MlflowException
 
     runs = []
@@ -143,15 +157,16 @@ def write_outputs(rows: list[dict[str, object]], out_dir: Path, heading: str) ->
 
 
 def compare_runs(experiment: str, run_ids: list[str] | tuple[str, ...] = (), metrics: list[str] = ("loss",),
-                 tracking_uri: str | None = None, out_dir: str | Path | None = None) -> Comparison:
-    """Compare the runs of ``experiment`` in the store at ``tracking_uri`` and write the table and curves."""
+                 tracking_uri: str | None = None, out_dir: str | Path | None = None, job: str = "train") -> Comparison:
+    """Compare the runs of ``experiment`` (``job``'s, or ``run_ids``) in the store at ``tracking_uri`` and write the
+    table and curves."""
     from mlflow import MlflowClient
 
     uri = resolve_uri(tracking_uri)
     _check_store_exists(uri)
     specs = [MetricSpec.parse(text) for text in metrics]
     client = MlflowClient(tracking_uri=uri)
-    runs = load_runs(client, experiment, run_ids)
+    runs = load_runs(client, experiment, run_ids, job)
     logged = {key for run in runs for key in run.data.metrics}
     missing = [spec.key for spec in specs if spec.key not in logged]
     if missing:

@@ -19,12 +19,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_checkpoint_arguments(motion)
     motion.add_argument("--data", required=True, help="the --out folder of `jala data convert` (with heldout/)")
     motion.add_argument("--split", required=True, choices=("lab", "wild"), help="held-out split to score")
-    motion.add_argument("--limit", type=int, default=None, help="score at most this many clips (default: all)")
+    motion.add_argument("--limit", type=positive_int, default=None, help="score at most this many clips (default: all)")
     motion.add_argument("--ensemble", type=int, default=4, help="decodings averaged per chunk (default 4)")
     motion.add_argument("--fraction", type=float, default=0.05,
                         help="share of a chunk's tokens fixed per pass (default 0.05, the paper's)")
     motion.add_argument("--seed", type=int, default=0, help="the same seed gives the same motion (default 0)")
-    motion.add_argument("--batch-size", type=int, default=8, help="clips per batch (x ensemble rows, default 8)")
+    motion.add_argument("--batch-size", type=positive_int, default=8,
+                        help="clips per batch (x ensemble rows, default 8)")
     motion.add_argument("--out", default=None, help="output folder (default: <ckpt>/eval/<split>)")
     motion.set_defaults(handler=run_motion)
 
@@ -33,11 +34,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_checkpoint_arguments(latents)
     latents.add_argument("--data", required=True, help="a folder with lab/ and/or wild/ MDS datasets: a corpus "
                                                       "(training streams) or its heldout/ folder")
-    latents.add_argument("--limit", type=int, default=32, help="clips per subset (default 32)")
+    latents.add_argument("--limit", type=positive_int, default=32, help="clips per subset (default 32)")
     latents.add_argument("--seed", type=int, default=0, help="seed of the shuffled pairs (default 0)")
-    latents.add_argument("--batch-size", type=int, default=8, help="clips per forward (default 8)")
+    latents.add_argument("--batch-size", type=positive_int, default=8, help="clips per forward (default 8)")
     latents.add_argument("--out", default=None, help="output folder (default: <ckpt>/eval/latents)")
     latents.set_defaults(handler=run_latents)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a count of at least 1 (a 0 or a negative count would quietly mean all, or all but some)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: give a positive number")
+    return value
 
 
 def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:

@@ -203,11 +203,11 @@ def log_evaluation(cfg, training_run_id: str | None, run_name: str, *, params: d
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from jala_ds.train.tracking import tracking_uri
+    from jala_ds.train.tracking import JOB_TAG, tracking_uri
 
     try:
         mlflow.set_tracking_uri(tracking_uri(cfg.tracking))
-        tags, experiment_id = {}, None
+        tags, experiment_id = {JOB_TAG: "eval"}, None
         if training_run_id:
             tags[EVAL_TAG] = training_run_id
             try:

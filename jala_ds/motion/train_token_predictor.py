@@ -109,7 +109,8 @@ def train_token_predictor(cfg: JalaConfig, steps: int | None = None, out_dir: st
         params = {**{f"token_predictor.{k}": v for k, v in vars(pcfg).items()}, "data.mds_dir": cfg.data.mds_dir,
                   "steps": steps, "world_size": world_size, "tokens_per_chunk": model.shape.tokens_per_chunk,
                   "vocab_per_part": model.shape.vocab_per_part, "model.visual_encoder": cfg.model.visual_encoder}
-        tracker = Tracker(cfg.tracking, rank=rank, run_name=f"{cfg.name}-token-predictor")
+        tracker = Tracker(cfg.tracking, rank=rank, run_name=f"{cfg.name}-token-predictor",
+                          job="token-predictor")
         tracker.log_params(params)
         if rank == 0:
             tracker.log_metrics({f"init_{k}": v for k, v in probe_metrics(model, probe, device).items()}, step=0)

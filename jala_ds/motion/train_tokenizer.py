@@ -111,7 +111,7 @@ def train_tokenizer(cfg: JalaConfig, steps: int | None = None, out_dir: str | Pa
         params = {**{f"motion_tokenizer.{k}": v for k, v in vars(tcfg).items()}, "data.mds_dir": cfg.data.mds_dir,
                   "data.chunk_frames": cfg.data.chunk_frames, "steps": steps, "world_size": world_size,
                   "normalization_chunks": stats_chunks}
-        tracker = Tracker(cfg.tracking, rank=rank, run_name=f"{cfg.name}-tokenizer")
+        tracker = Tracker(cfg.tracking, rank=rank, run_name=f"{cfg.name}-tokenizer", job="tokenizer")
         tracker.log_params(params)
         if rank == 0:
             tracker.log_metrics({f"init_{k}": v for k, v in probe(model).items()}, step=0)

@@ -66,7 +66,7 @@ def train(plan: RunPlan, build: Callable[[RunPlan, int, int], TrainingParts] | N
         step, run_id = run_state["step"], run_state.get("mlflow_run_id")
         log.info("resumed from %s at step %d", plan.resume_from, step)
 
-    tracker = Tracker(cfg.tracking, rank=rank, run_name=cfg.name, resume_run_id=run_id)
+    tracker = Tracker(cfg.tracking, rank=rank, run_name=cfg.name, job="train", resume_run_id=run_id)
     if rank == 0:
         record_run(plan, tracker)
     progress = Progress(total_steps, step, enabled=rank == 0)

@@ -5,7 +5,7 @@ The tracking URI is ``tracking.uri``, else ``MLFLOW_TRACKING_URI``, else MLflow'
 in the checkpoint). If the server cannot be reached, or any later call fails, the tracker logs one warning
 and every later call does nothing: training goes on.
 
-    tracker = Tracker(cfg.tracking, rank=rank, run_name=cfg.name, resume_run_id=None)
+    tracker = Tracker(cfg.tracking, rank=rank, run_name=cfg.name, job="train", resume_run_id=None)
     tracker.log_params(cfg.flat()); tracker.log_metrics({"loss": 1.2}, step=10); tracker.close()
 """
 from __future__ import annotations
@@ -20,6 +20,9 @@ from jala_ds.train.config import TrackingConfig
 
 log = logging.getLogger(__name__)
 DEFAULT_URI = "sqlite:///mlflow.db"
+JOB_TAG = "jala.job"
+"""MLflow tag naming the job that made a run (train, tokenizer, token-predictor, eval): runs of one experiment
+that ``jala compare`` puts side by side are runs of one job."""
 # MLflow retries an unreachable server for minutes by default (7 retries, exponential back-off, 120 s
 # timeout); bound that so a dead server costs seconds, unless the user chose otherwise.
 HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -44,13 +47,13 @@ def tracking_uri(cfg: TrackingConfig) -> str:
 class Tracker:
     """MLflow on rank 0; a no-op on other ranks, when ``tracking.enabled`` is false, or after a failure."""
 
-    def __init__(self, cfg: TrackingConfig, *, rank: int, run_name: str, resume_run_id: str | None = None):
+    def __init__(self, cfg: TrackingConfig, *, rank: int, run_name: str, job: str, resume_run_id: str | None = None):
         self.run_id: str | None = None
         self.active = cfg.enabled and rank == 0
         self.uri = tracking_uri(cfg)
-        self._call(self._start, cfg.experiment, run_name, resume_run_id)
+        self._call(self._start, cfg.experiment, run_name, job, resume_run_id)
 
-    def _start(self, experiment: str, run_name: str, resume_run_id: str | None) -> None:
+    def _start(self, experiment: str, run_name: str, job: str, resume_run_id: str | None) -> None:
         import mlflow  # here, not at the top: a disabled tracker (and every rank but 0) never needs MLflow
 
         for key, value in HTTP_LIMITS.items():
@@ -64,7 +67,7 @@ class Tracker:
             resume_run_id = None
         with_system_metrics = importlib.util.find_spec("psutil") is not None
         run = mlflow.start_run(run_id=resume_run_id, run_name=None if resume_run_id else run_name,
-                               log_system_metrics=with_system_metrics)
+                               tags={JOB_TAG: job}, log_system_metrics=with_system_metrics)
         self.run_id = run.info.run_id
 
     @staticmethod
