@@ -10,6 +10,7 @@ frames, not that it generalises; the test asks for 10 points above that guess.
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -165,6 +166,12 @@ def test_right_hand_only_labels_only_the_right_hand(trained, tiny_corpus):
 def test_bad_inputs_get_one_clear_error(trained, tiny_corpus, labelled, tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="jala token-predictor train"):
         load_token_predictor(tmp_path)
+    old = tmp_path / "version_1"   # a predictor from before the per-stage classifier
+    shutil.copytree(trained["checkpoint"], old)
+    config = json.loads((old / "config.json").read_text())
+    (old / "config.json").write_text(json.dumps({**config, "version": 1}))
+    with pytest.raises(ValueError, match=r"not a jala-token-predictor v2 checkpoint \(.*version 1\): train one"):
+        load_token_predictor(old)
     other = load_config("tiny_cpu", ["motion_tokenizer.codes_per_stage=8"])
     with pytest.raises(ValueError, match="vocab_per_part=32, the recipe has 16"):
         load_token_predictor(trained["checkpoint"], expect=shape_of(other))

@@ -55,5 +55,5 @@ def folder_config(path: str | Path, fmt: str, version: int, what: str, how_to_ma
     config = json.loads(config_file.read_text())
     if config.get("format") != fmt or config.get("version") != version:
         raise ValueError(f"{config_file} is not a {fmt} v{version} checkpoint "
-                         f"(format {config.get('format')!r}, version {config.get('version')!r})")
+                         f"(format {config.get('format')!r}, version {config.get('version')!r}): {how_to_make}")
     return config
