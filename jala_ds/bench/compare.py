@@ -1,11 +1,12 @@
 """Side-by-side comparison of MLflow runs: a table, its CSV and markdown, and the metric curves overlaid.
 
 The runs are one job's (training by default: an experiment also holds its tokenizer's and its evaluations' runs,
-whose configs and metrics have little in common with it). The table has one row per run: name, id, status, duration in hours, every config param whose value differs
-between the runs, the final and best value of each chosen metric, the median of the throughput metrics
-(``samples_per_s``, ``tokens_per_s``, ``mfu``, also under a prefix such as ``train/mfu``) and the largest peak
-memory (``peak_memory_gb``) when a run logged them. Medians, because the first logged values include start-up and
-compilation; the largest memory, because that is what a run needs.
+whose configs and metrics have little in common with it). The table has one row per run: name, id, status,
+duration in hours, every config param whose value differs between the runs, the final and best value of each
+chosen metric, the median of the throughput metrics (``samples_per_s``, ``tokens_per_s``, ``mfu``, also under a
+prefix such as ``train/mfu``) and the largest peak memory (``peak_memory_gb``) when a run logged them. Medians,
+because the first logged values include start-up and compilation; the largest memory, because that is what a run
+needs.
 
     result = compare_runs("jala-tiny", metrics=["loss", "align_loss"], out_dir="compare_jala-tiny")
     result.paths        # comparison.csv, comparison.md, curves.png

@@ -58,10 +58,10 @@ def _start_shared(model: JalaModel) -> None:
     that the 'w/o dec.' ablation differs from JALA in its updates alone. Under decoupling the EMA targets are
     then never optimised."""
     params = dict(model.named_parameters())
-    pairs = [(params[target], params[source]) for target, source in model.perceiver_pairs()]
-    follow_by_ema = {params[target] for target, _ in model.ema_pairs()}
-    with gathered_for_edit([p for pair in pairs for p in pair]), torch.no_grad():
+    pairs = model.perceiver_pairs()
+    follow_by_ema = {target for target, _ in model.ema_pairs()}
+    with gathered_for_edit([params[name] for pair in pairs for name in pair]), torch.no_grad():
         for target, source in pairs:
-            target.copy_(source)
+            params[target].copy_(params[source])
             if target in follow_by_ema:
-                target.requires_grad_(False)
+                params[target].requires_grad_(False)

@@ -62,7 +62,8 @@ def probe_pairs(cfg: JalaConfig, tokenizer: MotionTokenizer) -> ChunkPairs:
 
 
 def scored(model: ActionTokenPredictor, trainer: torch.nn.Module, frames: torch.Tensor, hand: torch.Tensor,
-           codes: torch.Tensor, device: torch.device, label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+           codes: torch.Tensor, device: torch.device,
+           label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(cross-entropy over each position's stage codes, token accuracy) of ``model`` on uint8 ``frames``, run
     through ``trainer`` (the model, or its DistributedDataParallel wrapper)."""
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
