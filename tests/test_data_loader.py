@@ -7,6 +7,7 @@ import torch
 from two_ranks import run_two_ranks
 
 from jala_ds.config import load_config
+from jala_ds.data import shard_check
 from jala_ds.data.loader import build_loader
 from jala_ds.data.orphaned_memory import remove_orphaned_streaming_memory
 from jala_ds.data.shard_check import CorruptShardError
@@ -117,6 +118,22 @@ def test_a_flipped_byte_in_a_shard_is_reported_with_the_shard_name(tiny_corpus, 
     shard.write_bytes(bytes(data))
     with pytest.raises(CorruptShardError, match=r"lab/piece00000/shard\.00001\.mds is corrupted"):
         list(make_loader(tmp_path / "mds"))
+
+
+def test_each_shard_is_hashed_once_per_node_across_workers_and_epochs(tiny_corpus, tmp_path, monkeypatch):
+    hashed = tmp_path / "hashed.txt"
+    check = shard_check.verify_shard
+
+    def recorded(shard):  # the loader's forked workers append here too
+        with open(hashed, "a") as record:
+            record.write(f"{shard.dirname}/{shard.split}/{shard.file_pairs[0][0].basename}\n")
+        check(shard)
+
+    monkeypatch.setattr(shard_check, "verify_shard", recorded)
+    loader = make_loader(tiny_corpus.mds, "data.num_workers=2")
+    list(loader), list(loader)
+    shards = hashed.read_text().splitlines()
+    assert len(shards) == len(set(shards)) == loader.dataset.num_shards > 2
 
 
 def test_bad_world_and_missing_corpus_are_clear_errors(tiny_corpus, tmp_path, monkeypatch):

@@ -12,6 +12,7 @@ from streaming import MDSWriter, StreamingDataset
 from torch.utils.data import DataLoader
 
 from jala_ds.data.orphaned_memory import SHARED_MEMORY, remove_orphaned_streaming_memory
+from jala_ds.data.registration_turn import registration_turn
 
 # Prefixes far above any a job on this machine reaches, so that tests running beside this one are not touched.
 ORPHAN, OPEN, MAPPED, OTHER_PROCESS = "999990_locals", "999991_barrier", "999992_shard_states", "999993_epoch_data"
@@ -63,7 +64,8 @@ def test_a_live_streaming_loader_keeps_its_blocks_and_every_sample(tmp_path):
     with MDSWriter(out=str(tmp_path / "mds"), columns={"x": "int"}, size_limit=1 << 10) as writer:
         for x in range(200):
             writer.write({"x": x})
-    dataset = StreamingDataset(local=str(tmp_path / "mds"), shuffle=False, batch_size=4)
+    with registration_turn():  # other test workers start loaders too
+        dataset = StreamingDataset(local=str(tmp_path / "mds"), shuffle=False, batch_size=4)
     mine = {path.name for path in SHARED_MEMORY.glob(f"{dataset._shm_prefix_int:06}_*")}
     batches = iter(DataLoader(dataset, batch_size=4, num_workers=1))
     seen = [int(x) for x in next(batches)["x"]]

@@ -5,7 +5,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from streaming import StreamingDataset
 
 from jala_ds.cli import main
 from jala_ds.data.lerobot_convert import convert_lerobot
@@ -13,12 +12,13 @@ from jala_ds.data.lerobot_format import LeRobotDataset, LeRobotFormatError
 from jala_ds.data.lerobot_synth import CAMERA_KEYS, synthesize_lerobot
 from jala_ds.data.robot_norm import NORM_STATS_FILE, NormStats
 from jala_ds.data.robot_schema import RobotMeta, robot_sample
+from jala_ds.motion.pose_corpus import open_mds
 
 HORIZON = 5
 
 
 def stored_samples(mds):
-    dataset = StreamingDataset(local=str(mds), shuffle=False, batch_size=1)
+    dataset = open_mds(mds)  # no shared memory: nothing to register next to other test workers' loaders
     return [robot_sample(dataset[i]) for i in range(len(dataset))]
 
 
@@ -145,11 +145,12 @@ def test_synth_and_convert_from_the_command_line(tmp_path, capsys):
     src, mds = tmp_path / "lerobot", tmp_path / "mds"
     assert main(["data", "synth", "--format", "lerobot", "--out", str(src), "--episodes", "2", "--cameras", "1",
                  "--frame-size", "32"]) == 0
-    assert main(["data", "convert", "--format", "lerobot", "--src", str(src), "--out", str(mds), "--horizon", "3",
-                 "--cameras", CAMERA_KEYS[0], "data.frame_size=32"]) == 0
+    assert main(["data", "convert", "--format", "lerobot", "--recipe", "posttrain_tiny_cpu", "--src", str(src),
+                 "--out", str(mds), "--horizon", "3", "--cameras", CAMERA_KEYS[0], "data.frame_size=32"]) == 0
     assert "2 episodes" in capsys.readouterr().out
     assert RobotMeta.load(mds).action_horizon == 3 and (mds / NORM_STATS_FILE).is_file()
     assert main(["data", "synth", "--format", "lerobot", "--out", str(tmp_path / "x")]) == 2
     assert "--episodes" in capsys.readouterr().err
-    assert main(["data", "convert", "--format", "lerobot", "--src", str(tmp_path / "x"), "--out", str(mds)]) == 2
+    assert main(["data", "convert", "--format", "lerobot", "--recipe", "posttrain_tiny_cpu", "--src",
+                 str(tmp_path / "x"), "--out", str(mds)]) == 2
     assert "info.json not found" in capsys.readouterr().err

@@ -26,7 +26,7 @@ Resume: the state is (epoch, samples consumed by all ranks so far). Every micro-
 exact, and a loader given the state yields exactly the samples, and documents, the uninterrupted one
 would have. (``streaming.StreamingDataLoader`` counts rows, which packing breaks, hence our own count.)
 
-Every shard is checked against its index.json hash the first time a process reads it
+Every shard is checked against its index.json hash the first time the node reads it
 (:mod:`jala_ds.data.shard_check`). Shared memory left by a dead job is removed once per node at job start,
 before any loader exists (:mod:`jala_ds.data.orphaned_memory`), and only that: other jobs on the node keep theirs.
 """
@@ -52,7 +52,7 @@ from jala_ds.data.motion_tokens import build_motion_tokenizer
 from jala_ds.data.registration_turn import registration_turn
 from jala_ds.data.schema import SUBSETS
 from jala_ds.data.sequence import SequenceBuilder
-from jala_ds.data.shard_check import verify_shard
+from jala_ds.data.shard_check import NodeShardChecks
 from jala_ds.vocab import MotionVocab
 
 
@@ -63,21 +63,20 @@ class BuildsExamples(Protocol):
 
 
 class ExampleStream(StreamingDataset):
-    """A StreamingDataset whose items are training examples; shards are hash-checked on first use."""
+    """A StreamingDataset whose items are training examples; shards are hash-checked on the node's first use."""
 
     def __init__(self, *, examples: BuildsExamples, validate_hashes: bool, **kwargs: Any) -> None:
         with registration_turn():  # other jobs on the node must not register between our ranks' scans and ours
             super().__init__(**kwargs)
-        self.examples, self.validate_hashes = examples, validate_hashes
+        self.examples = examples
+        self.shard_checks = NodeShardChecks(self) if validate_hashes else None
         self.epoch = 0
         """Epoch the examples are built for; set by :class:`JalaLoader` before each iteration starts workers."""
-        self.verified_shards: set[int] = set()
 
     def get_item(self, sample_id: int, retry: int = 7) -> Example:
-        shard_id, _ = self.spanner[sample_id]
-        if self.validate_hashes and shard_id not in self.verified_shards:
-            verify_shard(self.shards[shard_id])
-            self.verified_shards.add(shard_id)
+        if self.shard_checks is not None:
+            shard_id, _ = self.spanner[sample_id]
+            self.shard_checks.check_once(shard_id, self.shards[shard_id])
         return self.examples.build(super().get_item(sample_id, retry), sample_id, self.epoch)
 
 

@@ -22,9 +22,11 @@ from pathlib import Path
 
 from streaming.base.constant import SHM_TO_CLEAN
 
+from jala_ds.data.shard_check import SHARD_CHECKS
+
 SHARED_MEMORY = Path("/dev/shm")
 PROC = Path("/proc")
-STREAMING_BLOCK = re.compile(rf"\d{{6}}_({'|'.join(SHM_TO_CLEAN)})")
+STREAMING_BLOCK = re.compile(rf"\d{{6}}_({'|'.join([*SHM_TO_CLEAN, SHARD_CHECKS])})")
 
 Identity = tuple[int, int, int]
 """(major, minor, inode) of a file: what /proc/<pid>/maps records of a mapping."""

@@ -1,18 +1,31 @@
 """Check a shard against the hash its index.json records, so that a corrupted file fails by name.
 
 MosaicML streaming validates hashes only when it downloads a shard from a remote; a corpus read in place
-(``remote=None``) is never checked. The loader therefore calls :func:`verify_shard` the first time each
-process touches a shard: one sequential read of the file, cheap next to decoding its samples.
+(``remote=None``) is never checked. So the training loaders check each shard the first time the node touches it
+(:class:`NodeShardChecks`): one sequential read of the file per node and job. Per process would not do: streaming
+spreads every shard's samples over all local ranks and their loader workers, so each worker touches nearly every
+shard, and a per-worker record would read the corpus once per rank and worker, every epoch (48 times an epoch on
+a node of 8 ranks with 6 workers each).
 """
 from __future__ import annotations
 
+import fcntl
 import os
+from pathlib import Path
 
+import numpy as np
+from streaming import StreamingDataset
 from streaming.base.format.base.reader import Reader
 from streaming.base.hashing import get_hash
+from streaming.base.shared import SharedArray
+from streaming.base.shared.prefix import _get_path
 
 PREFERRED_HASHES = ("xxh64", "sha1")
 """xxh64 first: it reads at memory speed, and the check is against corruption, not tampering."""
+
+
+SHARD_CHECKS = "jala_shard_checks"
+"""The node's record of claimed shards, a /dev/shm block named after its dataset's streaming prefix."""
 
 
 class CorruptShardError(RuntimeError):
@@ -32,3 +45,36 @@ def verify_shard(shard: Reader) -> None:
         if actual != raw_info.hashes[algorithm]:
             raise CorruptShardError(f"shard {path} is corrupted: its {algorithm} is {actual}, index.json records "
                                     f"{raw_info.hashes[algorithm]}; restore the file or re-run `jala data convert`")
+
+
+class NodeShardChecks:
+    """Each shard of ``dataset`` hashed once per node: by the first loader worker, of any local rank, to touch it.
+
+    The record is one byte per shard in shared memory under the dataset's streaming prefix, so jobs never share one,
+    and a dead job's is removed with streaming's blocks (:mod:`jala_ds.data.orphaned_memory`). A worker claims a
+    shard under an flock on the record's file and hashes it outside the lock: the node's other workers read on
+    meanwhile, and a corrupted shard still stops the job, from the worker that claimed it.
+    """
+
+    def __init__(self, dataset: StreamingDataset) -> None:
+        name = _get_path(dataset._shm_prefix_int, SHARD_CHECKS)
+        self.claimed = SharedArray(dataset.num_shards, np.uint8, name)  # the first rank creates it zeroed
+        self.path = Path("/dev/shm") / name
+
+    def check_once(self, shard_id: int, shard: Reader) -> None:
+        """:func:`verify_shard` unless another process of the node has claimed ``shard_id``."""
+        if not self.claimed[shard_id] and self._claim(shard_id):
+            verify_shard(shard)
+
+    def _claim(self, shard_id: int) -> bool:
+        # A descriptor of this process's own: forked workers share their parent's, and flock on a shared one
+        # would not keep them apart.
+        record = os.open(self.path, os.O_RDONLY)
+        try:
+            fcntl.flock(record, fcntl.LOCK_EX)
+            if self.claimed[shard_id]:
+                return False
+            self.claimed[shard_id] = 1
+            return True
+        finally:
+            os.close(record)  # releases the lock
