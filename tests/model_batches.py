@@ -3,7 +3,7 @@
 The model tests use them until ``jala_ds.data.collate`` lands; they follow the same contract: real token ids
 from ``jala_ds/vocab.py``, the sequence layout ``<img> <IMG_CONTEXT> x n </img> instruction <mot> L1 </mot>
 <mot> R1 </mot> ...``, hybrid masking for labelled samples and full masking for video-only ones, packed rows
-with per-document positions, random ImageNet-normalised-like images.
+with per-document positions, random uint8 images.
 
     cfg, vocab = tiny_setup()
     batch = make_batch(cfg, vocab, [[Doc()], [Doc(labeled=False), Doc(hands=(1,))]], seed=0)
@@ -116,8 +116,8 @@ def make_batch(cfg: JalaConfig, vocab: MotionVocab, rows: list[list[Doc]], seed:
         dtype = torch.int32 if key in ("doc_ids", "chunk_ids") else torch.int64
         batch[key] = torch.tensor([r + [pad_values[key]] * (width - len(r)) for r in values], dtype=dtype)
     s, s_enc = cfg.model.image_size, cfg.model.visual_encoder_image_size
-    batch["pixel_values"] = torch.randn(images, 3, s, s, generator=gen)
-    batch["chunk_frames"] = torch.randn(n_chunks_total, 2, 3, s_enc, s_enc, generator=gen)
+    batch["pixel_values"] = torch.randint(0, 256, (images, 3, s, s), generator=gen, dtype=torch.uint8)
+    batch["chunk_frames"] = torch.randint(0, 256, (n_chunks_total, 2, 3, s_enc, s_enc), generator=gen, dtype=torch.uint8)
     batch["chunk_hand"] = torch.tensor(chunk_hand, dtype=torch.int64)
     batch["chunk_labeled"] = torch.tensor(chunk_labeled, dtype=torch.bool)
     batch["sample_ids"] = sample_ids

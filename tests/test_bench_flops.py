@@ -87,7 +87,7 @@ def test_frame_encoder_flops_equal_flop_counter(kind, cls):
     if kind == "dinov2":
         config.image_size = 224  # same FLOPs; the fake-tensor run cannot interpolate a 518 px position table
     encoder = on_meta(lambda: getattr(transformers, cls)(config))
-    frames = torch.randn(1, 2, 3, 224, 224)
+    frames = torch.randint(0, 256, (1, 2, 3, 224, 224), dtype=torch.uint8)
     forward, _ = measured(encoder, lambda m: FrozenFrameEncoder(m, kind)(frames))
     assert forward == 2 * flops.vit_flops(vit_dims(config, 224))
 

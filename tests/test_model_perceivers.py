@@ -58,7 +58,8 @@ def test_perceiver_tells_the_start_frame_from_the_end_frame():
 def test_random_encoder_matches_the_configured_image_size():
     cfg, _ = tiny_setup("model.visual_encoder_image_size=42")
     encoder = build_visual_encoder(cfg.model)
-    assert encoder(torch.randn(1, 2, 3, 42, 42)).shape[2] == (42 // 14) ** 2 + 1  # patches + CLS
+    frames = torch.randint(0, 256, (1, 2, 3, 42, 42), dtype=torch.uint8)
+    assert encoder(frames).shape[2] == (42 // 14) ** 2 + 1  # patches + CLS
 
 
 @pytest.mark.parametrize("overrides, key", [

@@ -4,7 +4,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from streaming import StreamingDataset
 from two_ranks import run_two_ranks
 
 from jala_ds.config import ConfigError, load_config
@@ -17,6 +16,7 @@ from jala_ds.data.robot_schema import RobotSample, robot_sample
 from jala_ds.data.sequence import IGNORE
 from jala_ds.model.backbone import image_token_count
 from jala_ds.model.build import build_model
+from jala_ds.motion.pose_corpus import open_mds
 from jala_ds.vocab import add_motion_vocab, byte_level_tokenizer
 
 WORLD_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "LOCAL_SIZE")
@@ -84,7 +84,7 @@ def test_targets_are_the_stored_values_normalised_with_the_dataset_statistics(ro
     stats = NormStats.load(mds / NORM_STATS_FILE)
     batches = list(make_loader(mds, "robot.shuffle=false"))
     first = batches[0]
-    stored = robot_sample(StreamingDataset(local=str(mds), shuffle=False, batch_size=1)[0], HORIZON)
+    stored = robot_sample(open_mds(mds)[0], HORIZON)
     assert first["sample_ids"][0] == stored.sample_id
     np.testing.assert_allclose(first["state"][0].numpy(), stats.normalize_state(stored.state), atol=1e-6)
     np.testing.assert_allclose(first["actions"][0].numpy(), stats.normalize_action(stored.actions), atol=1e-6)
@@ -106,13 +106,34 @@ def test_the_tiny_model_reads_the_batch_and_gives_one_predictive_chunk_per_sampl
     assert predictive.shape[:2] == (4, tokens_per_chunk) and torch.isfinite(predictive).all()
 
 
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+@pytest.mark.parametrize("attention", ["reference", "triton", "flex"])
+def test_an_ntp_backbone_reads_the_robot_chunk_causally(robot_mds, attention, monkeypatch):
+    """Being-H0 (ntp) was pretrained without bidirectional chunks: its robot chunk must not be one either."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the Triton kernel on CPU tensors
+    mds, _ = robot_mds
+    ntp = ("model.objective=ntp", "model.align=false", "model.decoupled_ema=false", f"model.attention={attention}")
+    cfg, _, vocab = setup(mds, *ntp)
+    batch = next(iter(make_loader(mds, *ntp)))
+    assert (batch["chunk_ids"] == -1).all() and (batch["motion_chunk"] >= 0).any()
+    chunk = (batch["motion_chunk"][0] >= 0).nonzero().squeeze(1)
+    edited = dict(batch, input_ids=batch["input_ids"].clone())
+    edited["input_ids"][0, chunk[-1]] = 65  # the chunk's last token
+    model = build_model(cfg, vocab).eval()
+    with torch.no_grad():
+        before = model.hidden_states(batch, model.encode_frames(batch))[0]
+        after = model.hidden_states(edited, model.encode_frames(edited))[0]
+    torch.testing.assert_close(after[0, :chunk[-1]], before[0, :chunk[-1]], rtol=0, atol=1e-6)
+    assert not torch.equal(after[0, chunk[-1]], before[0, chunk[-1]])
+
+
 def test_robot_batch_builds_the_same_batch_from_live_observations(robot_mds):
     mds, _ = robot_mds
     cfg, tok, vocab = setup(mds, "robot.shuffle=false", f"robot.cameras=[{CAMERA_KEYS[0]}]")
     stats = NormStats.load(mds / NORM_STATS_FILE)
     n_img = image_token_count(cfg.model)
     loader_batch = next(iter(build_robot_loader(cfg, tok, vocab, n_img, rank=0, world_size=1)))
-    records = StreamingDataset(local=str(mds), shuffle=False, batch_size=1)
+    records = open_mds(mds)
     live = [RobotSample(images=s.images[:1], state=s.state, actions=None, action_valid=None,
                         instruction=s.instruction, sample_id=s.sample_id)
             for s in (robot_sample(records[i], HORIZON) for i in range(4))]

@@ -22,7 +22,6 @@ from torch.utils.data import DataLoader
 
 from jala_ds.cli import main as jala
 from jala_ds.config import load_config
-from jala_ds.data.frames import normalized
 from jala_ds.data.motion_tokens import build_motion_tokenizer
 from jala_ds.data.schema import HANDS, TOKEN_COLUMNS, hand_tokens
 from jala_ds.data.sequence import IGNORE, SequenceBuilder
@@ -81,7 +80,7 @@ def test_each_position_offers_only_the_codes_of_its_stage(trained):
     torch.manual_seed(0)
     model = build_token_predictor(cfg).eval()
     probe = probe_pairs(cfg, trained["tokenizer"])
-    predicted = model.predict(normalized(probe.frames), probe.hand)
+    predicted = model.predict(probe.frames, probe.hand)
     assert predicted.shape == probe.codes.shape
     assert torch.equal(predicted // per_stage, probe.codes // per_stage)
     assert len(predicted.unique()) > cfg.motion_tokenizer.stages  # not a constant code per stage
@@ -115,7 +114,7 @@ def test_label_fills_video_only_training_clips_and_copies_everything_else(traine
                     expected = hand_codes(old, hand, trained["tokenizer"]) if len(old[hand]) else np.zeros((0, 0))
                     assert np.array_equal(hand_tokens(new, hand).reshape(expected.shape), expected)
             else:                # pseudo labels for both hands (tiny_cpu: data.video_only_hands=both)
-                frames = normalized(boundary_frames(old, model.shape.image_size))
+                frames = boundary_frames(old, model.shape.image_size)
                 pairs = torch.stack([frames[:-1], frames[1:]], dim=1)
                 for h, hand in enumerate(HANDS):
                     predicted = model.predict(pairs, torch.full((len(pairs),), h)).numpy()

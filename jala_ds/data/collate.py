@@ -10,7 +10,8 @@ Within a row, ``doc_ids`` number the documents and ``chunk_ids`` the bidirection
 ``motion_chunk`` numbers every chunk of the whole batch, indexing ``chunk_frames``, ``chunk_hand`` and
 ``chunk_labeled``. Images and chunks appear in row-major document order. An example's ``extras`` (a robot
 sample's state and actions) are stacked in the same order under their own keys. The positions the model
-gathers from and scatters to come along, found here on the host (``batch_index.py``).
+gathers from and scatters to come along, found here on the host (``batch_index.py``). Pixels stay uint8: the
+model normalises them on its device.
 """
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ import torch
 
 from jala_ds.data.batch_index import batch_index
 from jala_ds.data.example import Example
-from jala_ds.data.frames import normalized
 from jala_ds.data.sequence import IGNORE
 from jala_ds.vocab import MotionVocab
 
@@ -98,8 +98,8 @@ def collate(examples: list[Example], *, pack: bool, max_tokens: int, vocab: Moti
     return {
         **layout,
         "position_ids": torch.from_numpy(position_ids),
-        "pixel_values": normalized(torch.cat([examples[i].pixel_values for i in order])),
-        "chunk_frames": normalized(torch.cat([examples[i].chunk_frames for i in order])),
+        "pixel_values": torch.cat([examples[i].pixel_values for i in order]),
+        "chunk_frames": torch.cat([examples[i].chunk_frames for i in order]),
         "chunk_hand": torch.from_numpy(np.concatenate([documents[i].chunk_hand for i in order])),
         "chunk_labeled": torch.tensor([documents[i].labeled for i in order for _ in documents[i].chunk_hand],
                                       dtype=torch.bool),

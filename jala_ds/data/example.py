@@ -2,7 +2,7 @@
 
 This runs once per sample in a loader worker: build the document (tokens, masking), decode only the stored
 frames it uses (its image and its chunks' boundary frames), resize them for the two vision models. Pixels
-stay uint8 here; the collated batch normalises them.
+stay uint8 (the model normalises them on its device).
 """
 from __future__ import annotations
 

@@ -2,11 +2,13 @@
 
 The VLM's vision tower and the frozen visual encoder take different sides (``model.image_size``,
 ``model.visual_encoder_image_size``); both read the same decoded frame, each resized once. Frames stay
-uint8 through decoding and resizing (torch's uint8 antialiased resize is a fast SIMD path, and examples
-a quarter of the size cross from loader workers more cheaply); :func:`normalized` makes the float batch.
+uint8 through decoding, resizing (torch's uint8 antialiased resize is a fast SIMD path) and the batch: a
+quarter of float32's bytes cross from the loader workers, into pinned memory and to the GPU. The models
+normalise them on their device (:func:`normalized`).
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import torch
@@ -15,9 +17,6 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
-# (x / 255 - mean) / std as one multiply and one subtract.
-_SCALE = 1.0 / (255.0 * IMAGENET_STD)
-_SHIFT = IMAGENET_MEAN / IMAGENET_STD
 
 
 def decode_stored_frames(record: Mapping, indices: list[int]) -> torch.Tensor:
@@ -38,6 +37,16 @@ def resized(frames: torch.Tensor, size: int) -> torch.Tensor:
     return out.reshape(*frames.shape[:-2], size, size)
 
 
-def normalized(frames: torch.Tensor) -> torch.Tensor:
-    """uint8 ``[..., 3, H, W]`` -> float32, ImageNet mean/std."""
-    return frames.to(torch.float32).mul_(_SCALE).sub_(_SHIFT)
+def normalized(frames: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 ``[..., 3, H, W]`` -> ImageNet mean/std in ``dtype``, computed in float32 on the frames' device."""
+    if frames.dtype != torch.uint8:
+        raise TypeError(f"frames must be uint8 (as decoded and batched), got {frames.dtype}: normalising twice "
+                        "would feed the model noise")
+    scale, shift = _normalizing_constants(frames.device)
+    return frames.to(torch.float32).mul_(scale).sub_(shift).to(dtype)
+
+
+@functools.cache
+def _normalizing_constants(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x / 255 - mean) / std as one multiply and one subtract; copied to each device once."""
+    return (1.0 / (255.0 * IMAGENET_STD)).to(device), (IMAGENET_MEAN / IMAGENET_STD).to(device)

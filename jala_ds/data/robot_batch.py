@@ -5,7 +5,7 @@ pixels and normalisation. One observation is one document:
 
     <img> <IMG_CONTEXT> x n </img>  (per camera)   instruction   <mot> [MASK] x tokens_per_chunk </mot>
 
-The chunk is all ``[MASK]`` with no label (``chunk_labeled`` False, so no MCP loss); ``chunk_hand`` is
+The chunk is all ``[MASK]`` with no label (so no MCP loss; ``chunk_labeled`` False); ``chunk_hand`` is
 ``robot.hand``; ``chunk_frames`` is (o_t, o_t) of the first camera, which is what LSP reads. The backbone's
 predictive embeddings at that chunk condition the action head. Extra batch keys: ``state`` float32 ``[B, S]``,
 and in training ``actions`` float32 ``[B, H, A]`` and ``action_valid`` bool ``[B, H]``, normalised with the
@@ -71,7 +71,7 @@ class RobotExamples:
         text = instruction_tokens(self.tokenizer, sample.instruction, self.cfg.robot.max_text_tokens)
         document = masked_chunk_document(sample_id=sample.sample_id, image_block=self.image_block, images=len(images),
                                          text=text, hand=self.cfg.robot.hand, tokens_per_chunk=self.tokens_per_chunk,
-                                         vocab=self.vocab)
+                                         vocab=self.vocab, bidirectional=self.cfg.model.objective == "mcp")
         extras = {"state": np.asarray(self.norm.normalize_state(sample.state.astype(np.float32)), np.float32)}
         if sample.actions is not None:
             if sample.actions.shape[-1] != self.norm.action.dim:

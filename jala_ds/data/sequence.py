@@ -222,14 +222,15 @@ def motion_segment(shown: np.ndarray, targets: np.ndarray, vocab: MotionVocab) -
 
 
 def masked_chunk_document(*, sample_id: str, image_block: np.ndarray, images: int, text: np.ndarray, hand: int,
-                          tokens_per_chunk: int, vocab: MotionVocab) -> Document:
+                          tokens_per_chunk: int, vocab: MotionVocab, bidirectional: bool) -> Document:
     """A robot observation's document (post-training and the policy): one image block per camera, the
     instruction, and one motion chunk of ``hand``, all ``[MASK]`` and without labels. The backbone's predictive
-    embeddings at that chunk condition the action head; its LSP context reads the first camera's frame."""
+    embeddings at that chunk condition the action head; its LSP context reads the first camera's frame.
+    ``bidirectional``: whether the chunk attends both ways, as the backbone was pretrained (mcp), or causally (ntp)."""
     masked = np.full((1, tokens_per_chunk), vocab.mask, np.int64)
     segments = [plain_segment(image_block)] * images + [plain_segment(text),
                                                          motion_segment(masked, np.full_like(masked, IGNORE), vocab)]
     input_ids, labels, chunk_index = (np.concatenate(parts) for parts in zip(*segments))
     return Document(sample_id=sample_id, input_ids=input_ids, labels=labels, motion_chunk=chunk_index,
-                    bidirectional=True, chunk_hand=np.array([hand], np.int64), chunk_frames=np.zeros((1, 2), np.int64),
+                    bidirectional=bidirectional, chunk_hand=np.array([hand], np.int64), chunk_frames=np.zeros((1, 2), np.int64),
                     image_frame=0, labeled=False)

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from transformers import InternVLForConditionalGeneration
 
+from jala_ds.data.frames import normalized
 from jala_ds.model.chunk_mask_attention import prepare_chunk_mask
 from jala_ds.model.config import ModelConfig
 from jala_ds.model.losses import align_loss, mcp_loss
@@ -46,7 +47,7 @@ class JalaOutput(NamedTuple):
     latent_actions: torch.Tensor | None
     """LAP's latent actions z ``[C, M, d]``; None without alignment (no LAP)."""
     n_mcp_tokens: int
-    """Labelled positions in the batch (for token-weighted averaging across ranks)."""
+    """Labelled positions in the batch: the logged MCP loss is averaged over them (``train/metrics.py``)."""
 
 
 @dataclass
@@ -139,13 +140,9 @@ class JalaModel(nn.Module):
                              "tokens (motion_tokenizer.tokens_per_chunk): the collate and the model disagree on "
                              "the motion layout")
         embeds = self._input_embeddings(batch, frame_features, chunk_tokens)
-        doc_ids = batch["doc_ids"]
-        # ntp (Being-H0) is plain causal attention: no position belongs to a bidirectional chunk. The collate's
-        # chunk_bounds describe the batch's chunks, so the kernel finds its bounds from the causal ids instead.
-        if self.cfg.objective == "mcp":
-            chunk_ids, chunk_bounds = batch["chunk_ids"], batch["chunk_bounds"]
-        else:
-            chunk_ids, chunk_bounds = torch.full_like(batch["chunk_ids"], -1), None
+        # The batch says which positions attend both ways: documents built for ntp (Being-H0) carry no chunk ids,
+        # so its chunks are causal, and the collate's bounds say so without a pass over the ids here.
+        doc_ids, chunk_ids = batch["doc_ids"], batch["chunk_ids"]
         language_model = self.backbone.model.language_model
         layers = self.cfg.align_layer if stop_at_align_layer else language_model.config.num_hidden_layers
         # the align layer's output as the next layer (or, after the last layer run, the final norm) receives it
@@ -153,7 +150,7 @@ class JalaModel(nn.Module):
         with _capture_input(consumer) as captured, _running_layers(language_model, layers):
             final = language_model(inputs_embeds=embeds, position_ids=batch["position_ids"],
                                    attention_mask=prepare_chunk_mask(self.cfg.attention, doc_ids, chunk_ids),
-                                   doc_ids=doc_ids, chunk_ids=chunk_ids, chunk_bounds=chunk_bounds,
+                                   doc_ids=doc_ids, chunk_ids=chunk_ids, chunk_bounds=batch["chunk_bounds"],
                                    past_key_values=past_key_values,
                                    use_cache=False).last_hidden_state
         predictive = captured.output.flatten(0, 1)[chunk_tokens]
@@ -177,7 +174,8 @@ class JalaModel(nn.Module):
         """Token embeddings with image features at ``<IMG_CONTEXT>`` and LSP latent states on motion tokens."""
         input_ids = batch["input_ids"]
         embeds = self.backbone.get_input_embeddings()(input_ids)
-        image = self.backbone.model.get_image_features(pixel_values=batch["pixel_values"])
+        pixels = normalized(batch["pixel_values"], self.backbone.dtype)
+        image = self.backbone.model.get_image_features(pixel_values=pixels)
         image_positions = batch["image_positions"]
         if image_positions.numel() != image.shape[0] * image.shape[1]:
             raise ValueError(f"batch['input_ids'] holds {image_positions.numel()} <IMG_CONTEXT> tokens but "

@@ -13,6 +13,7 @@ import torch
 import transformers
 from torch import nn
 
+from jala_ds.data.frames import normalized
 from jala_ds.model.config import VISUAL_ENCODER_CLASSES, ModelConfig
 
 TINY_WIDTH = 32
@@ -49,9 +50,9 @@ class FrozenFrameEncoder(nn.Module):
 
     @torch.no_grad()
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        """``frames [C, F, 3, s, s]`` (ImageNet-normalised) -> ``[C, F, L, hidden_size]``."""
+        """uint8 ``frames [C, F, 3, s, s]`` -> ``[C, F, L, hidden_size]``."""
         chunks, per_chunk = frames.shape[:2]
-        flat = frames.flatten(0, 1).to(self.encoder.dtype)
+        flat = normalized(frames.flatten(0, 1), self.encoder.dtype)
         if self.kind == "vjepa2":
             tokens = self.encoder(pixel_values_videos=flat[:, None], skip_predictor=True).last_hidden_state
         else:

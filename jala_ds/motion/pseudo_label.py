@@ -9,7 +9,7 @@ codes for each chunk from its boundary frames, in ``left_tokens``/``right_tokens
 pretraining loader then builds a labelled document from it (hybrid masking, MCP labels), as it does for a lab
 clip. Labelled clips keep their codes: stored ones are copied, otherwise the recipe's motion tokenizer encodes
 their poses, so the copy is self-contained. The held-out clips are copied without pseudo labels: evaluation
-scores against real poses only. Pretrain on the copy with ``model.align=false`` (docs/method.md). Under torchrun
+scores against real poses only. Pretrain on the copy with ``model.align=false model.decoupled_ema=false`` (docs/method.md). Under torchrun
 each rank labels its share of every subset on its own GPU
 (``torchrun --nproc_per_node 8 $(which jala) token-predictor label ...``).
 """
@@ -25,7 +25,6 @@ import numpy as np
 import torch
 
 from jala_ds.config import JalaConfig
-from jala_ds.data.frames import normalized
 from jala_ds.data.mds_pieces import PIECE_CLIPS, RANKS_WAIT, content_sha256
 from jala_ds.data.motion_tokens import MotionTokenizer, build_motion_tokenizer
 from jala_ds.data.schema import HANDS, SUBSETS, TOKEN_COLUMNS, array_bytes
@@ -47,7 +46,7 @@ def predicted_codes(model: ActionTokenPredictor, clips: list[torch.Tensor], hand
     once, ``batch`` frames or pairs per forward pass."""
     frames = torch.cat(clips)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        features = torch.cat([model.visual_encoder(normalized(frames[i:i + batch].to(device))[:, None])[:, 0]
+        features = torch.cat([model.visual_encoder(frames[i:i + batch].to(device)[:, None])[:, 0]
                               for i in range(0, len(frames), batch)])
         pairs, hand = [], []
         for clip in torch.split(features, [len(c) for c in clips]):

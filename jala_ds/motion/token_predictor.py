@@ -9,7 +9,7 @@ scores the codes of that position's residual stage. A position holds one stage's
 code is one the tokenizer cannot decode, so the classifier never offers it.
 
     predictor = build_token_predictor(cfg)
-    logits = predictor(frames, hand)        # frames [C, 2, 3, s, s] normalised, hand [C] -> [C, T, K]
+    logits = predictor(frames, hand)        # frames uint8 [C, 2, 3, s, s], hand [C] -> [C, T, K]
     codes = predictor.predict(frames, hand) # int64 [C, T], each in its position's stage range of [0, vocab_per_part)
 
 A checkpoint folder holds ``model.safetensors`` (every weight, the frozen encoder's included, so a random test
@@ -67,7 +67,7 @@ class ActionTokenPredictor(nn.Module):
                              persistent=False)
 
     def forward(self, frames: torch.Tensor, hand: torch.Tensor) -> torch.Tensor:
-        """``frames [C, 2, 3, s, s]`` (ImageNet-normalised), ``hand [C]`` -> logits ``[C, T, codes_per_stage]``:
+        """uint8 ``frames [C, 2, 3, s, s]``, ``hand [C]`` -> logits ``[C, T, codes_per_stage]``:
         class ``k`` at position ``t`` is code ``stage_offsets[t] + k``."""
         return self.logits(self.visual_encoder(frames), hand)
 

@@ -23,7 +23,6 @@ from torch.utils.data import DataLoader
 
 from jala_ds.config import JalaConfig
 from jala_ds.data.convert import HELDOUT
-from jala_ds.data.frames import normalized
 from jala_ds.data.motion_tokens import MotionTokenizer, build_motion_tokenizer
 from jala_ds.data.schema import SUBSETS
 from jala_ds.motion.checkpoint_folder import refuse_to_replace
@@ -67,7 +66,7 @@ def scored(model: ActionTokenPredictor, trainer: torch.nn.Module, frames: torch.
     """(cross-entropy over each position's stage codes, token accuracy) of ``model`` on uint8 ``frames``, run
     through ``trainer`` (the model, or its DistributedDataParallel wrapper)."""
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        logits = trainer(normalized(frames.to(device)), hand.to(device))
+        logits = trainer(frames.to(device), hand.to(device))
     codes = codes.to(device)
     loss = F.cross_entropy(logits.float().flatten(0, 1), model.classes(codes).flatten(),
                            label_smoothing=label_smoothing)
