@@ -60,9 +60,6 @@ class MotionVocab:
         """Token ids of ``codes`` (values in [0, vocab_per_part)) of part 0 (wrist) or 1 (finger)."""
         return codes.long() + self.motion_base + part * self.vocab_per_part
 
-    def is_motion(self, ids: torch.Tensor) -> torch.Tensor:
-        return (ids >= self.motion_base) & (ids < self.motion_base + 2 * self.vocab_per_part)
-
     def codes(self, ids: torch.Tensor) -> torch.Tensor:
         """Inverse of ``motion_ids``: the code within its part."""
         return (ids - self.motion_base) % self.vocab_per_part

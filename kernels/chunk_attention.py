@@ -15,12 +15,11 @@ layer of one step) reuse them. Its backward is deterministic.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 
 from jala_kernels.chunk_attention_bounds import ChunkBounds, chunk_attention_bounds
 from jala_kernels.chunk_attention_reference import check_attention_inputs, chunk_attention_reference
+from jala_kernels.dispatch import runs_triton
 
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 KERNEL_HEAD_DIMS = (16, 32, 64, 128, 256)
@@ -43,18 +42,13 @@ def chunk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: 
         bounds = torch.ops.jala_kernels.chunk_bounds(doc_ids, chunk_ids)
     else:
         _check_bounds(bounds, doc_ids, q.device)
-    if not q.is_cuda and not interpreter_requested():
+    if not runs_triton(q):
         return chunk_attention_reference(q, k, v, doc_ids, chunk_ids, scale)
     _check_kernel_inputs(q)
     import jala_kernels.chunk_attention_function  # noqa: F401  registers torch.ops.jala_kernels.chunk_attention
 
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     return torch.ops.jala_kernels.chunk_attention(q, k, v, *bounds, scale)[0]
-
-
-def interpreter_requested() -> bool:
-    """``TRITON_INTERPRET`` as Triton itself parses it (1/true/yes/on), read now rather than at import."""
-    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on", "y")
 
 
 def _check_bounds(bounds: ChunkBounds, doc_ids: torch.Tensor, device: torch.device) -> None:

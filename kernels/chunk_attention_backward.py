@@ -16,7 +16,6 @@ import triton
 import triton.language as tl
 
 from jala_kernels.chunk_attention_bounds import ChunkBounds
-from jala_kernels.chunk_attention_forward import dot_precision
 from jala_kernels.chunk_attention_tiles import (
     INTERPRETED,
     autotune_bucket,
@@ -24,6 +23,7 @@ from jala_kernels.chunk_attention_tiles import (
     tile_configs,
     visible_tile_range,
 )
+from jala_kernels.dispatch import dot_precision
 
 # Chosen as the forward's: at head dim 128 every dK/dV tile spills some registers on sm_90 (dK and dV
 # accumulate in registers next to K and V); these spill least (under 256 bytes per thread).
@@ -54,8 +54,8 @@ def _delta_kernel(O, DO, DELTA, stride_ob, stride_oh, stride_on, stride_dob, str
 
 
 @triton.jit
-def _dkdv_query_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qn, stride_don, offs_n,
-                      query_start, query_stop, tile_lo, tile_hi, n_ctx, qk_scale, HEAD_DIM: tl.constexpr,
+def _dkdv_query_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qn, stride_don, query_start,
+                      query_stop, tile_lo, tile_hi, n_ctx, qk_scale, HEAD_DIM: tl.constexpr,
                       BLOCK_M: tl.constexpr, MASKED: tl.constexpr, INPUT_PRECISION: tl.constexpr):
     """Add to one key tile's dK/dV (transposed scores: rows are keys) the query tiles in ``[tile_lo, tile_hi)``."""
     offs_d = tl.arange(0, HEAD_DIM)
@@ -115,13 +115,13 @@ def chunk_attention_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, QUERY_START, QU
         do_base = DO + b * stride_dob + h * stride_doh
         row_base = (b * H_KV * GROUP + h) * N_CTX
         dk, dv = _dkdv_query_tiles(dk, dv, k, v, q_base, do_base, LSE + row_base, DELTA + row_base, stride_qn,
-                                   stride_don, offs_n, query_start, query_stop, first, full_first, N_CTX, qk_scale,
+                                   stride_don, query_start, query_stop, first, full_first, N_CTX, qk_scale,
                                    HEAD_DIM, BLOCK_M, True, INPUT_PRECISION)
         dk, dv = _dkdv_query_tiles(dk, dv, k, v, q_base, do_base, LSE + row_base, DELTA + row_base, stride_qn,
-                                   stride_don, offs_n, query_start, query_stop, full_first, full_stop, N_CTX,
+                                   stride_don, query_start, query_stop, full_first, full_stop, N_CTX,
                                    qk_scale, HEAD_DIM, BLOCK_M, False, INPUT_PRECISION)
         dk, dv = _dkdv_query_tiles(dk, dv, k, v, q_base, do_base, LSE + row_base, DELTA + row_base, stride_qn,
-                                   stride_don, offs_n, query_start, query_stop, full_stop, last, N_CTX, qk_scale,
+                                   stride_don, query_start, query_stop, full_stop, last, N_CTX, qk_scale,
                                    HEAD_DIM, BLOCK_M, True, INPUT_PRECISION)
 
     dk_offsets = b * stride_dkb + h_kv * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :]

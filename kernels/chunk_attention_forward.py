@@ -14,6 +14,7 @@ import triton.language as tl
 
 from jala_kernels.chunk_attention_bounds import ChunkBounds
 from jala_kernels.chunk_attention_tiles import autotune_bucket, load_key_tile, tile_configs, visible_tile_range
+from jala_kernels.dispatch import dot_precision
 
 FORWARD_CONFIGS = tile_configs(
     # (BLOCK_M, BLOCK_N, warps, stages) that compile for sm_90 without register spills at head dims 64 and 128
@@ -92,12 +93,6 @@ def chunk_attention_forward_kernel(Q, K, V, O, LSE, KEY_START, KEY_STOP,
     tl.store(O + o_offsets, out.to(O.dtype.element_ty), mask=row_in_range[:, None])
     lse = tl.where(seen, m_i + tl.math.log2(tl.where(seen, l_i, 1.0)), float("inf"))
     tl.store(LSE + pid_bh.to(tl.int64) * N_CTX + offs_m, lse, mask=row_in_range)
-
-
-def dot_precision(dtype: torch.dtype) -> str:
-    """fp32 inputs get exact fp32 products ("ieee") unless PyTorch's own matmuls may use TF32; for fp16/bf16
-    Triton ignores the setting, and "tf32" is its default."""
-    return "ieee" if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32 else "tf32"
 
 
 def chunk_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: ChunkBounds,

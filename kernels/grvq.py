@@ -9,21 +9,16 @@ time, and to the reference otherwise. Quantization is not differentiable: the re
 """
 from __future__ import annotations
 
-import os
-
 import torch
 
+from jala_kernels.dispatch import runs_triton
 from jala_kernels.grvq_reference import grvq_decode_reference, grvq_encode_reference
-
-
-def use_triton(tensor: torch.Tensor) -> bool:
-    return tensor.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @torch.no_grad()
 def grvq_encode(x: torch.Tensor, codebooks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``x [N, D]``, ``codebooks [G, R, K, D // G]`` -> ``(codes int64 [N, G, R], quantized [N, D])``."""
-    if use_triton(x):
+    if runs_triton(x):
         from jala_kernels.grvq_triton import grvq_encode_triton
 
         return grvq_encode_triton(x, codebooks)
@@ -33,7 +28,7 @@ def grvq_encode(x: torch.Tensor, codebooks: torch.Tensor) -> tuple[torch.Tensor,
 @torch.no_grad()
 def grvq_decode(codes: torch.Tensor, codebooks: torch.Tensor) -> torch.Tensor:
     """``codes [N, G, R]`` -> quantized ``[N, D]`` in the codebooks' dtype."""
-    if use_triton(codebooks):
+    if runs_triton(codebooks):
         from jala_kernels.grvq_triton import grvq_decode_triton
 
         return grvq_decode_triton(codes, codebooks)

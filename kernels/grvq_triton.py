@@ -19,7 +19,6 @@ allows them for matmuls too. The interpreter (``TRITON_INTERPRET=1``, CPU tensor
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import triton
@@ -27,6 +26,7 @@ import triton.language as tl
 from triton.runtime import JITFunction
 from triton.runtime.interpreter import InterpretedFunction
 
+from jala_kernels.dispatch import dot_precision, interpreter_requested
 from jala_kernels.grvq_reference import check_codes, check_grvq_shapes
 
 # Small tiles for the interpreter: it runs every program in Python, and tl.dot needs sides of at least 16.
@@ -133,16 +133,10 @@ def interpret_on(tensor: torch.Tensor) -> bool:
     """True to run in the interpreter (CPU tensors, TRITON_INTERPRET=1); False for the GPU; else one clear error."""
     if tensor.is_cuda:
         return False
-    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+    if interpreter_requested():
         return True
     raise ValueError(f"the Triton GRVQ kernels need CUDA tensors (got {tensor.device}), or TRITON_INTERPRET=1 to "
                      "run them in the interpreter: call jala_kernels.grvq_encode / grvq_decode to pick for you")
-
-
-def dot_precision(dtype: torch.dtype) -> str:
-    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
-        return "tf32"
-    return "ieee"
 
 
 def block_dim(group_dim: int) -> int:

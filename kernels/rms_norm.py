@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from jala_kernels.chunk_attention import interpreter_requested
+from jala_kernels.dispatch import runs_triton
 
 
 def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -30,7 +30,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
                          f"{tuple(weight.shape)}")
     if weight.device != x.device:
         raise ValueError(f"rms_norm: x is on {x.device} but weight on {weight.device}: move the weight to x's device")
-    if not x.is_cuda and not interpreter_requested():
+    if not runs_triton(x):
         return rms_norm_reference(x, weight, eps)
     import jala_kernels.rms_norm_triton  # noqa: F401  registers torch.ops.jala_kernels.rms_norm
 

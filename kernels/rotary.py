@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from jala_kernels.chunk_attention import interpreter_requested
+from jala_kernels.dispatch import runs_triton
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -36,7 +36,7 @@ def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
         raise ValueError(f"rotary: x is on {x.device} but cos on {cos.device} and sin on {sin.device}: move the "
                          "angles to x's device")
     head_dim = x.shape[-1]
-    if (not x.is_cuda and not interpreter_requested()) or head_dim < 2 or head_dim & (head_dim - 1):
+    if not runs_triton(x) or head_dim < 2 or head_dim & (head_dim - 1):
         return rotary_reference(x, cos, sin)
     import jala_kernels.rotary_triton  # noqa: F401  registers torch.ops.jala_kernels.rotary
 

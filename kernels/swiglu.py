@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from jala_kernels.chunk_attention import interpreter_requested
+from jala_kernels.dispatch import runs_triton
 
 
 def swiglu_reference(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -29,7 +29,7 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
                          "have one shape and dtype (the gate_proj and up_proj outputs)")
     if gate.device != up.device:
         raise ValueError(f"swiglu: gate is on {gate.device} but up on {up.device}: put both on one device")
-    if not gate.is_cuda and not interpreter_requested():
+    if not runs_triton(gate):
         return swiglu_reference(gate, up)
     import jala_kernels.swiglu_triton  # noqa: F401  registers torch.ops.jala_kernels.swiglu
 

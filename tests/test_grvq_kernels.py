@@ -57,12 +57,13 @@ def test_ties_go_to_the_lowest_index_within_and_across_codebook_tiles():
     assert not torch.isin(codes.cpu(), torch.tensor([9, 20, 35])).any()
 
 
-def test_dispatcher_reads_the_environment_at_call_time(monkeypatch):
+@pytest.mark.parametrize("on", ["1", "true"])
+def test_dispatcher_reads_the_environment_at_call_time_as_triton_does(monkeypatch, on):
     calls = []
     real = grvq_triton.grvq_encode_triton
     monkeypatch.setattr(grvq_triton, "grvq_encode_triton", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     x, books = random_problem(5, 16, 1, 2, 16, 16, device="cpu")
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("TRITON_INTERPRET", on)
     interpreted = grvq_encode(x, books)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     referenced = grvq_encode(x, books)

@@ -23,17 +23,15 @@ def source_frames(slowed_indices: np.ndarray, scale: float, frames: int) -> np.n
 
 
 def retime_poses(poses: np.ndarray, scale: float) -> np.ndarray:
-    """``[T, 99]`` poses (or ``[T]`` confidences) sampled on the slowed timeline."""
+    """``[T, 99]`` poses sampled on the slowed timeline."""
     if scale == 1.0:
         return poses.copy()
     length = slowed_length(len(poses), scale)
     position = np.arange(length) / scale
     low = np.minimum(np.floor(position).astype(np.int64), len(poses) - 1)
     high = np.minimum(low + 1, len(poses) - 1)
-    weight = (position - low).reshape(-1, *([1] * (poses.ndim - 1)))
+    weight = (position - low)[:, None]
     mixed = (1.0 - weight) * poses[low] + weight * poses[high]
-    if poses.ndim == 1:
-        return mixed.astype(poses.dtype)
     return orthonormalize_poses(mixed).astype(poses.dtype)
 
 
