@@ -26,7 +26,8 @@ import torch.nn.functional as F
 
 from benchmarks.report import device_name, write_results
 from jala_ds.bench.tables import markdown_table
-from jala_kernels import chunk_attention, chunk_attention_bounds, chunk_attention_reference, chunk_mask
+from jala_ds.model.chunk_mask_attention import chunk_block_mask, dense_chunk_mask
+from jala_kernels import chunk_attention, chunk_attention_bounds, chunk_attention_reference
 from jala_kernels.chunk_attention_bounds import visible_pairs
 
 TOKENS_PER_BATCH = 16384
@@ -107,27 +108,16 @@ class Backend:
 
 def backends(doc_ids: torch.Tensor, chunk_ids: torch.Tensor, scale: float) -> list[Backend]:
     """Every backend available here, ours first, with the masks built once for this batch."""
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    from torch.nn.attention.flex_attention import flex_attention
 
     batch, n = doc_ids.shape
     on_gpu = doc_ids.is_cuda
     chunk_pairs = visible_pairs(chunk_attention_bounds(doc_ids, chunk_ids))
 
-    def flex_block_mask():
-        def visible(b, h, q, kv):
-            same_doc = (doc_ids[b, q] == doc_ids[b, kv]) & (doc_ids[b, q] >= 0)
-            return same_doc & ((kv <= q) | ((chunk_ids[b, q] == chunk_ids[b, kv]) & (chunk_ids[b, q] >= 0)))
-        return create_block_mask(visible, B=batch, H=None, Q_LEN=n, KV_LEN=n, device=doc_ids.device, _compile=on_gpu)
-
-    def dense_mask():
-        # Padding rows see themselves: SDPA turns rows that see nothing into NaN.
-        eye = torch.eye(n, dtype=torch.bool, device=doc_ids.device)
-        return (chunk_mask(doc_ids, chunk_ids) | (eye & (doc_ids < 0)[:, :, None]))[:, None]
-
     def sdpa(q, k, v, **mask):
         return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=True, **mask)
 
-    block_mask, mask = flex_block_mask(), dense_mask()
+    block_mask, mask = chunk_block_mask(doc_ids, chunk_ids), dense_chunk_mask(doc_ids, chunk_ids)
     # Without torch.compile FlexAttention materialises the scores; there is no compiled CPU backward.
     flex = torch.compile(flex_attention, dynamic=False) if on_gpu else flex_attention
     found = [
@@ -135,9 +125,9 @@ def backends(doc_ids: torch.Tensor, chunk_ids: torch.Tensor, scale: float) -> li
                 chunk_pairs, mask_build=lambda: chunk_attention_bounds(doc_ids, chunk_ids)),
         Backend("flex, cached BlockMask" + ("" if on_gpu else " (eager)"), "flex",
                 lambda q, k, v: flex(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=True),
-                chunk_pairs, mask_build=flex_block_mask),
+                chunk_pairs, mask_build=lambda: chunk_block_mask(doc_ids, chunk_ids)),
         Backend("sdpa, dense bool mask", "sdpa_mask", lambda q, k, v: sdpa(q, k, v, attn_mask=mask), chunk_pairs,
-                mask_build=dense_mask),
+                mask_build=lambda: dense_chunk_mask(doc_ids, chunk_ids)),
         Backend("sdpa causal, whole rows (no docs, no chunks)", "sdpa_causal_rows",
                 lambda q, k, v: sdpa(q, k, v, is_causal=True), batch * n * (n + 1) // 2, chunk_mask=False),
         document_rows_causal(doc_ids, sdpa),

@@ -160,8 +160,8 @@ def measure_throughput(plan, steps: int, warmup: int, name_device: Callable[[], 
     from jala_ds.bench.flops import recipe_flops
     from jala_ds.train.compiled_blocks import compilations
     from jala_ds.train.engine import init_distributed
-    from jala_ds.train.loop import build_training, endless, seed_everything, to_device
-    from jala_ds.train.metrics import peak_memory_gb
+    from jala_ds.train.loop import build_training, endless, optimizer_step, seed_everything
+    from jala_ds.train.metrics import StepMetrics, peak_memory_gb
 
     cfg, train_cfg = plan.cfg, plan.cfg.train
     init_distributed()
@@ -171,28 +171,28 @@ def measure_throughput(plan, steps: int, warmup: int, name_device: Callable[[], 
     parts = build_training(plan, rank, world_size)
     engine, ema = parts.engine, parts.ema
     on_gpu = engine.device.type == "cuda"
-    batches = endless(parts.loader)
     compute_dtype = torch.bfloat16 if train_cfg.dtype == "bf16" else torch.float32
     clock = PhaseClock(get_accelerator().synchronize, timer)
+    window = StepMetrics(engine.device, losses=parts.losses, flops_per_sample=None, peak_flops=None)  # never read
     # step seconds, samples, tokens over the measured steps
     totals = torch.zeros(3, dtype=torch.float64)
 
+    def counted(batches: Iterator[dict]) -> Iterator[dict]:
+        for batch in batches:
+            totals[1] += len(batch["sample_ids"])
+            totals[2] += int((batch["doc_ids"] >= 0).sum())
+            yield batch
+
+    @contextlib.contextmanager
+    def timed(phase: str) -> Iterator[None]:
+        with clock.phase(phase), record_function(OPTIMIZER_RANGE) if phase == "step" else contextlib.nullcontext():
+            yield
+
+    batches = counted(endless(parts.loader))
+
     def step() -> None:
-        """One optimiser step as the trainer takes it, each phase on the clock; counts samples and tokens."""
-        for _ in range(train_cfg.grad_accum_steps):
-            with clock.phase("data"):
-                batch = next(batches)
-                totals[1] += len(batch["sample_ids"])
-                totals[2] += int((batch["doc_ids"] >= 0).sum())
-                batch = to_device(batch, engine.device, compute_dtype)
-            with clock.phase("forward"):
-                out = engine(batch)
-            with clock.phase("backward"):
-                engine.backward(out.loss)
-            with clock.phase("step"), record_function(OPTIMIZER_RANGE):
-                engine.step()  # the optimiser moves only at the accumulation boundary, as in training
-        with clock.phase("step"), record_function(OPTIMIZER_RANGE):
-            ema.update()
+        """One optimiser step, the trainer's own, each phase on the clock."""
+        optimizer_step(engine, ema, batches, window, train_cfg.grad_accum_steps, compute_dtype, phase=timed)
 
     for index in range(warmup + steps):
         if index == warmup:

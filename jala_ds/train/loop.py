@@ -10,6 +10,7 @@ Runs the same under the ``deepspeed`` launcher, torchrun, srun + torchrun, or as
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -100,20 +101,31 @@ def train(plan: RunPlan, build: Callable[[RunPlan, int, int], TrainingParts] | N
     dist.barrier()
 
 
+def untimed(phase: str) -> contextlib.AbstractContextManager:
+    """The trainer's phases: not timed."""
+    return contextlib.nullcontext()
+
+
 def optimizer_step(engine: Any, ema: ShardedEMA, batches: Iterator[dict[str, Any]], metrics: StepMetrics,
-                   grad_accum_steps: int, compute_dtype: torch.dtype) -> None:
+                   grad_accum_steps: int, compute_dtype: torch.dtype,
+                   phase: Callable[[str], contextlib.AbstractContextManager] = untimed) -> None:
     """One optimiser step: ``grad_accum_steps`` micro-batches of {batch to the device, forward, backward, engine
     step}, each added to the log window's sums, then the EMA. Under the recipe's ZeRO-2 engine nothing here makes
     the host wait for the device (``tests/test_train_step_host_syncs.py``): the host can queue the next step while
-    the GPU runs this one."""
+    the GPU runs this one. ``phase(name)`` wraps each phase: ``jala bench throughput`` times them with it."""
     for _ in range(grad_accum_steps):
-        batch = to_device(next(batches), engine.device, compute_dtype)
-        out = engine(batch)
-        engine.backward(out.loss)
-        engine.step()  # DeepSpeed steps the optimiser and schedule only at the accumulation boundary
-        metrics.add(out, batch)
-    metrics.add_step(skipped_flag(engine))
-    ema.update()
+        with phase("data"):
+            batch = to_device(next(batches), engine.device, compute_dtype)
+        with phase("forward"):
+            out = engine(batch)
+        with phase("backward"):
+            engine.backward(out.loss)
+        with phase("step"):
+            engine.step()  # DeepSpeed steps the optimiser and schedule only at the accumulation boundary
+            metrics.add(out, batch)
+    with phase("step"):
+        metrics.add_step(skipped_flag(engine))
+        ema.update()
 
 
 @dataclass(frozen=True)
@@ -123,7 +135,7 @@ class TrainingParts:
     engine: Any
     """The DeepSpeed engine around the JALA model."""
     ema: ShardedEMA
-    """LAP's EMA trunk, updated after each optimiser step."""
+    """The decoupled EMA (LAP's trunk follows LSP's, LSP's queries LAP's), updated after each optimiser step."""
     loader: Any
     """This rank's streaming loader."""
     total_steps: int
@@ -175,7 +187,8 @@ def endless(loader: Any) -> Iterator[dict[str, Any]]:
 
 
 def to_device(batch: dict[str, Any], device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
-    """Tensors onto the device, images in the compute dtype (the engine does not cast inputs)."""
+    """Tensors onto the device, float ones in the compute dtype (the engine does not cast inputs); uint8 images
+    stay uint8, a quarter of the bytes to copy, and the model normalises them there."""
     moved = {}
     for key, value in batch.items():
         if isinstance(value, torch.Tensor):

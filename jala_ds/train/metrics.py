@@ -15,6 +15,10 @@ import torch
 import torch.distributed as dist
 
 LOSSES = ("loss", "mcp_loss", "align_loss")
+LOSS_WEIGHTS = {"mcp_loss": "n_mcp_tokens"}
+"""Losses logged as a mean over what they average (the output field that counts it), not over micro-batches: the
+MCP loss per labelled token, so that a micro-batch without one adds no 0 and one with 3 weighs 3/3000 of one
+with 3000. ``loss`` stays the mean of what was back-propagated."""
 
 
 class StepMetrics:
@@ -29,16 +33,18 @@ class StepMetrics:
         self.reset()
 
     def reset(self) -> None:
-        # each loss, micro-batches, tokens, samples, skipped optimiser steps
-        self.sums = torch.zeros(len(self.losses) + 4, dtype=torch.float64, device=self.device)
+        # each loss's weighted sum, each loss's weight, tokens, samples, skipped optimiser steps
+        self.sums = torch.zeros(2 * len(self.losses) + 3, dtype=torch.float64, device=self.device)
         self.started = time.perf_counter()
 
     def add(self, out: Any, batch: dict[str, Any]) -> None:
         """One micro-batch: the model's output (``JalaOutput`` or ``PolicyOutput``) and the batch it saw."""
-        losses = [getattr(out, name).detach().double() for name in self.losses]
+        weights = [getattr(out, LOSS_WEIGHTS[name]) if name in LOSS_WEIGHTS else 1 for name in self.losses]
+        losses = [getattr(out, name).detach().double() * weight for name, weight in zip(self.losses, weights)]
         tokens = (batch["doc_ids"] >= 0).sum().double()
-        one = torch.ones((), dtype=torch.float64, device=self.device)
-        self.sums[:-1] += torch.stack([*losses, one, tokens, one * len(batch["sample_ids"])])
+        one = torch.ones((), dtype=torch.float64, device=self.device)  # host numbers times it: no copy, no wait
+        self.sums[:-1] += torch.stack([*losses, *(one * weight for weight in weights), tokens,
+                                       one * len(batch["sample_ids"])])
 
     def add_step(self, skipped: torch.Tensor | float) -> None:
         """One optimiser step: 1 if it was skipped (inf/NaN gradients), else 0; a device tensor stays unread."""
@@ -50,8 +56,10 @@ class StepMetrics:
         peak = torch.tensor([peak_memory_gb(self.device)], dtype=torch.float64, device=self.device)
         dist.all_reduce(peak, op=dist.ReduceOp.MAX)
         elapsed = time.perf_counter() - self.started
-        *loss_sums, micro_batches, tokens, samples, skipped = self.sums.tolist()
-        metrics = {name: total / micro_batches for name, total in zip(self.losses, loss_sums)}
+        *loss_sums, tokens, samples, skipped = self.sums.tolist()
+        losses = zip(self.losses, loss_sums[:len(self.losses)], loss_sums[len(self.losses):])
+        # A window without labelled tokens logs no MCP loss rather than a made-up one.
+        metrics = {name: total / weight for name, total, weight in losses if weight > 0}
         metrics.update(lr=lr, samples_per_s=samples / elapsed, tokens_per_s=tokens / elapsed,
                        skipped_steps=skipped / dist.get_world_size(),  # every rank skips the same steps
                        peak_memory_gb=peak.item())
