@@ -1,10 +1,10 @@
 """The ``jala`` console script: one entry point, sub-commands grouped by package.
 
     jala data synth --out raw --lab 24 --wild 16      # a tiny corpus in the raw clip format
-    jala data convert --src raw --out mds             # raw clips -> MDS shards
+    jala data convert --recipe tiny_cpu --src raw --out mds   # raw clips -> MDS shards
     jala train --recipe tiny_cpu train.max_steps=20   # pretraining (also under deepspeed / torchrun)
     jala posttrain --recipe posttrain_tiny_cpu --init demo_out/export   # robot post-training
-    jala serve --ckpt demo_out/posttrain/export       # a post-trained policy over HTTP on 127.0.0.1
+    jala serve --ckpt demo_out/policy                 # a post-trained policy over HTTP on 127.0.0.1
     jala --help                                       # everything else
 
 Each package registers its commands in its ``commands.py`` with ``register(subparsers)``; registration is

@@ -5,7 +5,7 @@ dataclass (``DataConfig`` in ``jala_ds/data/config.py`` and so on); fields carry
 a string literal right below them. Loading checks every key and type and runs each section's
 ``validate``; any problem is one :class:`ConfigError` line that names the key and the fix.
 
-    cfg = load_config("tiny_cpu", ["train.lr=3e-4", "data.micro_batch_size=2"])
+    cfg = load_config("tiny_cpu", ["train.lr=3e-4", "train.micro_batch_size=2"])
 """
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ jala eval motion --ckpt "$OUT/run" --data "$OUT/mds_tokens" --split lab --limit 
 jala eval latents --ckpt "$OUT/run" --data "$OUT/mds_tokens" --limit 12 --out "$OUT/eval/latents"
 
 jala data synth --format lerobot --out "$OUT/lerobot" --episodes 6 --cameras 2
-jala data convert --format lerobot --src "$OUT/lerobot" --out "$OUT/robot_mds" --horizon 8
+jala data convert --format lerobot --recipe posttrain_tiny_cpu --src "$OUT/lerobot" --out "$OUT/robot_mds" --horizon 8
 deepspeed --num_gpus 2 --master_port "${MASTER_PORT:-29533}" "$(command -v jala)" posttrain \
   --recipe posttrain_tiny_cpu --init "$OUT/export" robot.mds_dir="$OUT/robot_mds" train.out_dir="$OUT/posttrain"
 jala export --run "$OUT/posttrain" --out "$OUT/policy"

@@ -1,6 +1,8 @@
 """``jala data synth | convert | inspect`` end to end, and the loader benchmark's smoke run."""
 import json
 
+import pytest
+
 from benchmarks import data_loader
 from jala_ds.cli import main
 
@@ -17,8 +19,11 @@ def test_synth_convert_inspect_from_the_command_line(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["subsets"]["lab"]["clips"] == 4 and summary["subsets"]["wild"]["clips"] == 5
     assert summary["subsets"]["lab"]["labeled"] == 4 and summary["conversion"]["rejected"] == 0
-    assert main(["data", "convert", "--src", str(raw), "--out", str(mds)]) == 2
+    assert main(["data", "convert", "--src", str(raw), "--out", str(mds), "--recipe", "tiny_cpu"]) == 2
     assert "--overwrite" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the frame size and the held-out split are the recipe's: no silent default
+        main(["data", "convert", "--src", str(raw), "--out", str(tmp_path / "other")])
+    assert "--recipe" in capsys.readouterr().err
     assert main(["data", "synth", "--out", str(raw), "--lab", "0", "--wild", "0"]) == 2
     manifest = (raw / "manifest.jsonl").read_bytes()
     capsys.readouterr()

@@ -4,7 +4,7 @@
     jala plan --gpus 8 --gpu a800                       # 8 x A800, the paper's recipe, scaling tables to 512 GPUs
     jala plan --gpus 8 --gpu h100 --nodes 4 --mfu 0.45  # a given compute MFU instead of a measured one
     jala plan --gpu h100 --mfu 0.45 --host-ms 300       # ... and a host that needs 300 ms per micro-step
-    jala plan --calibrate benchmarks/results/2026-11-26_throughput_nvidia-h100-80gb-hbm3.md
+    jala plan --calibrate benchmarks/results/2026-11-27_throughput_nvidia-h200.md
     jala compare --experiment jala-tiny --metric loss align_loss --out compare_tiny
     jala bench throughput --recipe tiny_cpu --steps 6 train.global_batch_size=2
 """

@@ -153,7 +153,8 @@ def paper_lines(work: plan.Workload, request: PlanRequest, count: FlopCount, pla
     target_mfu = plan.mfu_for_hours(work, plan.TARGET_HOURS, plan.PAPER_GPUS, paper_card)
     needed = mfu_for_target(work, request.cluster, planned_gpus, plan.TARGET_HOURS, request.overlap)
     if needed is None:
-        reachable = "above 100 %: communication alone is too slow"
+        at_full = plan.estimate_step(work, request.cluster, planned_gpus, 1.0, request.overlap)
+        reachable = f"above 100 %: even at 100 % an epoch on {planned_gpus} GPU(s) takes {at_full.epoch_hours:.1f} h"
     else:
         reachable = f"{needed:.1%} (this plan's: {compute_mfu:.1%})"
         if calibration.host_s > 0:  # the host must then keep up with that compute time

@@ -3,9 +3,11 @@ add GRVQ motion tokens.
 
     jala data synth --out demo_out/raw --lab 24 --wild 16 --seed 0
     jala data convert --src demo_out/raw --out demo_out/mds --workers 2 --recipe tiny_cpu
-    torchrun --nnodes 8 --nproc_per_node 1 ... $(which jala) data convert --src RAW --out MDS --workers 64
+    torchrun --nnodes 8 --nproc_per_node 1 ... $(which jala) data convert --recipe pretrain_internvl3_2b \
+        --src RAW --out MDS --workers 64
     jala data synth --format lerobot --out demo_out/lerobot --episodes 6 --cameras 2
-    jala data convert --format lerobot --src demo_out/lerobot --out demo_out/robot_mds --horizon 16
+    jala data convert --format lerobot --recipe posttrain_tiny_cpu --src demo_out/lerobot --out demo_out/robot_mds \
+        --horizon 16
     jala data inspect demo_out/mds
     jala data tokenize --tokenizer demo_out/tokenizer --src demo_out/mds --out demo_out/mds_tok
     torchrun --nproc_per_node 8 $(which jala) data tokenize --device cuda --tokenizer T --src S --out O   # split
@@ -56,8 +58,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     convert.add_argument("--cameras", help="--format lerobot: comma-separated camera keys to keep (default all)")
     convert.add_argument("--out", required=True, help="output folder")
     convert.add_argument("--workers", type=int, default=1, help="decoding processes (default 1)")
-    convert.add_argument("--recipe", default="tiny_cpu",
-                         help="recipe whose data.* settings shape the shards (default tiny_cpu)")
+    convert.add_argument("--recipe", required=True,
+                         help="recipe whose settings shape the shards (data.frame_size, the held-out split, ...): the "
+                              "one that will train on them")
     convert.add_argument("overrides", nargs="*", help="recipe overrides, e.g. data.frame_size=448")
     convert.add_argument("--shard-mb", type=int, default=64, help="shard size limit in MiB (default 64)")
     add_build_arguments(convert)

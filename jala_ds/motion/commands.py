@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     label = actions.add_parser("label", help="copy a corpus with its video-only clips pseudo-labelled",
                                description="Writes --src to --out with predicted motion tokens (and labeled=1) for "
                                            "every video-only training clip, for the hands data.video_only_hands "
-                                           "names; pretrain on --out with model.align=false. Under torchrun the "
+                                           "names; pretrain on --out with model.align=false model.decoupled_ema=false. Under torchrun the "
                                            "ranks share out its pieces, each on its own GPU; --out must then be one "
                                            "folder that they all write (a shared filesystem across nodes).")
     label.add_argument("--recipe", required=True, help="recipe name or YAML path (token layout, video_only_hands)")

@@ -10,7 +10,7 @@ from jala_ds.config_checks import require
 @dataclass
 class TrainConfig:
     micro_batch_size: int = 16
-    """Samples (or packed rows) per GPU per forward pass (16 in the paper)."""
+    """Samples per GPU per forward pass (16 in the paper); packing (``data.pack``) fits them into fewer rows."""
     grad_accum_steps: int = 1
     """Micro-batches accumulated per optimiser step."""
     global_batch_size: int = 128
@@ -39,7 +39,8 @@ class TrainConfig:
     compile_blocks: str | None = None
     """torch.compile backend for each repeated layer's forward (``jala_ds/train/compiled_blocks.py``):
     ``inductor`` for fewer, fused kernels in a host-bound step; ``aot_eager`` traces without generating code
-    (debugging, tests). None (eager) until a GPU measurement shows the gain (docs/performance.md, section 5)."""
+    (debugging, tests). None (eager) by default; the full recipe sets inductor (measured on an H200:
+    docs/performance.md, section 5)."""
     cudnn_attention: bool = False
     """Let torch's SDPA pick its cuDNN backend (vision tower, frame encoder, perceivers). Off: on an H200 each
     cuDNN attention call cost ~2 ms of host time, 44 calls per step; flash attention has no per-call set-up."""
