@@ -52,14 +52,17 @@ class NodeShardChecks:
 
     The record is one byte per shard in shared memory under the dataset's streaming prefix, so jobs never share one,
     and a dead job's is removed with streaming's blocks (:mod:`jala_ds.data.orphaned_memory`). A worker claims a
-    shard under an flock on the record's file and hashes it outside the lock: the node's other workers read on
+    shard under a lock on the record's file and hashes it outside the lock: the node's other workers read on
     meanwhile, and a corrupted shard still stops the job, from the worker that claimed it.
     """
 
     def __init__(self, dataset: StreamingDataset) -> None:
         name = _get_path(dataset._shm_prefix_int, SHARD_CHECKS)
         self.claimed = SharedArray(dataset.num_shards, np.uint8, name)  # the first rank creates it zeroed
-        self.path = Path("/dev/shm") / name
+        # Opened now, while the block surely has its name: the rank that created it unlinks the name when it exits,
+        # possibly before the other ranks are done. Forked loader workers inherit the file; its POSIX lock
+        # (lockf) belongs to each process, so it keeps them apart as well as the ranks.
+        self.record = open(Path("/dev/shm") / name, "rb+")  # closed with this object
 
     def check_once(self, shard_id: int, shard: Reader) -> None:
         """:func:`verify_shard` unless another process of the node has claimed ``shard_id``."""
@@ -67,14 +70,11 @@ class NodeShardChecks:
             verify_shard(shard)
 
     def _claim(self, shard_id: int) -> bool:
-        # A descriptor of this process's own: forked workers share their parent's, and flock on a shared one
-        # would not keep them apart.
-        record = os.open(self.path, os.O_RDONLY)
+        fcntl.lockf(self.record, fcntl.LOCK_EX)
         try:
-            fcntl.flock(record, fcntl.LOCK_EX)
             if self.claimed[shard_id]:
                 return False
             self.claimed[shard_id] = 1
             return True
         finally:
-            os.close(record)  # releases the lock
+            fcntl.lockf(self.record, fcntl.LOCK_UN)
