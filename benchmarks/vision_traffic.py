@@ -8,8 +8,8 @@ Half of the H200's kernel time in a step (171.7 ms of 340) was outside matrix mu
 by memory bandwidth (docs/performance.md, section 2), and ``benchmarks/lm_traffic.py`` accounts for the language
 model's share of it. This counts the rest of the backbone the same way (``lm_traffic.OperatorCensus``, fake
 tensors at real sizes, nothing computed): the InternViT vision tower forward and backward over the micro-step's
-images, and the frame encoder (DINOv2-B/14's shape) forward only, without gradients, over the frames of every
-motion chunk (two per chunk, a chunk per hand). Each part's non-matmul bytes are priced at the H200's and the
+images, and the frame encoder (DINOv2-B/14's shape) forward only, without gradients, over the micro-step's
+distinct boundary frames (each sample's (o_t, o_t+k), shared by both hands' chunks). Each part's non-matmul bytes are priced at the H200's and the
 A800's HBM bandwidth: the time its elementwise kernels would take if each ran at full bandwidth, a lower bound.
 Results: a dated markdown table in benchmarks/results/.
 """
@@ -33,8 +33,8 @@ from jala_ds.model.visual_encoder import tiny_encoder_config
 
 RECIPE_IMAGES = 16
 """Images in a full-recipe micro-step: one 448-px frame per sample, 16 samples."""
-RECIPE_FRAMES = 16 * 2 * 2
-"""Frame-encoder inputs in that micro-step: (o_t, o_t+k) of one chunk per hand, two hands, 16 samples."""
+RECIPE_FRAMES = 16 * 2
+"""Frame-encoder inputs in that micro-step: each sample's (o_t, o_t+k), which both hands' chunks share."""
 PRICED_CARDS = ("h200", "a800")
 
 

@@ -16,10 +16,13 @@ import argparse
 import gc
 import importlib
 import os
+import re
 import sys
 
 from jala_ds.config_checks import ConfigError, InputError
 
+OVERRIDE = re.compile(r"[A-Za-z_][\w.]*=.*")
+"""A recipe override, ``section.key=value``."""
 COMMAND_MODULES = (
     "jala_ds.data.commands",
     "jala_ds.motion.commands",
@@ -42,7 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    # argparse ends a command's KEY=VALUE overrides at its first option; those after one come back unknown
+    if rest and hasattr(args, "overrides") and all(OVERRIDE.fullmatch(token) for token in rest):
+        args.overrides = [*args.overrides, *rest]
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return args.handler(args) or 0
     except (ConfigError, InputError) as err:

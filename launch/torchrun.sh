@@ -13,6 +13,11 @@ cd "$(dirname "$0")/.."
 
 NNODES="${NNODES:-1}"
 NPROC_PER_NODE="${NPROC_PER_NODE:-$( (command -v nvidia-smi >/dev/null && nvidia-smi -L | wc -l) || echo 2)}"
+if [[ "$NNODES" != 1 && -z "${MASTER_ADDR:-}" ]]; then
+  # 127.0.0.1 would have every node wait for a rendezvous with itself until it timed out
+  echo "launch/torchrun.sh: NNODES=$NNODES needs MASTER_ADDR, a host every node reaches (e.g. node 0)" >&2
+  exit 2
+fi
 MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"
 MASTER_PORT="${MASTER_PORT:-29500}"
 

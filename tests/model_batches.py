@@ -117,7 +117,10 @@ def make_batch(cfg: JalaConfig, vocab: MotionVocab, rows: list[list[Doc]], seed:
         batch[key] = torch.tensor([r + [pad_values[key]] * (width - len(r)) for r in values], dtype=dtype)
     s, s_enc = cfg.model.image_size, cfg.model.visual_encoder_image_size
     batch["pixel_values"] = torch.randint(0, 256, (images, 3, s, s), generator=gen, dtype=torch.uint8)
-    batch["chunk_frames"] = torch.randint(0, 256, (n_chunks_total, 2, 3, s_enc, s_enc), generator=gen, dtype=torch.uint8)
+    # consecutive chunks share a boundary frame, as a clip's do
+    batch["encoder_frames"] = torch.randint(0, 256, (n_chunks_total + 1, 3, s_enc, s_enc), generator=gen,
+                                            dtype=torch.uint8)
+    batch["chunk_frame_index"] = torch.stack([torch.arange(n_chunks_total), torch.arange(1, n_chunks_total + 1)], 1)
     batch["chunk_hand"] = torch.tensor(chunk_hand, dtype=torch.int64)
     batch["chunk_labeled"] = torch.tensor(chunk_labeled, dtype=torch.bool)
     batch["sample_ids"] = sample_ids

@@ -150,3 +150,16 @@ def test_an_experiment_s_runs_of_another_job_are_compared_apart(store, tmp_path,
         compare_runs("ablation", tracking_uri=uri, out_dir=tmp_path / "none", job="nothing")
     chosen = compare_runs("ablation", [ids["base"], ids["tokenizer"]], tracking_uri=uri, out_dir=tmp_path / "ids")
     assert [row["run"] for row in chosen.rows] == ["base", "tokenizer"]   # runs named by id, whatever their job
+
+
+def test_a_run_resumed_after_a_crash_reads_as_the_branch_it_went_on_with(tmp_path):
+    """Killed after step 4, resumed from its step-2 checkpoint: steps 3 and 4 are logged twice, and the first
+    values (the lower, abandoned ones) must not be the run's best, final, or curve."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    run_id = client.create_run(client.create_experiment("crash"), start_time=START_MS, run_name="r").info.run_id
+    first = [Metric("loss", v, START_MS + step, step) for step, v in enumerate([2.0, 1.5, 1.2, 0.5, 0.4])]
+    again = [Metric("loss", v, START_MS + 10 + step, step) for step, v in [(3, 1.1), (4, 1.0), (5, 0.9)]]
+    client.log_batch(run_id, metrics=first + again)
+    row, = compare_runs("crash", metrics=["loss"], tracking_uri=uri, out_dir=tmp_path / "out").rows
+    assert (row["loss final"], row["loss best"]) == (0.9, 0.9)

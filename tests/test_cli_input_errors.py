@@ -41,3 +41,56 @@ def test_eval_counts_must_be_positive(command, flag, value, tmp_path, capsys):
         jala([*command, "--ckpt", str(tmp_path), "--data", str(tmp_path), flag, value])
     assert stopped.value.code == 2
     assert f"argument {flag}: {value}: give a positive number" in capsys.readouterr().err
+
+
+def test_export_into_a_folder_that_holds_files_is_refused_before_anything_loads(tmp_path, capsys):
+    """A policy's statistics left beside pretraining weights would make the folder load as what it is not."""
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "norm_stats.json").write_text("{}")
+    assert jala(["export", "--run", str(tmp_path / "no_run"), "--out", str(tmp_path / "out")]) == 2
+    assert one_line(capsys) == (f"jala export: --out {tmp_path / 'out'} already holds files: choose an empty "
+                                "folder, or pass --overwrite to replace its contents")
+    assert (tmp_path / "out" / "norm_stats.json").exists()
+
+
+@pytest.mark.parametrize("command, bad", [
+    (["serve", "--ckpt", "x", "--port", "70000"], "argument --port: 70000 is not a port"),
+    (["serve", "--ckpt", "x", "--device", "gpu"], "argument --device: 'gpu' is not a device: use cpu, cuda or cuda:N"),
+    (["data", "tokenize", "--tokenizer", "t", "--src", "s", "--out", "o", "--device", "gpu"],
+     "argument --device: invalid choice: 'gpu'"),
+    (["plan", "--text-tokens", "-5"], "--text-tokens -5: must be at least 0"),
+    (["plan", "--global-batch", "0"], "--global-batch 0: must be at least 1"),
+    (["plan", "--gpu", "a100-40gb"], "unknown GPU 'a100-40gb'"),
+])
+def test_bad_flags_are_refused_before_any_work(command, bad, capsys):
+    try:
+        code = jala(command)
+    except SystemExit as stopped:   # argparse's own refusal
+        code = stopped.code
+    assert code == 2 and bad in capsys.readouterr().err
+
+
+def test_compare_against_a_store_that_does_not_answer(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")   # MLflow's default backs off for minutes
+    assert jala(["compare", "--experiment", "e", "--tracking-uri", "http://127.0.0.1:9"]) == 2
+    line = one_line(capsys)
+    assert line.startswith("jala compare: --tracking-uri http://127.0.0.1:9: ") and "running server" in line
+
+
+def test_overrides_may_follow_an_option(monkeypatch):
+    """``jala posttrain --recipe R robot.mds_dir=X --init Y train.out_dir=Z``: argparse ends the overrides at
+    --init; the one after it still counts."""
+    from jala_ds.train import posttrain
+
+    class Checked(Exception):
+        pass
+
+    def check_posttrain(recipe, overrides, init):
+        raise Checked(recipe, overrides, init)
+
+    monkeypatch.setattr(posttrain, "check_posttrain", check_posttrain)
+    with pytest.raises(Checked) as checked:
+        jala(["posttrain", "--recipe", "r", "robot.mds_dir=X", "--init", "Y", "train.out_dir=Z"])
+    assert checked.value.args == ("r", ["robot.mds_dir=X", "train.out_dir=Z"], "Y")
+    with pytest.raises(SystemExit):   # anything else is still refused
+        jala(["posttrain", "--recipe", "r", "--init", "Y", "stray"])

@@ -1,5 +1,6 @@
 """``jala data synth | convert | inspect`` end to end, and the loader benchmark's smoke run."""
 import json
+import shutil
 
 import pytest
 
@@ -40,3 +41,13 @@ def test_loader_benchmark_smoke_run_writes_its_table(tmp_path, monkeypatch):
                         for line in table.read_text().splitlines() if line.startswith("|"))
     assert [row[header.index("data.pack")] for row in rows] == ["True", "False"]
     assert all(float(row[header.index("samples per CPU-s")]) > 0 and row[header.index("samples")] == "10" for row in rows)
+
+
+def test_inspect_names_a_truncated_shard(tiny_corpus, tmp_path, capsys):
+    shutil.copytree(tiny_corpus.mds, tmp_path / "mds")
+    shard = tmp_path / "mds/lab/piece00000/shard.00000.mds"
+    shard.write_bytes(shard.read_bytes()[:5000])
+    capsys.readouterr()
+    assert main(["data", "inspect", str(tmp_path / "mds")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "lab/piece00000/shard.00000.mds is corrupted" in err[0]

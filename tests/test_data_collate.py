@@ -15,6 +15,7 @@ from jala_ds.data.frames import (
     IMAGENET_STD,
     decode_stored_frames,
     normalized,
+    resized,
 )
 from jala_ds.data.motion_tokens import BinningTokenizer
 from jala_ds.data.sequence import IGNORE, SequenceBuilder
@@ -123,9 +124,11 @@ def test_chunk_tensors_line_up_with_motion_positions(tiny_corpus):
     examples, _, vocab, cfg = make_examples(tiny_corpus, 8, "data.pack=true")
     batch = collate(examples, pack=True, max_tokens=cfg.data.max_tokens, vocab=vocab)
     chunks = sum(len(e.document.chunk_hand) for e in examples)
-    assert batch["chunk_frames"].shape == (chunks, 2, 3, 28, 28) and batch["pixel_values"].shape == (8, 3, 56, 56)
+    assert batch["chunk_frame_index"].shape == (chunks, 2) and batch["pixel_values"].shape == (8, 3, 56, 56)
     assert sorted(set(batch["motion_chunk"][batch["motion_chunk"] >= 0].tolist())) == list(range(chunks))
-    assert torch.equal(batch["chunk_frames"], torch.cat([e.chunk_frames for e in examples]))
+    pairs = batch["encoder_frames"][batch["chunk_frame_index"]]
+    assert pairs.shape == (chunks, 2, 3, 28, 28)
+    assert torch.equal(pairs, torch.cat([e.encoder_frames[e.chunk_frame_index] for e in examples]))
     assert batch["chunk_hand"].tolist() == [h for e in examples for h in e.document.chunk_hand.tolist()]
     assert batch["chunk_labeled"].tolist() == [e.document.labeled for e in examples for _ in e.document.chunk_hand]
     assert batch["sample_ids"] == [e.document.sample_id for e in examples]
@@ -133,6 +136,18 @@ def test_chunk_tensors_line_up_with_motion_positions(tiny_corpus):
     ids = batch["input_ids"][in_chunk]
     is_motion = (ids >= vocab.motion_base) & (ids < vocab.motion_base + 2 * vocab.vocab_per_part)
     assert (is_motion | (ids == vocab.mask)).all()
+
+
+def test_each_boundary_frame_crosses_once_and_each_chunk_indexes_its_own_pair(tiny_corpus):
+    examples, records, _, cfg = make_examples(tiny_corpus, 8)
+    shared = 0
+    for example, record in zip(examples, records):
+        stored = example.document.chunk_frames  # [c, 2] stored frame numbers
+        assert len(example.encoder_frames) == len(np.unique(stored))
+        shared += len(stored) * 2 - len(example.encoder_frames)
+        want = resized(decode_stored_frames(record, stored.ravel().tolist()), cfg.model.visual_encoder_image_size)
+        assert torch.equal(example.encoder_frames[example.chunk_frame_index], want.view(*stored.shape, *want.shape[1:]))
+    assert shared > 0, "the sample has both hands' chunks, or consecutive ones: some frames are shared"
 
 
 def test_index_fields_are_the_positions_the_model_would_find_on_the_device(tiny_corpus):
@@ -160,7 +175,7 @@ def test_chunks_of_unequal_length_are_refused_with_their_counts():
 def test_pixels_cross_as_decoded_uint8_and_normalise_to_imagenet_statistics(tiny_corpus):
     examples, records, vocab, cfg = make_examples(tiny_corpus, 3)
     batch = collate(examples, pack=False, max_tokens=cfg.data.max_tokens, vocab=vocab)
-    assert batch["pixel_values"].dtype == batch["chunk_frames"].dtype == torch.uint8
+    assert batch["pixel_values"].dtype == batch["encoder_frames"].dtype == torch.uint8
     for i, (example, record) in enumerate(zip(examples, records)):
         decoded = decode_stored_frames(record, [example.document.image_frame])
         torch.testing.assert_close(normalized(decoded) * IMAGENET_STD + IMAGENET_MEAN, decoded / 255, atol=1e-6, rtol=0)

@@ -67,9 +67,20 @@ def test_a_resumed_loader_yields_exactly_the_remaining_batches(tiny_corpus, work
     rest = list(resumed)
     assert [b["sample_ids"] for b in consumed + rest] == [b["sample_ids"] for b in reference]
     for got, want in zip(rest, reference[5:]):
-        for key in ("input_ids", "labels", "chunk_ids", "chunk_frames", "pixel_values"):
+        for key in ("input_ids", "labels", "chunk_ids", "encoder_frames", "chunk_frame_index", "pixel_values"):
             assert torch.equal(got[key], want[key]), key
     assert resumed.state_dict()["epoch"] == 1
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_iterating_draws_nothing_from_torchs_global_generator(tiny_corpus, workers):
+    """A resumed run starts an iterator mid-epoch where the uninterrupted one did not: a seed drawn from the global
+    generator then would shift every later draw (post-training's flow-matching times) by one."""
+    loader = make_loader(tiny_corpus.mds, f"data.num_workers={workers}")
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    next(iter(loader))
+    assert torch.equal(torch.get_rng_state(), before)
 
 
 def test_the_epoch_argument_and_state_select_the_epoch(tiny_corpus):

@@ -40,6 +40,20 @@ def test_each_pass_fixes_exactly_the_configured_number_of_tokens(tiny_generation
     assert not (batch["input_ids"] == tiny_generation[3].mask).any()
 
 
+def test_generation_encodes_each_chunks_first_frame_and_never_its_last(tiny_generation):
+    gen = generator(tiny_generation, fraction=0.25, ensemble=2)
+    records = tiny_generation[4]
+    documents, batch, _ = gen.prepare(records)
+    index = batch["chunk_frame_index"]
+    assert torch.equal(index[:, 0], index[:, 1]), "LSP reads (o_t, o_t)"
+    assert index.unique().tolist() == list(range(len(batch["encoder_frames"]))), "no other frame is encoded"
+    firsts = []
+    for record, document in zip(records, documents):
+        example = gen.examples.with_pixels(record, document)
+        firsts += [example.encoder_frames[example.chunk_frame_index[:, 0]]] * gen.decoding.ensemble
+    assert torch.equal(batch["encoder_frames"][index[:, 0]].cpu(), torch.cat(firsts))
+
+
 def test_only_codes_the_tokenizer_can_decode_are_chosen(tiny_generation):
     cfg, *_ = tiny_generation
     clips = generator(tiny_generation, fraction=0.25, ensemble=2).generate(tiny_generation[4])

@@ -23,6 +23,9 @@ def test_each_visual_encoder_is_frozen_and_feeds_the_model(kind):
     features = model.encode_frames(batch)
     assert features.shape[:2] == (2, 2) and features.shape[-1] == model.visual_encoder.hidden_size
     assert not features.requires_grad
+    # each shared frame encoded once reads the same as every chunk's pair encoded on its own
+    pairs = batch["encoder_frames"][batch["chunk_frame_index"]]
+    torch.testing.assert_close(features, model.visual_encoder(pairs), atol=1e-5, rtol=1e-5)
     out = model(batch)
     assert out.latent_actions.shape == (2, cfg.model.perceiver_queries, 64)
     assert torch.isfinite(out.loss)

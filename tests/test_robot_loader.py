@@ -64,8 +64,8 @@ def test_a_batch_has_the_pretraining_keys_plus_normalised_state_and_actions(robo
     tokens_per_chunk = cfg.motion_tokenizer.tokens_per_chunk
     assert rows == 4 and batch["pixel_values"].shape == (8, 3, cfg.model.image_size, cfg.model.image_size)
     s = cfg.model.visual_encoder_image_size
-    assert batch["chunk_frames"].shape == (4, 2, 3, s, s)
-    assert torch.equal(batch["chunk_frames"][:, 0], batch["chunk_frames"][:, 1])  # (o_t, o_t)
+    assert batch["encoder_frames"].shape == (4, 3, s, s)  # one frame per observation
+    assert batch["chunk_frame_index"].tolist() == [[i, i] for i in range(4)]  # (o_t, o_t)
     assert batch["chunk_hand"].tolist() == [1] * 4 and not batch["chunk_labeled"].any()
     assert (batch["labels"] == IGNORE).all()
     assert ((batch["input_ids"] == vocab.img_context).sum(1) == 2 * n_img).all()  # two cameras
@@ -140,7 +140,7 @@ def test_robot_batch_builds_the_same_batch_from_live_observations(robot_mds):
     batch = robot_batch(live, cfg, tok, vocab, n_img, stats)
     assert "actions" not in batch and "action_valid" not in batch
     for key in ("input_ids", "labels", "position_ids", "doc_ids", "chunk_ids", "motion_chunk", "pixel_values",
-                "chunk_frames", "chunk_hand", "chunk_labeled", "state"):
+                "encoder_frames", "chunk_frame_index", "chunk_hand", "chunk_labeled", "state"):
         assert torch.equal(batch[key], loader_batch[key]), key
     with pytest.raises(ValueError, match="camera images"):
         robot_batch([RobotSample(live[0].images.repeat(2, 0), live[0].state, None, None, "x")], cfg, tok, vocab,

@@ -41,6 +41,14 @@ CASES = {
     "batch vs WORLD_SIZE": ([], {"WORLD_SIZE": "3"}, ["train.global_batch_size", "world size 3"]),
     "WORLD_SIZE not a number": ([], {"WORLD_SIZE": "two"}, ["WORLD_SIZE", "positive integer"]),
     "missing data": (["data.mds_dir=/nonexistent/mds"], {}, ["data.mds_dir", "jala data convert"]),
+    "a subset, not the corpus": (["data.mds_dir={corpus}/lab"], {}, ["holds no converted corpus (lab/index.json",
+                                                                   "jala data convert --recipe tiny_cpu --src"]),
+    "log_every 0": (["train.log_every=0"], {}, ["train.log_every", "must be positive"]),
+    "min_lr_ratio": (["train.min_lr_ratio=2"], {}, ["train.min_lr_ratio", "[0, 1]"]),
+    "missing pretrained": (["model.pretrained=/nonexistent/InternVL3-2B-hf"], {},
+                           ["model.pretrained: folder '/nonexistent/InternVL3-2B-hf' not found", "local"]),
+    "missing tokenizer": (["motion_tokenizer.kind=grvq", "motion_tokenizer.checkpoint=/nonexistent/grvq"], {},
+                          ["motion_tokenizer.checkpoint: folder '/nonexistent/grvq' not found"]),
     "missing ds_config": (["train.ds_config=ds_configs/nope.json"], {}, ["train.ds_config", "ds_configs/cpu.json"]),
     "ds_config contradicts recipe": ("micro", {}, ["train_micro_batch_size_per_gpu=8", "train.micro_batch_size"]),
     "ds_config bf16 vs fp32 recipe": ("bf16", {}, ["bf16.enabled=true", "train.dtype"]),
@@ -66,7 +74,7 @@ def test_broken_invocation_fails_in_one_line_with_exit_code_2(case, tmp_path):
 
 @pytest.mark.parametrize("saved_with, words", [
     ({"world_size": 4, "zero_stage": 3}, ["train.resume", "saved by 4 ranks and this launch has 2",
-                                          "relaunch with 4 ranks", "train.resume=none"]),
+                                          "relaunch with 4 ranks", "a new train.out_dir"]),
     ({"world_size": 2, "zero_stage": 2}, ["train.ds_config", "saved under ZeRO-2", "is ZeRO-3", "ds_config.json"]),
 ])
 def test_a_checkpoint_this_launch_cannot_load_is_refused_before_any_process_group(saved_with, words, tmp_path):
@@ -92,7 +100,11 @@ def test_under_a_launcher_only_the_first_local_rank_prints_the_error(tmp_path):
 
 def assert_one_line_error(extra: list[str], env_changes: dict[str, str], words: list[str], tmp_path: Path) -> None:
     """``jala train`` with ``extra`` as rank 0 of a 2-rank launch stops with exit code 2 and one stderr line, a
-    config error holding each of ``words``."""
+    config error holding each of ``words``. ``data.mds_dir`` is ``tmp_path``, a corpus as far as preflight looks
+    (``{corpus}`` in ``extra`` names it)."""
+    (tmp_path / "lab").mkdir(exist_ok=True)
+    (tmp_path / "lab" / "index.json").write_text("{}")
+    extra = [arg.replace("{corpus}", str(tmp_path)) for arg in extra]
     recipe = [] if "--recipe" in extra else ["--recipe", "tiny_cpu"]
     args = [JALA, "train", *recipe, f"data.mds_dir={tmp_path}", "train.dtype=fp32", *extra]
     env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS} | {"WORLD_SIZE": "2"} | env_changes
@@ -103,3 +115,55 @@ def assert_one_line_error(extra: list[str], env_changes: dict[str, str], words: 
     assert lines[0].startswith("jala: config error:")
     for word in words:
         assert word in lines[0], f"{word!r} missing from: {lines[0]}"
+
+
+def saved_run(out_dir: Path, steps: tuple[int, ...]) -> None:
+    """A run's checkpoint folders (2 ranks, cpu.json's ZeRO-3), ``latest`` naming the last."""
+    root = out_dir / "checkpoints"
+    for step in steps:
+        (root / f"step_{step:08d}").mkdir(parents=True)
+        (root / f"step_{step:08d}" / "saved_with.json").write_text(json.dumps({"world_size": 2, "zero_stage": 3}))
+    (root / "latest").write_text(f"step_{steps[-1]:08d}")
+
+
+@pytest.mark.parametrize("resume, words", [
+    ("none", ["train.resume=none", "holds a run (latest: step_00000008)", "new train.out_dir", "train.resume=auto"]),
+    ("older", ["train.resume: step_00000004 is older than", "(step_00000008)", "new train.out_dir"]),
+])
+def test_a_start_that_would_overwrite_a_runs_newer_checkpoints_is_refused(resume, words, tmp_path):
+    """Saving from step 0 or 4 into the folder of a run at step 8 would replace its step folders one by one
+    and move ``latest`` backwards: the old run would be lost with nothing said."""
+    saved_run(tmp_path / "run", (4, 8))
+    target = "none" if resume == "none" else str(tmp_path / "run" / "checkpoints" / "step_00000004")
+    assert_one_line_error([f"train.out_dir={tmp_path / 'run'}", f"train.resume={target}"], {}, words, tmp_path)
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == [
+        "latest", "step_00000004", "step_00000008"]
+
+
+def test_a_request_to_stop_left_by_an_earlier_launch_is_refused(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "STOP").touch()
+    assert_one_line_error([f"train.out_dir={tmp_path / 'run'}"], {}, [str(tmp_path / "run" / "STOP"),
+                                                                      "delete the file"], tmp_path)
+
+
+def test_a_tokenized_corpus_is_refused_with_another_tokenizer(tmp_path):
+    """Codes stored by `jala data tokenize` read with the binning tokenizer, or another GRVQ checkpoint, would be
+    trained on, and evaluated, as other motions, with nothing said."""
+    (tmp_path / "pieces").mkdir()
+    (tmp_path / "pieces" / "plan.json").write_text(json.dumps({"build": "tokenize", "tokenizer": "0" * 64}))
+    words = ["motion_tokenizer: ", "holds the codes of another tokenizer", "--tokenizer it was tokenized with"]
+    assert_one_line_error([], {}, [*words, "kind=binning"], tmp_path)
+    other = tmp_path / "other_grvq"
+    other.mkdir()
+    (other / "config.json").write_text("{}")
+    assert_one_line_error(["motion_tokenizer.kind=grvq", f"motion_tokenizer.checkpoint={other}"], {}, words, tmp_path)
+
+
+def test_a_resume_with_another_architecture_is_refused_by_key(tmp_path):
+    """DeepSpeed would fail part-way through loading, on a tensor size deep in its state dict."""
+    saved_run(tmp_path / "run", (4,))
+    (tmp_path / "run" / "config.yaml").write_text("model:\n  perceiver_width: 12345\n")
+    assert_one_line_error([f"train.out_dir={tmp_path / 'run'}"], {},
+                          ["model.perceiver_width=", "was saved with 12345", "resume with model.perceiver_width=12345",
+                           "new train.out_dir"], tmp_path)

@@ -44,15 +44,16 @@ def _squash(text: str) -> str:
     return re.sub(r"[^a-z0-9]", "", text.lower())
 
 
-def card(name: str | Card) -> Card:
+def card(name: str | Card, *, exact: bool = False) -> Card:
     """The card called ``name`` (``a800``), or the one a device string names (``NVIDIA H100 80GB HBM3``).
 
     Longer names are tried first so that ``H100 PCIe`` is not read as ``H100``, nor ``H200`` as ``H20``.
+    ``exact``: ``name`` must be a card's name (a user's flag: ``a100-40gb`` is not the 80 GB ``a100``).
     """
     if isinstance(name, Card):
         return name
     squashed = _squash(name)
     for key in sorted(CARDS, key=len, reverse=True):
-        if _squash(key) in squashed:
+        if squashed == _squash(key) or (not exact and _squash(key) in squashed):
             return CARDS[key]
     raise ValueError(f"unknown GPU '{name}': use one of {', '.join(CARDS)} (MFU needs a card's bf16 peak)")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 
 EAGER_WARMUP = 2
 """Untimed steps before ``jala bench throughput`` times: the loader's first batches and the allocator settle."""
@@ -101,14 +102,15 @@ def run_plan(args: argparse.Namespace) -> int:
     from jala_ds.config import load_config
 
     for name, value, low in (("--gpus", args.gpus, 1), ("--nodes", args.nodes, 1), ("--max-gpus", args.max_gpus, 1),
-                             ("--epoch-samples", args.epoch_samples, 1)):
-        if value < low:
+                             ("--epoch-samples", args.epoch_samples, 1), ("--global-batch", args.global_batch, 1),
+                             ("--text-tokens", args.text_tokens, 0)):
+        if value is not None and value < low:
             return _fail("plan", f"{name} {value}: must be at least {low}")
     if not 0 <= args.overlap <= 1 or args.network_gbps <= 0:
         return _fail("plan", "--overlap must lie in [0, 1] and --network-gbps be positive")
     try:
         cfg = load_config(args.recipe, args.overrides)
-        gpu = card(args.gpu)
+        gpu = card(args.gpu, exact=True)
         dims = model_dims(cfg)
         count = recipe_flops(cfg, args.text_tokens, vision_trained=not args.frozen_vision, dims=dims)
         work = plan.Workload.from_recipe(cfg, count, dims, args.epoch_samples, vision_trained=not args.frozen_vision)
@@ -146,12 +148,16 @@ def run_throughput(args: argparse.Namespace) -> int:
 
     if args.warmup is None:
         args.warmup = default_warmup(args.recipe, args.overrides)
-    # The schedule spans exactly the steps run, so the learning rate warms up and decays as a real run would.
-    plan = check_run(args.recipe, [*args.overrides, f"train.max_steps={args.warmup + args.steps}"])
     from jala_ds.bench.throughput import measure_throughput
     from jala_ds.bench.throughput_report import benchmark_report, summary, write_throughput_result
 
-    result = measure_throughput(plan, args.steps, args.warmup, benchmark_report().device_name, args.profile)
+    # The schedule spans exactly the steps run, so the learning rate warms up and decays as a real run would. The
+    # benchmark saves and resumes nothing: an empty train.out_dir keeps the recipe's real run (its checkpoints,
+    # saved on another world size) out of the preflight.
+    with tempfile.TemporaryDirectory(prefix="jala_bench_") as no_run:
+        plan = check_run(args.recipe, [*args.overrides, f"train.max_steps={args.warmup + args.steps}",
+                                       f"train.out_dir={no_run}"])
+        result = measure_throughput(plan, args.steps, args.warmup, benchmark_report().device_name, args.profile)
     if int(os.environ.get("RANK", "0")) == 0:
         print(summary(result, args.recipe), end="")
         print(f"result: {write_throughput_result(result, args.recipe, args.out)}")

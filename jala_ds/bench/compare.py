@@ -106,6 +106,12 @@ def logged_keys(run, names: tuple[str, ...]) -> list[str]:
     return sorted(key for key in run.data.metrics if re.split(r"[/.]", key)[-1] in names)
 
 
+def resumed_history(history: list) -> list:
+    """Each step's last-logged value, by step. A run resumed after a crash logs again the steps between its
+    checkpoint and the crash: the run went on from the second values, and the first are an abandoned branch."""
+    return sorted({m.step: m for m in sorted(history, key=lambda m: m.timestamp)}.values(), key=lambda m: m.step)
+
+
 def run_row(run, histories: dict[str, list], metrics: list[MetricSpec], params: list[str]) -> dict[str, object]:
     """One table row from a run and its metric histories (``{key: [mlflow Metric, ...]}``)."""
     info = run.info
@@ -162,18 +168,24 @@ def compare_runs(experiment: str, run_ids: list[str] | tuple[str, ...] = (), met
     """Compare the runs of ``experiment`` (``job``'s, or ``run_ids``) in the store at ``tracking_uri`` and write the
     table and curves."""
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     uri = resolve_uri(tracking_uri)
     _check_store_exists(uri)
     specs = [MetricSpec.parse(text) for text in metrics]
     client = MlflowClient(tracking_uri=uri)
-    runs = load_runs(client, experiment, run_ids, job)
+    try:
+        runs = load_runs(client, experiment, run_ids, job)
+    except MlflowException as err:   # a server that does not answer, a folder that is no store
+        reason = str(err.message).splitlines()[0][:200]
+        raise ValueError(f"--tracking-uri {uri}: {reason}: point --tracking-uri (or MLFLOW_TRACKING_URI) at a "
+                         "running server or an sqlite store (sqlite:///path/mlflow.db)") from None
     logged = {key for run in runs for key in run.data.metrics}
     missing = [spec.key for spec in specs if spec.key not in logged]
     if missing:
         raise ValueError(f"--metric {', '.join(missing)}: no run logged it; logged metrics are "
                          f"{', '.join(sorted(logged)) or 'none'}")
-    histories = [{key: client.get_metric_history(run.info.run_id, key)
+    histories = [{key: resumed_history(client.get_metric_history(run.info.run_id, key))
                   for key in {s.key for s in specs} | set(logged_keys(run, THROUGHPUT_METRICS + MEMORY_METRICS))
                   if key in run.data.metrics}
                  for run in runs]

@@ -32,7 +32,7 @@ TYPICAL_TEXT_TOKENS = 60
 PAPER_LAB_SHARE = 5.0 / 7.5
 """Share of UniHand-Mix with motion labels (5M lab of 7.5M); wild pseudo labels are counted as unlabelled."""
 FRAMES_PER_CHUNK = 2
-"""The frame encoder runs once on o_t and once on o_t+k per chunk; LSP's (o_t, o_t) reuses o_t's features."""
+"""Each perceiver reads two frames' features per chunk: LAP (o_t, o_t+k), LSP (o_t, o_t)."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,9 @@ class SampleShape:
     """Instruction tokens plus the two image delimiters."""
     chunks: int
     """Motion chunks, both hands together."""
+    frames: int
+    """Distinct boundary frames, each encoded once by the frame encoder: both hands' chunks at a step share
+    their pair, and a chunk's last frame is the next one's first."""
     chunk_tokens: int
     """Motion codes of one chunk (between ``<mot>`` and ``</mot>``)."""
     loss_tokens: float
@@ -82,7 +85,7 @@ def sample_shape(cfg, dims: ModelDims, text_tokens: int | None = None) -> Sample
     share = 1.0 if data.labeled_only else (data.lab_proportion if data.lab_proportion is not None else PAPER_LAB_SHARE)
     text = min(TYPICAL_TEXT_TOKENS, data.max_text_tokens + 2) if text_tokens is None else text_tokens
     return SampleShape(image_tokens=dims.vision.image_tokens, text_tokens=text, chunks=chunks,
-                       chunk_tokens=per_chunk, loss_tokens=share * labelled_loss,
+                       frames=data.max_chunks + 1, chunk_tokens=per_chunk, loss_tokens=share * labelled_loss,
                        bidirectional_chunks=cfg.model.objective == "mcp")
 
 
@@ -160,8 +163,8 @@ def count_flops(dims: ModelDims, shape: SampleShape, *, vision_trained: bool = T
                   f"{shape.attended_pairs} visible pairs of the chunk mask"),
         PartFlops("LM head", 2 * lm.hidden * dims.vocab * shape.loss_tokens, 3,
                   f"{dims.vocab} rows at {shape.loss_tokens:.1f} loss positions"),
-        PartFlops("frame encoder", shape.chunks * FRAMES_PER_CHUNK * vit_flops(dims.frame_encoder), 1,
-                  f"frozen, {shape.chunks} chunks x {FRAMES_PER_CHUNK} frames of {dims.frame_encoder.tokens} tokens"),
+        PartFlops("frame encoder", shape.frames * vit_flops(dims.frame_encoder), 1,
+                  f"frozen, {shape.frames} frames of {dims.frame_encoder.tokens} tokens"),
     ]
     if lsp_context:
         parts.append(PartFlops("LSP", perceiver, 3, "perceiver on (o_t, o_t), trunk trained"))

@@ -185,13 +185,14 @@ def plan_report(cfg: JalaConfig, count: FlopCount, work: plan.Workload, request:
     strong = plan.scaling_table(work, c, counts, compute_mfu, request.overlap, request.global_batch, **measured)
     planned_gpus = c.gpus_per_node * request.nodes
     planned = plan.estimate_step(work, c, planned_gpus, compute_mfu, request.overlap, **measured)
+    whose_batch = " (the recipe's)" if request.global_batch == cfg.train.global_batch_size else ""
     lines = [
         f"# jala plan: {cfg.name} on {c.card.name}, {c.gpus_per_node} GPUs per node", "",
         f"## Model FLOPs per sample: {flop_text(count.per_sample)} ({count.shape.lm_tokens} LM tokens)", "",
         markdown_table(count.rows()), "",
         f"## Weak scaling: {work.micro_batch} x {work.grad_accum} samples per GPU per step, global batch grows", "",
         markdown_table([row.row() for row in weak]), "", dominance_line(weak), "",
-        f"## Strong scaling: global batch {request.global_batch} fixed (the recipe's)", "",
+        f"## Strong scaling: global batch {request.global_batch} fixed{whose_batch}", "",
         markdown_table([row.row() for row in strong]) if strong else "no GPU count divides the global batch", "",
         dominance_line(strong) if strong else "", "",
         f"## Planned: {planned_gpus} x {c.card.name} ({request.nodes} node{'s' if request.nodes > 1 else ''})", "",

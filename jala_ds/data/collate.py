@@ -7,11 +7,11 @@ A micro-batch always holds ``train.micro_batch_size`` documents (what the loader
 ``train.global_batch_size`` count), spread over as many rows as they need.
 
 Within a row, ``doc_ids`` number the documents and ``chunk_ids`` the bidirectional motion chunks;
-``motion_chunk`` numbers every chunk of the whole batch, indexing ``chunk_frames``, ``chunk_hand`` and
-``chunk_labeled``. Images and chunks appear in row-major document order. An example's ``extras`` (a robot
-sample's state and actions) are stacked in the same order under their own keys. The positions the model
-gathers from and scatters to come along, found here on the host (``batch_index.py``). Pixels stay uint8: the
-model normalises them on its device.
+``motion_chunk`` numbers every chunk of the whole batch, indexing ``chunk_frame_index`` (rows of
+``encoder_frames``), ``chunk_hand`` and ``chunk_labeled``. Images, frames and chunks appear in row-major
+document order. An example's ``extras`` (a robot sample's state and actions) are stacked in the same order
+under their own keys. The positions the model gathers from and scatters to come along, found here on the host
+(``batch_index.py``). Pixels stay uint8: the model normalises them on its device.
 """
 from __future__ import annotations
 
@@ -92,6 +92,7 @@ def collate(examples: list[Example], *, pack: bool, max_tokens: int, vocab: Moti
             row_chunks += len(doc.chunk_hand)
             batch_chunks += len(doc.chunk_hand)
     order = [index for row in rows for index in row]
+    first_frame = np.cumsum([0] + [len(examples[i].encoder_frames) for i in order])  # each example's in the batch's
     layout = {"input_ids": input_ids, "labels": labels, "motion_chunk": motion_chunk, "doc_ids": doc_ids,
               "chunk_ids": chunk_ids}
     layout = {key: torch.from_numpy(value) for key, value in layout.items()}
@@ -99,7 +100,9 @@ def collate(examples: list[Example], *, pack: bool, max_tokens: int, vocab: Moti
         **layout,
         "position_ids": torch.from_numpy(position_ids),
         "pixel_values": torch.cat([examples[i].pixel_values for i in order]),
-        "chunk_frames": torch.cat([examples[i].chunk_frames for i in order]),
+        "encoder_frames": torch.cat([examples[i].encoder_frames for i in order]),
+        "chunk_frame_index": torch.cat([examples[i].chunk_frame_index + int(first)
+                                        for i, first in zip(order, first_frame)]),
         "chunk_hand": torch.from_numpy(np.concatenate([documents[i].chunk_hand for i in order])),
         "chunk_labeled": torch.tensor([documents[i].labeled for i in order for _ in documents[i].chunk_hand],
                                       dtype=torch.bool),

@@ -79,7 +79,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tokenize.add_argument("--tokenizer", required=True, help="checkpoint folder of `jala tokenizer train`")
     tokenize.add_argument("--src", required=True, help="MDS corpus (the --out folder of `jala data convert`)")
     tokenize.add_argument("--out", required=True, help="new MDS corpus with the token columns")
-    tokenize.add_argument("--device", default="cpu", help="torch device for the tokenizer (default cpu; cuda is "
+    tokenize.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="torch device for the tokenizer (default cpu; cuda is "
                                                           "each rank's own GPU)")
     add_build_arguments(tokenize)
     tokenize.set_defaults(handler=run_tokenize)
@@ -174,10 +174,11 @@ def run_convert_lerobot(args: argparse.Namespace, cfg: JalaConfig) -> int:
 
 def run_inspect(args: argparse.Namespace) -> int:
     from jala_ds.data.inspect_corpus import format_summary, summarize
+    from jala_ds.data.shard_check import CorruptShardError
 
     try:
         summary = summarize(args.mds_dir, samples=args.samples)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, CorruptShardError) as err:
         return fail("inspect", err)
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0

@@ -2,7 +2,9 @@
 
 This runs once per sample in a loader worker: build the document (tokens, masking), decode only the stored
 frames it uses (its image and its chunks' boundary frames), resize them for the two vision models. Pixels
-stay uint8 (the model normalises them on its device).
+stay uint8 (the model normalises them on its device). Each boundary frame is shipped once, with each chunk's
+index into them: both hands' chunks at a step share their pair, and a chunk's last frame is the next one's first,
+so the frozen frame encoder reads each frame once instead of twice per chunk.
 """
 from __future__ import annotations
 
@@ -22,8 +24,11 @@ class Example:
     pixel_values: torch.Tensor
     """uint8 ``[images, 3, S, S]``: the document's images at ``model.image_size``, in the order of its
     ``<IMG_CONTEXT>`` runs (one for a clip, one per camera for a robot observation)."""
-    chunk_frames: torch.Tensor
-    """uint8 ``[c, 2, 3, s, s]``: boundary frames of each chunk at ``model.visual_encoder_image_size``."""
+    encoder_frames: torch.Tensor
+    """uint8 ``[f, 3, s, s]``: the distinct boundary frames of the document's chunks at
+    ``model.visual_encoder_image_size``, in time order."""
+    chunk_frame_index: torch.Tensor
+    """int64 ``[c, 2]``: each chunk's (o_t, o_t+k) as rows of ``encoder_frames``."""
     extras: dict[str, np.ndarray] = field(default_factory=dict)
     """Per-sample arrays the batch stacks under the same keys (a robot sample's ``state``, ``actions``,
     ``action_valid``); empty in pretraining."""
@@ -39,9 +44,9 @@ class ExampleBuilder:
 
     def with_pixels(self, record: Mapping, document: Document) -> Example:
         """``document`` (of ``record``) with its frames: training's documents, and generation's (``jala_ds.eval``)."""
-        used = sorted({document.image_frame, *document.chunk_frames.ravel().tolist()})
-        position = {frame: i for i, frame in enumerate(used)}
+        boundaries, pairs = np.unique(document.chunk_frames, return_inverse=True)
+        used = sorted({document.image_frame, *boundaries.tolist()})
         frames = decode_stored_frames(record, used)
-        image = resized(frames[position[document.image_frame]], self.image_size)[None]
-        pairs = torch.tensor([[position[a], position[b]] for a, b in document.chunk_frames.tolist()])
-        return Example(document, image, resized(frames, self.encoder_image_size)[pairs])
+        image = resized(frames[used.index(document.image_frame)], self.image_size)[None]
+        encoder_frames = resized(frames[[used.index(frame) for frame in boundaries.tolist()]], self.encoder_image_size)
+        return Example(document, image, encoder_frames, torch.from_numpy(pairs.reshape(-1, 2)))

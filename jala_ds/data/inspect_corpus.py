@@ -10,10 +10,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from streaming import LocalDataset
-
 from jala_ds.data.mds_pieces import build_progress
 from jala_ds.data.schema import HANDS, SUBSETS, labelled_hands
+from jala_ds.motion.pose_corpus import open_mds
 
 
 def summarize(mds_dir: str | Path, samples: int = 3) -> dict[str, Any]:
@@ -28,7 +27,7 @@ def summarize(mds_dir: str | Path, samples: int = 3) -> dict[str, Any]:
     if progress is not None:
         summary["build"] = progress
     for subset in subsets:
-        dataset = LocalDataset(local=str(root / subset))
+        dataset = open_mds(root / subset)  # each shard checked against its hash before it is read
         counts: dict[str, Any] = {"clips": len(dataset), "labeled": 0, "video_only": 0, "chunks": 0,
                                   "by_source": Counter(), "by_task": Counter(), "by_hands": Counter()}
         for index in range(len(dataset)):

@@ -90,8 +90,11 @@ class JalaLoader:
         self.num_canonical_nodes, self.initial_physical_nodes = dataset.num_canonical_nodes, num_nodes
         self.shuffle_seed = dataset.shuffle_seed
         workers = {"prefetch_factor": prefetch_factor} if num_workers else {}
+        # Its own generator: each new iterator (every epoch, and a resumed run's first) draws a worker seed from
+        # it; drawn from torch's global one, a resumed run's later draws (post-training's flow-matching times)
+        # would each be one off from the uninterrupted run's. Streaming's order does not depend on it.
         self.loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_fn,
-                                 pin_memory=torch.cuda.is_available(), **workers)
+                                 pin_memory=torch.cuda.is_available(), generator=torch.Generator(), **workers)
 
     @property
     def samples_per_epoch(self) -> int:

@@ -6,7 +6,7 @@ pixels and normalisation. One observation is one document:
     <img> <IMG_CONTEXT> x n </img>  (per camera)   instruction   <mot> [MASK] x tokens_per_chunk </mot>
 
 The chunk is all ``[MASK]`` with no label (so no MCP loss; ``chunk_labeled`` False); ``chunk_hand`` is
-``robot.hand``; ``chunk_frames`` is (o_t, o_t) of the first camera, which is what LSP reads. The backbone's
+``robot.hand``; its frame pair is (o_t, o_t) of the first camera, which is what LSP reads. The backbone's
 predictive embeddings at that chunk condition the action head. Extra batch keys: ``state`` float32 ``[B, S]``,
 and in training ``actions`` float32 ``[B, H, A]`` and ``action_valid`` bool ``[B, H]``, normalised with the
 dataset's ``norm_stats.json``.
@@ -79,7 +79,7 @@ class RobotExamples:
                                  f"the normalisation statistics {self.norm.action.dim}")
             extras["actions"] = np.asarray(self.norm.normalize_action(sample.actions.astype(np.float32)), np.float32)
             extras["action_valid"] = np.asarray(sample.action_valid, bool)
-        return Example(document, resized(images, model.image_size), torch.stack([first, first], dim=1), extras)
+        return Example(document, resized(images, model.image_size), first, torch.zeros((1, 2), dtype=torch.int64), extras)
 
 
 def robot_batch(samples: list[RobotSample], cfg: JalaConfig, tokenizer: PreTrainedTokenizerBase, vocab: MotionVocab,

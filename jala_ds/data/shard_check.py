@@ -28,7 +28,7 @@ SHARD_CHECKS = "jala_shard_checks"
 """The node's record of claimed shards, a /dev/shm block named after its dataset's streaming prefix."""
 
 
-class CorruptShardError(RuntimeError):
+class CorruptShardError(ValueError):
     """A shard's bytes do not match the hash in its dataset's index.json."""
 
 

@@ -48,10 +48,10 @@ class LatentSpace:
 
 def read_subsets(data: str | Path, limit: int) -> dict[str, list[Mapping]]:
     """Up to ``limit`` records of each subset found under ``data``, in stored order."""
-    from streaming import LocalDataset
+    from jala_ds.motion.pose_corpus import open_mds
 
     root = Path(data)
-    found = {subset: LocalDataset(local=str(root / subset)) for subset in SUBSETS
+    found = {subset: open_mds(root / subset) for subset in SUBSETS
              if (root / subset / "index.json").is_file()}
     if not found:
         raise FileNotFoundError(f"{root} holds no lab/ or wild/ MDS dataset: pass a `jala data convert` output "

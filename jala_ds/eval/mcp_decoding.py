@@ -147,8 +147,10 @@ class MotionGenerator:
         examples = [self.examples.with_pixels(record, doc) for record, doc in zip(records, documents)]
         rows = [example for example in examples for _ in range(members)]
         batch = collate(rows, pack=False, max_tokens=max(len(doc) for doc in documents), vocab=self.vocab)
-        # LSP reads only a chunk's first frame; its last frame is the future the model must not see.
-        batch["chunk_frames"] = batch["chunk_frames"][:, [0, 0]]
+        # LSP reads only a chunk's first frame; its last frame is the future the model must not see, so it is
+        # neither read nor encoded.
+        seen, batch["chunk_frame_index"] = batch["chunk_frame_index"][:, [0, 0]].unique(return_inverse=True)
+        batch["encoder_frames"] = batch["encoder_frames"][seen]
         batch = to_device(batch, self.device, next(self.model.parameters()).dtype)
         streams = [torch.Generator().manual_seed(row_seed(self.decoding.seed, doc.sample_id, member))
                    for doc in documents for member in range(members)]

@@ -50,13 +50,13 @@ class MotionEvaluation:
 
 def read_heldout(data: str | Path, split: str, limit: int | None = None) -> list[Mapping]:
     """The labelled records of ``<data>/heldout/<split>``, in stored order, at most ``limit``."""
-    from streaming import LocalDataset
+    from jala_ds.motion.pose_corpus import open_mds
 
     folder = Path(data) / HELDOUT / split
     if not (folder / "index.json").is_file():
         raise FileNotFoundError(f"{folder} holds no held-out split: convert the corpus with a held-out share, e.g. "
-                                f"`jala data convert --src RAW --out {data} data.heldout_fraction=0.05`")
-    dataset = LocalDataset(local=str(folder))
+                                "`jala data convert --recipe R --src RAW --out NEW_FOLDER data.heldout_fraction=0.05`")
+    dataset = open_mds(folder)
     records = [record for record in (dataset[i] for i in range(len(dataset))) if record["labeled"]]
     return records[:limit] if limit else records
 

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -13,9 +14,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                   description="Load a post-trained JALA policy and answer predictions over HTTP.")
     serve.add_argument("--ckpt", required=True, help="a `jala export` folder or a post-training run's out_dir")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
-    serve.add_argument("--port", type=int, default=8000, help="port (0 picks a free one)")
-    serve.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    serve.add_argument("--port", type=port_number, default=8000, help="port (0 picks a free one)")
+    serve.add_argument("--device", default=None, type=device_name, help="cuda or cpu (default: cuda when available)")
     serve.set_defaults(handler=run_serve)
+
+
+def port_number(text: str) -> int:
+    """``--port``'s type: a TCP port, checked before the model loads."""
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a port: use 0 (any free one) to 65535")
+    return int(text)
+
+
+def device_name(text: str) -> str:
+    """``--device``'s type: cpu, cuda or cuda:N."""
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device: use cpu, cuda or cuda:N")
+    return text
 
 
 def run_serve(args: argparse.Namespace) -> int:

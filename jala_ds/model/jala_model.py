@@ -119,10 +119,11 @@ class JalaModel(nn.Module):
         return self.perceiver_pairs() if self.cfg.decoupled_ema else []
 
     def encode_frames(self, batch: dict) -> torch.Tensor | None:
-        """Frozen features ``[C, 2, L, D]`` of every chunk's (o_t, o_t+k); None when no perceiver reads them."""
+        """Frozen features ``[C, 2, L, D]`` of every chunk's (o_t, o_t+k); None when no perceiver reads them.
+        Each of the batch's frames is encoded once, however many chunks share it."""
         if self.visual_encoder is None:
             return None
-        return self.visual_encoder(batch["chunk_frames"])
+        return self.visual_encoder(batch["encoder_frames"])[batch["chunk_frame_index"]]
 
     def hidden_states(self, batch: dict, frame_features: torch.Tensor | None, *, stop_at_align_layer: bool = False,
                       past_key_values=None) -> tuple[torch.Tensor | None, torch.Tensor]:

@@ -5,7 +5,8 @@ Every frame is encoded on its own, so one encoder pass serves both perceivers: L
 tubelet repeats the frame), which keeps one code path for all three encoders.
 
     encoder = build_visual_encoder(cfg.model)       # random tiny encoder, or model.visual_encoder_path
-    features = encoder(batch["chunk_frames"])         # [C, 2, L, hidden_size], no gradient
+    features = encoder(batch["encoder_frames"])       # [F, L, hidden_size], no gradient
+    pairs = features[batch["chunk_frame_index"]]      # [C, 2, L, hidden_size]: each chunk's (o_t, o_t+k)
 """
 from __future__ import annotations
 
@@ -50,14 +51,13 @@ class FrozenFrameEncoder(nn.Module):
 
     @torch.no_grad()
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 ``frames [C, F, 3, s, s]`` -> ``[C, F, L, hidden_size]``."""
-        chunks, per_chunk = frames.shape[:2]
-        flat = normalized(frames.flatten(0, 1), self.encoder.dtype)
+        """uint8 ``frames [..., 3, s, s]`` -> ``[..., L, hidden_size]``, each frame on its own."""
+        flat = normalized(frames.flatten(0, -4), self.encoder.dtype)
         if self.kind == "vjepa2":
             tokens = self.encoder(pixel_values_videos=flat[:, None], skip_predictor=True).last_hidden_state
         else:
             tokens = self.encoder(pixel_values=flat).last_hidden_state
-        return tokens.unflatten(0, (chunks, per_chunk))
+        return tokens.unflatten(0, frames.shape[:-3])
 
 
 def random_encoder_config(model_cfg: ModelConfig) -> transformers.PretrainedConfig:

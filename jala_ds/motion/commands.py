@@ -48,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                          "else <train.out_dir>/token_predictor)")
     label.add_argument("--src", required=True, help="the converted (or tokenized) corpus")
     label.add_argument("--out", required=True, help="a new folder for the pseudo-labelled copy")
-    label.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one, "
+    label.add_argument("--device", default=None, choices=("cpu", "cuda"), help="cpu or cuda (default: cuda when there is one, "
                                                          "each rank's own)")
     add_build_arguments(label)
     label.set_defaults(handler=run_predictor_label)

@@ -46,7 +46,7 @@ def predicted_codes(model: ActionTokenPredictor, clips: list[torch.Tensor], hand
     once, ``batch`` frames or pairs per forward pass."""
     frames = torch.cat(clips)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        features = torch.cat([model.visual_encoder(frames[i:i + batch].to(device)[:, None])[:, 0]
+        features = torch.cat([model.visual_encoder(frames[i:i + batch].to(device))
                               for i in range(0, len(frames), batch)])
         pairs, hand = [], []
         for clip in torch.split(features, [len(c) for c in clips]):

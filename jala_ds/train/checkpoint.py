@@ -59,6 +59,18 @@ def save_checkpoint(engine: Any, out_dir: str | Path, step: int, run_state: dict
     return folder
 
 
+def check_same_resume_target(resume_from: Path | None) -> None:
+    """Collective: every rank found the same checkpoint to resume from, or none. Each looked on its own, in
+    preflight; a ``train.out_dir`` that is not one folder all nodes share would have some ranks load step N and
+    others start afresh, and train on a mix of both."""
+    found: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(found, None if resume_from is None else str(resume_from.resolve()))
+    if len(set(found)) > 1:
+        where = ", ".join(f"rank {rank}: {target or 'nothing'}" for rank, target in enumerate(found))
+        raise RuntimeError(f"the ranks disagree on the checkpoint to resume from ({where}): train.out_dir must be "
+                           "one folder every node sees at the same path")
+
+
 def load_checkpoint(engine: Any, folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """Collective: restore the engine from ``folder``; returns (run state, this rank's state)."""
     rank = dist.get_rank()
@@ -66,13 +78,13 @@ def load_checkpoint(engine: Any, folder: Path) -> tuple[dict[str, Any], dict[str
     if not own.is_file():
         saved = len(list(folder.glob(layout.RANK_FILE_GLOB)))
         raise RuntimeError(f"{folder} has no state for rank {rank} (it was saved by {saved} ranks): resume "
-                           f"with the same world size, or start afresh with train.resume=none")
+                           f"with the same world size, or start afresh in a new train.out_dir")
     rank_state = load_plain(str(own))
     saved_stage, stage = rank_state.pop(ZERO_STAGE_KEY, None), engine.zero_optimization_stage()
     if saved_stage is not None and saved_stage != stage:
         raise RuntimeError(f"{folder} was saved under ZeRO-{saved_stage} and this run's train.ds_config is ZeRO-{stage}: "
                            f"resume with the ds_config the run started with (its train.out_dir keeps a copy, "
-                           f"ds_config.json), or start afresh with train.resume=none")
+                           f"ds_config.json), or start afresh in a new train.out_dir")
     path, run_state = engine.load_checkpoint(str(folder.parent), tag=folder.name, load_module_strict=True,
                                              load_optimizer_states=True, load_lr_scheduler_states=True)
     if path is None:

@@ -63,6 +63,22 @@ def resume_target(resume: str, out_dir: str) -> Path | None:
     return folder
 
 
+def check_no_newer_checkpoint(resume_from: Path | None, out_dir: str) -> None:
+    """Refuse a start (``resume_from`` None) or a resume from an older checkpoint in an ``out_dir`` that holds newer
+    ones: its saves would replace them, one step folder at a time, and move ``latest`` backwards."""
+    latest = latest_checkpoint(out_dir)
+    if latest is None or (resume_from is not None and resume_from.resolve() == latest.resolve()):
+        return
+    if resume_from is None:
+        raise ConfigError(f"train.resume=none: train.out_dir={out_dir} holds a run (latest: {latest.name}) whose "
+                          "checkpoints this one would overwrite: give a new train.out_dir, or continue it with "
+                          "train.resume=auto")
+    if resume_from.parent.resolve() == latest.parent.resolve():
+        raise ConfigError(f"train.resume: {resume_from.name} is older than train.out_dir={out_dir}'s latest "
+                          f"checkpoint ({latest.name}), which this run's saves would overwrite: to branch from it, "
+                          "give a new train.out_dir")
+
+
 def record_saved_with(folder: Path, world_size: int, zero_stage: int) -> None:
     (folder / SAVED_WITH).write_text(json.dumps({"world_size": world_size, "zero_stage": zero_stage}))
 
@@ -78,12 +94,12 @@ def check_resumable(folder: Path, world_size: int, zero_stage: int) -> None:
     if saved["world_size"] != world_size:
         raise ConfigError(f"train.resume: {folder} was saved by {saved['world_size']} ranks and this launch has "
                           f"{world_size}: relaunch with {saved['world_size']} ranks (its ZeRO shards and per-rank "
-                          "loader and EMA state are split that many ways), or start afresh with train.resume=none "
-                          "or a new train.out_dir")
+                          "loader and EMA state are split that many ways), or start afresh in a new "
+                          "train.out_dir")
     if saved["zero_stage"] not in (None, zero_stage):
         raise ConfigError(f"train.ds_config: {folder} was saved under ZeRO-{saved['zero_stage']} and this run's "
                           f"config is ZeRO-{zero_stage}: resume with the ds_config the run started with (its "
-                          "train.out_dir keeps a copy, ds_config.json), or start afresh with train.resume=none")
+                          "train.out_dir keeps a copy, ds_config.json), or start afresh in a new train.out_dir")
 
 
 def publish_latest(root: Path, tag: str) -> None:

@@ -36,6 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--run", required=True, help="the run's train.out_dir")
     export.add_argument("--out", default=None, help="output folder (default: <run>/export)")
     export.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16", help="weight dtype of the export")
+    export.add_argument("--overwrite", action="store_true", help="empty a non-empty --out first")
     export.set_defaults(handler=run_export)
 
 
@@ -84,8 +85,8 @@ def run_export(args: argparse.Namespace) -> int:
     from jala_ds.train.export import export_run
 
     try:
-        out = export_run(args.run, args.out, dtype=args.dtype)
-    except FileNotFoundError as err:   # not a finished run: the message names the folder and what to pass
+        out = export_run(args.run, args.out, dtype=args.dtype, overwrite=args.overwrite)
+    except (FileNotFoundError, FileExistsError) as err:   # the message names the folder and what to pass
         raise InputError(str(err)) from err
     print(f"exported to {out}")
     return 0

@@ -87,6 +87,8 @@ class TrainConfig:
                 f"{self.global_batch_size} is not a multiple of micro_batch_size * grad_accum_steps = "
                 f"{self.micro_batch_size * self.grad_accum_steps}")
         require(self.lr > 0, "train.lr", "must be positive")
+        require(0.0 <= self.min_lr_ratio <= 1.0, "train.min_lr_ratio", "must lie in [0, 1] (a share of train.lr)")
+        require(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
         require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "train.betas",
                 "must be two numbers in [0, 1), e.g. [0.9, 0.95]")
         require(0.0 <= self.warmup_frac < 1.0, "train.warmup_frac", "must lie in [0, 1)")
@@ -95,6 +97,7 @@ class TrainConfig:
         require(self.eval_every >= 0, "train.eval_every", "must be >= 0 (0 = no periodic evaluation)")
         require(self.eval_limit > 0, "train.eval_limit", "must be positive")
         require(self.save_every > 0, "train.save_every", "must be positive")
+        require(self.log_every > 0, "train.log_every", "must be positive")
         require(self.keep_last > 0, "train.keep_last", "must keep at least one checkpoint")
         if self.compile_blocks is not None:
             backends = _compile_backends()

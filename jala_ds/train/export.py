@@ -36,9 +36,18 @@ POLICY_FILES = (NORM_STATS_FILE, ROBOT_META_FILE)
 """What a post-training checkpoint carries besides weights (``posttrain.py``); exports copy them."""
 
 
-def export_run(run_dir: str | Path, out: str | Path | None = None, *, dtype: str = "bf16") -> Path:
+def export_run(run_dir: str | Path, out: str | Path | None = None, *, dtype: str = "bf16",
+               overwrite: bool = False) -> Path:
+    """The run's latest checkpoint as a Hugging Face folder at ``out`` (default ``<run>/export``). A folder that
+    already holds files is refused unless ``overwrite`` empties it first: files of another export left next to
+    this one (a policy's statistics beside pretraining weights) would make it load as something it is not."""
     run_dir = Path(run_dir)
     out = Path(out) if out else run_dir / "export"
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"--out {out} already holds files: choose an empty folder, or pass --overwrite to "
+                                  "replace its contents")
+        shutil.rmtree(out)
     # The attention backend does not change the weights; the reference one imports anywhere (no Triton needed).
     cfg, tokenizer, model, checkpoint = load_run(run_dir, ["model.attention=reference"])
     model.to(torch.bfloat16 if dtype == "bf16" else torch.float32)

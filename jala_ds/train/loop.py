@@ -28,7 +28,7 @@ from jala_ds.data.loader import build_loader
 from jala_ds.data.orphaned_memory import remove_orphaned_streaming_memory
 from jala_ds.model.backbone import image_token_count
 from jala_ds.model.build import build_model
-from jala_ds.train.checkpoint import load_checkpoint, save_checkpoint
+from jala_ds.train.checkpoint import check_same_resume_target, load_checkpoint, save_checkpoint
 from jala_ds.train.engine import build_engine, init_distributed, model_init_context
 from jala_ds.train.flops import device_peak_flops, flops_per_sample
 from jala_ds.train.metrics import LOSSES, StepMetrics
@@ -36,6 +36,7 @@ from jala_ds.train.optim import follow_recipe_schedule
 from jala_ds.train.preflight import RunPlan
 from jala_ds.train.progress import Progress
 from jala_ds.train.rng_state import capture_rng_state, restore_rng_state
+from jala_ds.train.stop_request import stop_file, stop_requested
 from jala_ds.train.tracking import Tracker
 from jala_ds.train.zero_ema import ShardedEMA
 from jala_ds.train.zero_sync_free_step import skipped_flag
@@ -53,6 +54,7 @@ def train(plan: RunPlan, build: Callable[[RunPlan, int, int], TrainingParts] | N
     cfg, train_cfg = plan.cfg, plan.cfg.train
     init_distributed()
     rank, world_size = dist.get_rank(), dist.get_world_size()
+    check_same_resume_target(plan.resume_from)
     seed_everything(train_cfg.seed)
     parts = (build or build_training)(plan, rank, world_size)
     engine, ema, loader, total_steps = parts.engine, parts.ema, parts.loader, parts.total_steps
@@ -66,6 +68,9 @@ def train(plan: RunPlan, build: Callable[[RunPlan, int, int], TrainingParts] | N
         restore_rng_state(rank_state["rng"])
         step, run_id = run_state["step"], run_state.get("mlflow_run_id")
         log.info("resumed from %s at step %d", plan.resume_from, step)
+        if step >= total_steps:
+            log.warning("the run is at step %d of its %d: nothing to train (raise train.max_steps to go on)", step,
+                        total_steps)
 
     tracker = Tracker(cfg.tracking, rank=rank, run_name=cfg.name, job="train", resume_run_id=run_id)
     if rank == 0:
@@ -75,6 +80,7 @@ def train(plan: RunPlan, build: Callable[[RunPlan, int, int], TrainingParts] | N
                           peak_flops=device_peak_flops())
     batches = endless(loader)
     compute_dtype = torch.bfloat16 if train_cfg.dtype == "bf16" else torch.float32
+    stop_path = stop_file(train_cfg.out_dir)
 
     while step < total_steps:
         lr = engine.get_lr()[0]
@@ -90,12 +96,17 @@ def train(plan: RunPlan, build: Callable[[RunPlan, int, int], TrainingParts] | N
             from jala_ds.eval.motion_eval import evaluate_in_training  # eval imports this module
 
             tracker.log_metrics(evaluate_in_training(engine.module, cfg, engine.device), step=step)
-        if step % train_cfg.save_every == 0 or step == total_steps:
+        stopping = shown is not None and step < total_steps and stop_requested(stop_path, engine.device)
+        if step % train_cfg.save_every == 0 or step == total_steps or stopping:
             save_checkpoint(engine, train_cfg.out_dir, step,
                             run_state={"step": step, "config": cfg.to_dict(), "mlflow_run_id": tracker.run_id},
                             rank_state={"loader": loader.state_dict(), "rng": capture_rng_state(),
                                         "ema": ema.state_dict()},
                             keep_last=train_cfg.keep_last, extra_files=parts.checkpoint_files)
+        if stopping:
+            log.info("stopped at step %d of %d, as %s asks: train.resume=auto continues", step, total_steps,
+                     stop_path)
+            break
     progress.close()
     tracker.close()
     dist.barrier()

@@ -19,15 +19,7 @@ import yaml
 from jala_ds.config import JalaConfig, flatten, load_config
 from jala_ds.config_checks import ConfigError
 from jala_ds.train.export import HEADS_FILE, POLICY_FILES, RECIPE_FILE
-from jala_ds.train.preflight import RunPlan, launcher_world_size, plan_for
-
-ARCHITECTURE_KEYS = (
-    "model.image_size", "model.visual_encoder", "model.visual_encoder_image_size", "model.lsp_context",
-    "model.perceiver_queries", "model.perceiver_width", "model.perceiver_heads", "model.perceiver_layers",
-    "motion_tokenizer.downsample", "motion_tokenizer.groups", "motion_tokenizer.stages",
-    "motion_tokenizer.codes_per_stage",
-)
-"""Recipe values that shape the pretrained weights: a post-training recipe must repeat them."""
+from jala_ds.train.preflight import ARCHITECTURE_KEYS, RunPlan, launcher_world_size, plan_for
 
 
 def check_posttrain(recipe: str, overrides: list[str], init: str | None) -> RunPlan:

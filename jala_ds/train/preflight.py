@@ -1,21 +1,44 @@
 """Everything ``jala train`` can check before a process group exists: recipe, batch arithmetic against the
-launcher's WORLD_SIZE, the effective ds_config, the data folder, the checkpoint to resume from (and that it was
-saved by as many ranks under the same ZeRO stage).
+launcher's WORLD_SIZE, the effective ds_config, the corpus (converted, and tokenized with the recipe's
+tokenizer), the local folders the model loads, the checkpoint to resume from (saved by as many ranks under the
+same ZeRO stage, with the same architecture, and with no newer checkpoint of ``train.out_dir`` that this run
+would overwrite), and that no request to stop is left over from an earlier launch.
 
-Any problem is one :class:`ConfigError` line; the CLI prints it and exits with code 2. Only the standard
-library and YAML are imported here, so a bad command fails in a fraction of a second on every rank.
+Any problem is one :class:`ConfigError` line; the CLI prints it and exits with code 2. Nothing heavier than YAML
+and NumPy is imported here, so a bad command fails in a fraction of a second on every rank.
 """
 from __future__ import annotations
 
+import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jala_ds.config import JalaConfig, load_config
+import yaml
+
+from jala_ds.config import JalaConfig, flatten, load_config
 from jala_ds.config_checks import ConfigError
-from jala_ds.train.checkpoint_layout import check_resumable, resume_target
+from jala_ds.data.mds_pieces import LEDGER, content_sha256
+from jala_ds.data.schema import SUBSETS
+from jala_ds.train.checkpoint_layout import check_no_newer_checkpoint, check_resumable, resume_target
 from jala_ds.train.ds_config import build_ds_config
+from jala_ds.train.stop_request import stop_file
+
+ARCHITECTURE_KEYS = (
+    "model.image_size", "model.visual_encoder", "model.visual_encoder_image_size", "model.lsp_context",
+    "model.perceiver_queries", "model.perceiver_width", "model.perceiver_heads", "model.perceiver_layers",
+    "motion_tokenizer.downsample", "motion_tokenizer.groups", "motion_tokenizer.stages",
+    "motion_tokenizer.codes_per_stage",
+)
+"""Recipe values that shape the pretrained weights: a post-training recipe must repeat them."""
+RESUME_KEYS = (*ARCHITECTURE_KEYS, "model.arch", "model.align", "model.decoupled_ema", "action_head.layers",
+               "action_head.heads", "action_head.width", "action_head.action_horizon", "action_head.action_dim",
+               "action_head.state_dim")
+"""Recipe values that shape a checkpoint's weights and optimiser state: a resume must keep them."""
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+"""``org/name``: a model id transformers may find in its local cache; anything else must be a folder."""
 
 
 @dataclass(frozen=True)
@@ -43,15 +66,64 @@ def check_run(recipe: str, overrides: list[str]) -> RunPlan:
     cfg = load_config(recipe, overrides)
     world_size = launcher_world_size()
     ds_config = build_ds_config(cfg.train, world_size)
-    if not Path(cfg.data.mds_dir).is_dir():
-        raise ConfigError(f"data.mds_dir: folder '{cfg.data.mds_dir}' not found: run `jala data convert --out "
-                          f"{cfg.data.mds_dir}` first, or point data.mds_dir at a converted corpus")
+    check_corpus(cfg, recipe)
     return plan_for(cfg, world_size, ds_config)
+
+
+def check_corpus(cfg: JalaConfig, recipe: str) -> None:
+    """``data.mds_dir`` is a corpus `jala data convert` wrote; a copy `jala data tokenize` made holds the codes
+    of the recipe's tokenizer (read with another, its codes would be trained on as other motions)."""
+    root = Path(cfg.data.mds_dir)
+    if not any((root / subset / "index.json").is_file() for subset in SUBSETS):
+        raise ConfigError(f"data.mds_dir: '{root}' holds no converted corpus ({' or '.join(f'{s}/index.json' for s in SUBSETS)}): "
+                          f"run `jala data convert --recipe {recipe} --src RAW --out {root}` first, or point "
+                          "data.mds_dir at the folder it wrote")
+    ledger = root / LEDGER / "plan.json"
+    build = json.loads(ledger.read_text()) if ledger.is_file() else {}
+    tok = cfg.motion_tokenizer
+    if build.get("build") == "tokenize" and (tok.kind != "grvq" or (Path(tok.checkpoint).exists() and content_sha256(
+            Path(tok.checkpoint)) != build.get("tokenizer"))):
+        raise ConfigError(f"motion_tokenizer: {root} holds the codes of another tokenizer than kind={tok.kind} "
+                          f"checkpoint={tok.checkpoint}: set motion_tokenizer.kind=grvq and "
+                          "motion_tokenizer.checkpoint to the --tokenizer it was tokenized with")
+
+
+def check_local_folders(cfg: JalaConfig) -> None:
+    """The folders the model loads exist: nothing is downloaded at run time, and transformers would read a
+    missing path as a model id and fail deep inside, after the process group started."""
+    folders = {"model.pretrained": cfg.model.pretrained, "model.visual_encoder_path": cfg.model.visual_encoder_path,
+               "motion_tokenizer.checkpoint": cfg.motion_tokenizer.checkpoint
+               if cfg.motion_tokenizer.kind == "grvq" else None}
+    for key, folder in folders.items():
+        if folder is not None and not Path(folder).is_dir() and not (key != "motion_tokenizer.checkpoint"
+                                                                    and HUB_ID.fullmatch(folder)):
+            raise ConfigError(f"{key}: folder '{folder}' not found: point it at a local checkpoint folder "
+                              "(nothing is downloaded at run time)")
+
+
+def check_same_architecture(cfg: JalaConfig, resume_from: Path) -> None:
+    """The recipe keeps the values that shaped the checkpoint (its run's ``config.yaml``): DeepSpeed would fail
+    part-way through loading, with a tensor size deep in its state dict."""
+    recorded = resume_from.parent.parent / "config.yaml"
+    if not recorded.is_file():
+        return
+    saved, ours = flatten(yaml.safe_load(recorded.read_text())), cfg.flat()
+    for key in RESUME_KEYS:
+        if key in saved and key in ours and saved[key] != ours[key]:
+            raise ConfigError(f"{key}={ours[key]!r} but {resume_from} was saved with {saved[key]!r}: resume with "
+                              f"{key}={saved[key]!r}, or start afresh in a new train.out_dir")
 
 
 def plan_for(cfg: JalaConfig, world_size: int, ds_config: dict[str, Any]) -> RunPlan:
     """The plan of a checked config (``jala posttrain`` checks its own data before calling it)."""
     resume_from = resume_target(cfg.train.resume, cfg.train.out_dir)
+    check_no_newer_checkpoint(resume_from, cfg.train.out_dir)
+    check_local_folders(cfg)
     if resume_from is not None:
         check_resumable(resume_from, world_size, ds_config.get("zero_optimization", {}).get("stage", 0))
+        check_same_architecture(cfg, resume_from)
+    stop = stop_file(cfg.train.out_dir)
+    if stop.exists():
+        raise ConfigError(f"{stop} exists: an earlier launch was asked to stop (jala_ds/train/stop_request.py), and "
+                          "this one would stop at its first log step: delete the file, then relaunch")
     return RunPlan(cfg=cfg, ds_config=ds_config, world_size=world_size, resume_from=resume_from)

@@ -1,4 +1,8 @@
-"""Python, NumPy and torch RNG states as tensors and lists, so checkpoints load with ``weights_only=True``."""
+"""Python, NumPy and torch RNG states as tensors and lists, so checkpoints load with ``weights_only=True``.
+
+Of the GPUs only the rank's own device's: launchers differ in how many devices a rank sees (deepspeed and torchrun
+show the node's 8, SLURM's ``--gpus-per-task`` one), and a state saved by device index would not restore, or
+would restore another rank's stream, after a launch that shows them differently."""
 from __future__ import annotations
 
 import random
@@ -17,7 +21,7 @@ def capture_rng_state() -> dict[str, Any]:
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -28,4 +32,7 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        if isinstance(state["cuda"], list):  # saved before 2026-11-28: every visible device's, restored as then
+            torch.cuda.set_rng_state_all(state["cuda"])
+        else:
+            torch.cuda.set_rng_state(state["cuda"])
