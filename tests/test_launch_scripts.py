@@ -93,8 +93,10 @@ def slurm(stubs, tmp_path) -> dict[str, str]:
     ``scontrol`` that records a requeue; the job runs in ``tmp_path``."""
     bin_dir = Path(stubs["PATH"].split(":")[0])
     (bin_dir / "srun").write_text(SRUN_STUB)
+    # a large allocation's node list: a reader that stops at the first line would end the stub by SIGPIPE
     (bin_dir / "scontrol").write_text('#!/usr/bin/env bash\n'
-                                      'if [[ $1 == show ]]; then echo gpu-a; echo gpu-b; else echo "$@" > requeued; fi\n')
+                                      'if [[ $1 == show ]]; then echo gpu-a; seq -f "gpu-%g" 100000\n'
+                                      'else echo "$@" > requeued; fi\n')
     for name in ("srun", "scontrol"):
         (bin_dir / name).chmod(0o755)
     (tmp_path / "logs").mkdir()

@@ -74,15 +74,19 @@ def check_corpus(cfg: JalaConfig, recipe: str) -> None:
     """``data.mds_dir`` is a corpus `jala data convert` wrote; a copy `jala data tokenize` made holds the codes
     of the recipe's tokenizer (read with another, its codes would be trained on as other motions)."""
     root = Path(cfg.data.mds_dir)
-    if not any((root / subset / "index.json").is_file() for subset in SUBSETS):
-        raise ConfigError(f"data.mds_dir: '{root}' holds no converted corpus ({' or '.join(f'{s}/index.json' for s in SUBSETS)}): "
-                          f"run `jala data convert --recipe {recipe} --src RAW --out {root}` first, or point "
+    indexes = [f"{subset}/index.json" for subset in SUBSETS]
+    if not any((root / index).is_file() for index in indexes):
+        raise ConfigError(f"data.mds_dir: '{root}' holds no converted corpus ({' or '.join(indexes)}): run "
+                          f"`jala data convert --recipe {recipe} --src RAW --out {root}` first, or point "
                           "data.mds_dir at the folder it wrote")
     ledger = root / LEDGER / "plan.json"
     build = json.loads(ledger.read_text()) if ledger.is_file() else {}
+    if build.get("build") != "tokenize":
+        return
     tok = cfg.motion_tokenizer
-    if build.get("build") == "tokenize" and (tok.kind != "grvq" or (Path(tok.checkpoint).exists() and content_sha256(
-            Path(tok.checkpoint)) != build.get("tokenizer"))):
+    checkpoint = Path(tok.checkpoint or "")
+    if tok.kind != "grvq" or (checkpoint.is_dir()   # a missing one is check_local_folders' to name
+                              and content_sha256(checkpoint) != build.get("tokenizer")):
         raise ConfigError(f"motion_tokenizer: {root} holds the codes of another tokenizer than kind={tok.kind} "
                           f"checkpoint={tok.checkpoint}: set motion_tokenizer.kind=grvq and "
                           "motion_tokenizer.checkpoint to the --tokenizer it was tokenized with")
@@ -91,14 +95,13 @@ def check_corpus(cfg: JalaConfig, recipe: str) -> None:
 def check_local_folders(cfg: JalaConfig) -> None:
     """The folders the model loads exist: nothing is downloaded at run time, and transformers would read a
     missing path as a model id and fail deep inside, after the process group started."""
-    folders = {"model.pretrained": cfg.model.pretrained, "model.visual_encoder_path": cfg.model.visual_encoder_path,
-               "motion_tokenizer.checkpoint": cfg.motion_tokenizer.checkpoint
-               if cfg.motion_tokenizer.kind == "grvq" else None}
-    for key, folder in folders.items():
-        if folder is not None and not Path(folder).is_dir() and not (key != "motion_tokenizer.checkpoint"
-                                                                    and HUB_ID.fullmatch(folder)):
-            raise ConfigError(f"{key}: folder '{folder}' not found: point it at a local checkpoint folder "
-                              "(nothing is downloaded at run time)")
+    models = {"model.pretrained": cfg.model.pretrained, "model.visual_encoder_path": cfg.model.visual_encoder_path}
+    tokenizer = cfg.motion_tokenizer.checkpoint if cfg.motion_tokenizer.kind == "grvq" else None
+    for key, folder in [*models.items(), ("motion_tokenizer.checkpoint", tokenizer)]:
+        if folder is None or Path(folder).is_dir() or (key in models and HUB_ID.fullmatch(folder)):
+            continue
+        raise ConfigError(f"{key}: folder '{folder}' not found: point it at a local checkpoint folder (nothing is "
+                          "downloaded at run time)")
 
 
 def check_same_architecture(cfg: JalaConfig, resume_from: Path) -> None:
