@@ -42,6 +42,9 @@ def chunk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: 
         bounds = torch.ops.jala_kernels.chunk_bounds(doc_ids, chunk_ids)
     else:
         _check_bounds(bounds, doc_ids, q.device)
+        # the kernels index each bound as a row-major [B, N] array: a strided view (a slice along N, a
+        # per-token [B, N, 4] layout unbound) would be read from the wrong places
+        bounds = ChunkBounds(*(bound.contiguous() for bound in bounds))
     if not runs_triton(q):
         return chunk_attention_reference(q, k, v, doc_ids, chunk_ids, scale)
     _check_kernel_inputs(q)
@@ -88,7 +91,9 @@ def _cached_bounds(doc_ids: torch.Tensor, chunk_ids: torch.Tensor) -> ChunkBound
     """``chunk_attention_bounds``, reused while the same tensors come back unmodified.
 
     Holding the tensors themselves (not their addresses) keeps their memory from being reused by another
-    batch; ``_version`` changes on any in-place write. Inference-mode tensors have no version: no cache.
+    batch; ``_version`` changes on any in-place write through torch. Writes torch does not see (through a numpy
+    array or DLPack sharing the memory) do not change it: a caller that refills id buffers that way must pass
+    ``bounds``. Inference-mode tensors have no version: no cache.
     """
     global _last_bounds
     if doc_ids.is_inference() or chunk_ids.is_inference():

@@ -66,7 +66,9 @@ def grvq_encode_reference(x: torch.Tensor, codebooks: torch.Tensor) -> tuple[tor
 def grvq_decode_reference(codes: torch.Tensor, codebooks: torch.Tensor) -> torch.Tensor:
     """``codes [N, G, R]`` -> quantized ``[N, D]`` in the codebooks' dtype: the sum of each group's codewords."""
     check_codes(codes, codebooks)
-    groups, stages, _, group_dim = codebooks.shape
+    groups, stages, size, group_dim = codebooks.shape
+    if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= size):
+        raise ValueError(f"grvq: codes must lie in [0, {size}), got [{int(codes.min())}, {int(codes.max())}]")
     out = torch.zeros(codes.shape[0], groups, group_dim, dtype=codebooks.dtype, device=codebooks.device)
     group_index = torch.arange(groups, device=codebooks.device)[None, :]
     # Stage by stage, in the order encoding accumulated them, so decode(encode(x)) repeats its sums exactly.

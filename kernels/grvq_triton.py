@@ -97,8 +97,10 @@ def grvq_decode_kernel(codes_ptr, books_ptr, out_ptr, N, K, GROUP_DIM, G: tl.con
     for stage in range(R):
         code = tl.load(codes_ptr + rows.to(tl.int64) * (G * R) + group * R + stage, mask=row_ok, other=0)
         book = books_ptr + (group * R + stage).to(tl.int64) * K * GROUP_DIM
-        total += tl.load(book + code.to(tl.int64)[:, None] * GROUP_DIM + dims[None, :], mask=tile_ok,
-                         other=0.0).to(tl.float32)
+        # a code outside [0, K) reads no memory and makes its row NaN, as visible as the reference's error
+        in_book = (code >= 0) & (code < K)
+        total += tl.load(book + code.to(tl.int64)[:, None] * GROUP_DIM + dims[None, :],
+                         mask=tile_ok & in_book[:, None], other=float("nan")).to(tl.float32)
     out_offsets = rows.to(tl.int64)[:, None] * (G * GROUP_DIM) + group * GROUP_DIM + dims[None, :]
     tl.store(out_ptr + out_offsets, total.to(out_ptr.dtype.element_ty), mask=tile_ok)
 

@@ -36,7 +36,8 @@ def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
         raise ValueError(f"rotary: x is on {x.device} but cos on {cos.device} and sin on {sin.device}: move the "
                          "angles to x's device")
     head_dim = x.shape[-1]
-    if not runs_triton(x) or head_dim < 2 or head_dim & (head_dim - 1):
+    # the kernel computes in x's dtype; angles of another dtype promote in the reference, as in eager Qwen2
+    if not runs_triton(x) or head_dim < 2 or head_dim & (head_dim - 1) or cos.dtype != x.dtype:
         return rotary_reference(x, cos, sin)
     import jala_kernels.rotary_triton  # noqa: F401  registers torch.ops.jala_kernels.rotary
 

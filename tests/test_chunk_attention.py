@@ -105,6 +105,10 @@ def test_bounds_found_beforehand_give_the_same_results_and_wrong_ones_are_refuse
     given = output_and_grads(lambda *a: chunk_attention(*a, bounds=ChunkBounds(*(b.to(DEVICE) for b in bounds))),
                              *problem, torch.float32)
     assert all(torch.equal(a, b) for a, b in zip(given, found))
+    per_token = torch.stack(tuple(bounds), -1).to(DEVICE)  # [B, N, 4]: each bound a view with stride 4 along N
+    strided = output_and_grads(lambda *a: chunk_attention(*a, bounds=ChunkBounds(*per_token.unbind(-1))),
+                               *problem, torch.float32)
+    assert all(torch.equal(a, b) for a, b in zip(strided, found))
     q, k, v = problem[:3]
     with pytest.raises(ValueError, match=r"bounds.key_stop is torch.int64 .* must be int32"):
         chunk_attention(q, k, v, doc_ids, chunk_ids, bounds=bounds._replace(key_stop=bounds.key_stop.long()))

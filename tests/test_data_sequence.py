@@ -185,3 +185,18 @@ def test_tokenizer_and_vocabulary_must_agree():
     with pytest.raises(ValueError, match="add_motion_vocab"):
         SequenceBuilder(cfg.data, objective="mcp", tokenizer=tok, vocab=vocab,
                         motion_tokenizer=BinningTokenizer(cfg.motion_tokenizer), n_image_tokens=4, seed=0)
+
+
+@pytest.mark.parametrize("labeled", [True, False])
+def test_the_masked_view_hides_every_code_and_keeps_the_training_layout(corpus_records, labeled):
+    """``jala eval latents`` reads lab and wild clips the same way: no true code visible, no label."""
+    seq, _, vocab, cfg = builder()
+    record = pick(corpus_records, labeled=labeled, task="generation", min_chunks=2)
+    masked = seq.build_masked(record)
+    rows, _ = chunk_rows(masked, vocab)
+    assert (rows == vocab.mask).all() and (masked.labels == IGNORE).all() and not masked.labeled
+    width = min(cfg.data.max_chunks, len(record["frame_index"]) - 1)
+    assert masked.sample_id == f"{record['clip_id']}@0:{width}"
+    training = seq.assemble(record, 0, width, labeled=labeled, describe=False, masking=None)
+    assert masked.chunk_hand.tolist() == training.chunk_hand.tolist() and masked.bidirectional
+    np.testing.assert_array_equal(masked.chunk_frames, training.chunk_frames)

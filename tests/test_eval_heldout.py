@@ -1,11 +1,13 @@
 """The converter's held-out split: chosen by clip id alone (the same for any worker count), disjoint from the
-training streams, labelled clips only (wild: trusted pseudo labels), and the report still balances."""
+training streams, labelled clips only (wild: trusted pseudo labels), and the report still balances; the motion
+evaluation reads its generation-task clips."""
 from __future__ import annotations
 
 from streaming import LocalDataset
 
 from jala_ds.config import load_config
 from jala_ds.data.convert import HELDOUT, convert_corpus, is_heldout
+from jala_ds.eval.motion_eval import read_heldout
 
 
 def clip_ids(folder) -> set[str]:
@@ -38,6 +40,13 @@ def test_heldout_split_is_deterministic_disjoint_and_labelled(tiny_corpus, tmp_p
         assert all(is_heldout(c, 0.4) for c in heldout)
     assert len(everything) == one["written"]
     assert one["heldout_by_subset"]["lab"] > 0
+    # Table 1 scores motion generation: a description's instruction describes its motion, and a continuation
+    # asks to go on from motion the prompt does not show
+    held = LocalDataset(local=str(tmp_path / "one" / HELDOUT / "lab"))
+    scored = read_heldout(tmp_path / "one", "lab")
+    assert [r["clip_id"] for r in scored] == [held[i]["clip_id"] for i in range(len(held))
+                                             if held[i]["task"] == "generation"]
+    assert 0 < len(scored) < len(held)
 
 
 def test_no_heldout_share_keeps_every_clip_in_training(tiny_corpus):

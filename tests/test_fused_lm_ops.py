@@ -127,6 +127,13 @@ def test_cpu_tensors_without_the_interpreter_run_the_reference(monkeypatch):
     assert torch.equal(rotary(q, cos, sin), rotary_reference(q, cos, sin))
 
 
+def test_float32_angles_on_half_heads_give_float32_as_eager_does():
+    x, cos, sin, _ = rotary_problem(1, 2, 8, 16, True, torch.float16)
+    out = rotary(x, cos.float(), sin.float())
+    assert out.dtype == torch.float32
+    assert torch.equal(out, rotary_reference(x, cos.float(), sin.float()))
+
+
 def test_rotary_heads_of_no_power_of_two_take_the_reference():
     x, cos, sin, _ = rotary_problem(1, 2, 6, 24, True, torch.float32)
     assert torch.equal(rotary(x, cos, sin), rotary_reference(x, cos, sin))

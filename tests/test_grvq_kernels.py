@@ -3,7 +3,7 @@ Triton's interpreter on CPU tensors otherwise."""
 import pytest
 import torch
 
-from jala_kernels import grvq_decode, grvq_encode, grvq_encode_reference, grvq_triton
+from jala_kernels import grvq_decode, grvq_decode_reference, grvq_encode, grvq_encode_reference, grvq_triton
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -69,6 +69,15 @@ def test_dispatcher_reads_the_environment_at_call_time_as_triton_does(monkeypatc
     referenced = grvq_encode(x, books)
     assert calls == [1]
     assert torch.equal(interpreted[0], referenced[0])
+
+
+def test_a_code_outside_the_codebook_is_nan_in_the_kernel_and_an_error_in_the_reference():
+    _, books = random_problem(5, 3, 1, 2, 4, 3)
+    codes = torch.tensor([[[0, 1]], [[-1, 0]], [[2, 4]]], device=DEVICE)
+    decoded = grvq_triton.grvq_decode_triton(codes, books)
+    assert decoded[1:].isnan().all() and not decoded[0].isnan().any()  # no memory outside the books is read
+    with pytest.raises(ValueError, match=r"codes must lie in \[0, 4\), got \[-1, 4\]"):
+        grvq_decode_reference(codes, books)
 
 
 def test_empty_input_returns_empty_results():

@@ -47,3 +47,15 @@ def test_mde_of_a_reversed_trajectory_is_180_degrees():
     assert math.isclose(float(mde(reversed_pred, true)), 180.0, abs_tol=1e-6)
     sideways = true.clone()[..., [1, 0, 2]]  # wrist moves along y instead of x
     assert math.isclose(float(mde(sideways, true)), 90.0, abs_tol=1e-6)
+
+
+def test_mde_scores_a_motionless_prediction_at_90_degrees_and_skips_a_motionless_truth():
+    """A model that predicts no motion must not be spared: only chunks whose true wrist stays put have no
+    direction to match."""
+    steps = torch.linspace(0, 1, 15, dtype=torch.float64)
+    true = torch.zeros(2, 15, 21, 3, dtype=torch.float64)
+    true[0, ..., 0] = steps[:, None] * 0.2   # moves along x; the second chunk stays put
+    pred = true.clone()
+    assert math.isclose(float(mde(pred, true)), 0.0, abs_tol=1e-6)  # only the moving chunk counts
+    assert math.isclose(float(mde(torch.zeros_like(true), true)), 90.0, abs_tol=1e-6)
+    assert math.isnan(float(mde(pred, torch.zeros_like(true))))

@@ -226,6 +226,8 @@ def test_posttrain_on_two_ranks_exports_a_policy_that_answers_through_the_server
         with pytest.raises(ObservationError, match="'images' must map every camera"):
             client.predict({**live_observation(2), "images": {"observation.images.image": np.zeros((2, 8, 8, 3),
                                                                                                  np.uint8)}})
+        with pytest.raises(ObservationError, match=r"'state' holds no sample \(shape \[0, S\]\)"):
+            client.predict({**live_observation(1), "state": np.zeros((0, 8), dtype=np.float32)})
         busy = server.server_address[1]   # a second server on the same port: one line, not a traceback
         capsys.readouterr()
         assert jala(["serve", "--ckpt", str(export), "--port", str(busy), "--device", "cpu"]) == 2

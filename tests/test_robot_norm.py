@@ -57,6 +57,12 @@ def test_quantile_mode_maps_q01_q99_to_minus_one_one_and_clips():
     np.testing.assert_allclose(stats.normalize_action(edges), [[-1.0] * 3, [1.0] * 3], atol=1e-6)
     far = stats.action.q99 + 10.0
     assert (stats.normalize_action(far[None]) == 1.0).all()
+    # a sampler's overshoot comes back as the data's edge, never beyond it
+    overshoot = np.array([[1.7, -2.5, 0.0]], np.float32)
+    np.testing.assert_allclose(stats.unnormalize_action(overshoot)[0, :2], [stats.action.q99[0], stats.action.q01[1]],
+                               rtol=1e-6)
+    torch.testing.assert_close(stats.unnormalize_action(torch.from_numpy(overshoot)),
+                               torch.from_numpy(stats.unnormalize_action(overshoot)))
 
 
 def test_save_load_is_identical_and_bad_files_are_clear_errors(tmp_path):

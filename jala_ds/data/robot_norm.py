@@ -6,8 +6,8 @@ small JSON file (``norm_stats.json``) and :meth:`NormStats.load` refuses anythin
 
 Modes (per dimension):
 - ``quantile``: ``[q01, q99] -> [-1, 1]``, clipped to ``[-1, 1]`` (robust to outliers; what GR00T and openpi use);
-  un-normalising maps ``[-1, 1]`` back onto ``[q01, q99]``, so a value outside that range does not survive the round
-  trip, by design.
+  un-normalising clips to ``[-1, 1]`` too and maps it back onto ``[q01, q99]``: the policy was trained on nothing
+  outside it, so a sampler's overshoot never reaches the robot as a command beyond the data's range.
 - ``meanstd``: ``(x - mean) / std``, no clipping.
 
 A constant dimension (``q99 == q01``, or ``std == 0``: a gripper that never moves, a padded state entry) normalises
@@ -72,6 +72,8 @@ class FeatureStats:
 
     def unnormalize(self, x: Array, mode: str) -> Array:
         low, scale, _ = self.affine(mode)
+        if mode == "quantile":
+            x = x.clip(-1.0, 1.0) if isinstance(x, np.ndarray) else x.clamp(-1.0, 1.0)
         return x * as_like(scale, x) + as_like(low, x)
 
     def affine(self, mode: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

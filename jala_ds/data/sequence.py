@@ -130,6 +130,14 @@ class SequenceBuilder:
 
         return self.assemble(record, start, width, labeled=True, describe=False, masking=masking)
 
+    def build_masked(self, record: Mapping) -> Document:
+        """The window of ``data.max_chunks`` chunks from chunk 0 as a generation task with every motion token
+        ``[MASK]`` and no label, whether the clip is labelled or not: what the backbone predicts from the image and
+        instruction alone, one view for every subset (``jala eval latents``; post-training reads h this way)."""
+        chunks = len(record["frame_index"]) - 1
+        return self.assemble(record, 0, min(self.data.max_chunks, chunks), labeled=False, describe=False,
+                             masking=None)
+
     def assemble(self, record: Mapping, start: int, width: int, *, labeled: bool, describe: bool,
                  masking: Callable[[list[tuple[int, int]]], np.ndarray] | None) -> Document:
         """The document of the window ``[start, start + width)``; ``masking(order)`` gives the masked

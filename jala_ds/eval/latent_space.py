@@ -2,10 +2,12 @@
 
     result = latent_space("demo_out/run", "demo_out/mds", limit=32, out_dir="demo_out/eval/latents")
 
-For up to ``limit`` clips of each subset under ``data`` (any folder with ``lab/`` and/or ``wild/`` MDS datasets:
-the training streams, or a corpus' ``heldout/``), one training-style forward (the loader's own document, example
-and collate code, epoch 0) gives each chunk's predictive embeddings h pooled to the M latent segments (as the
-alignment loss pools them) and LAP's M latent actions z. Every (chunk, latent) vector is scaled to unit length
+For up to ``limit`` generation-task clips of each subset under ``data`` (any folder with ``lab/`` and/or ``wild/``
+MDS datasets: the training streams, or a corpus' ``heldout/``), one forward of each clip's first window with every
+motion token ``[MASK]`` gives each chunk's predictive embeddings h (pooled to the M latent segments, as the
+alignment loss pools them) and LAP's M latent actions z. Every subset is seen the same way: a training document
+would show a labelled clip part of its own true codes (and a description its motion in words), and the wild
+clips, mostly unlabelled, nothing. Every (chunk, latent) vector is scaled to unit length
 (the alignment is a cosine) and both spaces are projected together onto their first two principal components,
 coloured by subset, one marker per space.
 
@@ -15,6 +17,7 @@ cosine well above the shuffled one; the gap is what the alignment loss has taugh
 """
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -47,7 +50,7 @@ class LatentSpace:
 
 
 def read_subsets(data: str | Path, limit: int) -> dict[str, list[Mapping]]:
-    """Up to ``limit`` records of each subset found under ``data``, in stored order."""
+    """Up to ``limit`` generation-task records of each subset found under ``data``, in stored order."""
     from jala_ds.motion.pose_corpus import open_mds
 
     root = Path(data)
@@ -56,7 +59,9 @@ def read_subsets(data: str | Path, limit: int) -> dict[str, list[Mapping]]:
     if not found:
         raise FileNotFoundError(f"{root} holds no lab/ or wild/ MDS dataset: pass a `jala data convert` output "
                                 "folder (training streams) or its heldout/ folder")
-    return {subset: [dataset[i] for i in range(min(limit, len(dataset)))] for subset, dataset in found.items()}
+    generation = {subset: (record for record in map(dataset.__getitem__, range(len(dataset)))
+                           if record["task"] == "generation") for subset, dataset in found.items()}
+    return {subset: list(itertools.islice(records, limit)) for subset, records in generation.items()}
 
 
 def alignment(predictive: torch.Tensor, latent_actions: torch.Tensor, seed: int = 0) -> dict[str, float]:
@@ -77,7 +82,7 @@ def alignment(predictive: torch.Tensor, latent_actions: torch.Tensor, seed: int 
 
 @torch.no_grad()
 def collect(trained, records: list[Mapping], batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pooled h and z ``[chunks, M, d]`` (fp32, CPU) of every chunk of ``records``' training documents."""
+    """Pooled h and z ``[chunks, M, d]`` (fp32, CPU) of every chunk of ``records``' all-``[MASK]`` documents."""
     from jala_ds.data.collate import collate
     from jala_ds.data.example import ExampleBuilder
     from jala_ds.data.motion_tokens import build_motion_tokenizer
@@ -95,11 +100,15 @@ def collect(trained, records: list[Mapping], batch_size: int) -> tuple[torch.Ten
     dtype = next(model.parameters()).dtype
     hs, zs = [], []
     for first in range(0, len(records), batch_size):
-        chunk = [examples.build(record, first + i, 0) for i, record in enumerate(records[first:first + batch_size])]
+        chunk = [examples.with_pixels(record, sequences.build_masked(record))
+                 for record in records[first:first + batch_size]]
         batch = collate(chunk, pack=False, max_tokens=max(len(e.document) for e in chunk), vocab=trained.vocab)
-        out = model(to_device(batch, trained.device, dtype))
-        hs.append(segment_mean(out.predictive.float(), out.latent_actions.shape[1]).cpu())
-        zs.append(out.latent_actions.float().cpu())
+        batch = to_device(batch, trained.device, dtype)
+        features = model.encode_frames(batch)
+        _, predictive = model.hidden_states(batch, features, stop_at_align_layer=True)
+        latent_actions = model.lap(features, batch["chunk_hand"])
+        hs.append(segment_mean(predictive.float(), latent_actions.shape[1]).cpu())
+        zs.append(latent_actions.float().cpu())
     return torch.cat(hs), torch.cat(zs)
 
 

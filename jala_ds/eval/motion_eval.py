@@ -2,12 +2,17 @@
 
     result = evaluate_motion("demo_out/run", "demo_out/mds", "lab", limit=16, out_dir="demo_out/eval")
 
-Reads the labelled clips of ``<data>/heldout/<split>`` (written by ``jala data convert`` with
-``data.heldout_fraction > 0``), generates each clip's window chunk by chunk with MCP decoding (``mcp_decoding``),
+Reads the labelled generation-task clips of ``<data>/heldout/<split>`` (written by ``jala data convert`` with
+``data.heldout_fraction > 0``; a description clip's instruction describes its motion, and a continuation asks to
+go on from motion the prompt would not show), generates each clip's window chunk by chunk with MCP decoding
+(``mcp_decoding``),
 and scores the ensembled MANO poses against the clip's own poses on forward-kinematics joints
 (``jala_ds.motion.metrics``): one row per hand and one over both (every generated chunk weighs the same; a
 chunk is the sequence MDE measures its displacement over). A second table scores the motion tokenizer's own
-reconstruction of the truth, the floor no generation through that tokenizer can go under.
+reconstruction of the truth, the floor no generation through that tokenizer can go under. The joints are MANO's
+with ``motion_tokenizer.mano_model_dir``, else a template skeleton's (``kinematics.py``); both files say which,
+since centimetres on the template are not comparable with published MANO figures. With ``data.max_chunks > 1`` a
+later chunk's LSP context is its own first frame, a true observation the first chunk's generation did not have.
 
 Writes ``metrics.md``, ``metrics.json``, ``predictions.npz`` and the pictures of ``motion_plots`` to ``out_dir``,
 and logs them to MLflow in the training run's experiment, tagged with (and nested under) the training run.
@@ -49,7 +54,7 @@ class MotionEvaluation:
 
 
 def read_heldout(data: str | Path, split: str, limit: int | None = None) -> list[Mapping]:
-    """The labelled records of ``<data>/heldout/<split>``, in stored order, at most ``limit``."""
+    """The labelled generation-task records of ``<data>/heldout/<split>``, in stored order, at most ``limit``."""
     from jala_ds.motion.pose_corpus import open_mds
 
     folder = Path(data) / HELDOUT / split
@@ -57,7 +62,8 @@ def read_heldout(data: str | Path, split: str, limit: int | None = None) -> list
         raise FileNotFoundError(f"{folder} holds no held-out split: convert the corpus with a held-out share, e.g. "
                                 "`jala data convert --recipe R --src RAW --out NEW_FOLDER data.heldout_fraction=0.05`")
     dataset = open_mds(folder)
-    records = [record for record in (dataset[i] for i in range(len(dataset))) if record["labeled"]]
+    records = [record for record in (dataset[i] for i in range(len(dataset)))
+               if record["labeled"] and record["task"] == "generation"]
     return records[:limit] if limit else records
 
 
@@ -151,7 +157,7 @@ def evaluate_motion(ckpt: str | Path, data: str | Path, split: str, *, limit: in
         raise ValueError(f"split={split!r}: use lab or wild")
     records = read_heldout(data, split, limit)
     if not records:
-        raise ValueError(f"{data}/{HELDOUT}/{split} has no labelled clip to score: hold more clips out "
+        raise ValueError(f"{data}/{HELDOUT}/{split} has no labelled generation clip to score: hold more clips out "
                          "(data.heldout_fraction) or pick the other split")
     trained = load_trained_model(ckpt, overrides)
     cfg = trained.cfg
@@ -165,12 +171,13 @@ def evaluate_motion(ckpt: str | Path, data: str | Path, split: str, *, limit: in
     out = Path(out_dir) if out_dir else Path(trained.source) / "eval" / split
     out.mkdir(parents=True, exist_ok=True)
     step = f"step {trained.step}" if trained.step is not None else "export"
+    skeleton = f"MANO joints ({mano})" if mano else "template-skeleton joints (no motion_tokenizer.mano_model_dir)"
     heading = (f"MCP generation on held-out {split} ({len(clips)} clips, {step}, ensemble {decoding.ensemble}, "
-               f"{decoding.fraction:.0%} of a chunk per pass, seed {decoding.seed})")
+               f"{decoding.fraction:.0%} of a chunk per pass, seed {decoding.seed}; {skeleton})")
     markdown = format_table(table, heading) + "\n" + format_table(floor, "motion tokenizer reconstruction (floor)")
     (out / "metrics.md").write_text(markdown)
     (out / "metrics.json").write_text(json.dumps(
-        {"split": split, "ckpt": str(ckpt), "step": trained.step, "clips": len(clips),
+        {"split": split, "ckpt": str(ckpt), "step": trained.step, "clips": len(clips), "joints": skeleton,
          "decoding": dataclasses.asdict(decoding), "metrics": table,
          "tokenizer_floor": floor}, indent=2, default=float))
     save_predictions(clips, out / "predictions.npz")

@@ -122,6 +122,8 @@ class JalaPolicy:
         batched = state.ndim == 2
         states = check_state(state if batched else state[None], self.schema.state_dim)
         size = states.shape[0]
+        if size == 0:
+            raise ObservationError("'state' holds no sample (shape [0, S]): send at least one observation")
         instructions = observation["instruction"]
         instructions = instructions if batched else [instructions]
         if not (isinstance(instructions, list) and len(instructions) == size

@@ -49,16 +49,17 @@ def mwte(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
 def mde(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
     """Mean angle in degrees between predicted and true final wrist displacements (from the first frame).
 
-    A sequence whose true or predicted wrist does not move (displacement under 1e-6 m) has no direction:
-    it is left out of the mean rather than scored by an arbitrary angle.
+    A sequence whose true wrist does not move (displacement under 1e-6 m) has no direction to match and is left
+    out (NaN when none moves). A prediction that does not move, where the truth does, scores 90 degrees, the mean
+    angle of a direction chosen at random: leaving it out would spare a model that predicts no motion.
     """
     d_pred = pred[..., -1, 0, :] - pred[..., 0, 0, :]
     d_true = true[..., -1, 0, :] - true[..., 0, 0, :]
     n_pred, n_true = d_pred.norm(dim=-1), d_true.norm(dim=-1)
-    valid = (n_pred > 1e-6) & (n_true > 1e-6)
     cos = (d_pred * d_true).sum(dim=-1) / (n_pred * n_true).clamp_min(1e-12)
-    angles = torch.rad2deg(torch.arccos(cos.clamp(-1.0, 1.0)))
-    return angles[valid].mean() if valid.any() else torch.tensor(float("nan"))
+    angles = torch.where(n_pred > 1e-6, torch.rad2deg(torch.arccos(cos.clamp(-1.0, 1.0))), 90.0)
+    moved = n_true > 1e-6
+    return angles[moved].mean() if moved.any() else torch.tensor(float("nan"))
 
 
 def motion_metrics(pred: torch.Tensor, true: torch.Tensor) -> dict[str, float]:
