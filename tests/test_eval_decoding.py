@@ -113,3 +113,59 @@ def test_mano_ensemble_averages_translations_and_keeps_rotations_valid():
     eye = torch.eye(3, dtype=torch.float64).expand_as(rotations)
     assert torch.allclose(rotations @ rotations.transpose(-1, -2), eye, atol=1e-5)
     assert torch.allclose(torch.linalg.det(rotations), torch.ones(rotations.shape[:-2], dtype=torch.float64))
+
+
+@pytest.fixture(scope="module")
+def ntp_generation(tiny_generation):
+    """The tiny recipe as a Being-H0 backbone (next-token prediction), random, in eval mode."""
+    from jala_ds.config import load_config
+    from jala_ds.model.build import build_model
+
+    _, _, tokenizer, vocab, records = tiny_generation
+    cfg = load_config("tiny_cpu", ["model.objective=ntp", "model.align=false", "model.decoupled_ema=false"])
+    torch.manual_seed(0)
+    model = build_model(cfg, vocab).eval()
+    with torch.no_grad():  # the motion rows start equal (initialised alike): give their logits an order
+        model.backbone.lm_head.weight[vocab.motion_base:] += 0.5 * torch.randn_like(
+            model.backbone.lm_head.weight[vocab.motion_base:])
+    return cfg, model, tokenizer, vocab, records
+
+
+def test_next_token_decoding_fills_each_chunk_left_to_right_with_codes_valid_there(ntp_generation):
+    cfg, model, tokenizer, vocab, records = ntp_generation
+    gen = MotionGenerator(cfg, model, tokenizer, vocab, decoding=Decoding(ensemble=2))
+    _, batch, streams = gen.prepare(records[:2])
+    assert (batch["chunk_ids"] == -1).all(), "an ntp document is causal throughout"
+    tokens = gen.tokens_per_chunk
+    for step, masked in enumerate(gen.fill(batch, streams)):
+        slot = step % tokens   # after each pass one more slot of the chunks being filled is set
+        assert not masked[:, :slot + 1].any() and masked[:, slot + 1:].all()
+    ids = batch["input_ids"].view(-1)[batch["chunk_tokens"]]
+    assert (ids[:, :, None] == gen.candidates[None]).any(-1).all()
+
+
+def test_next_token_decoding_reads_each_code_where_training_put_its_label(ntp_generation):
+    """Near temperature 0 the first code of every row's first chunk is the most likely valid one at the
+    position before it (``<mot>``), from one forward of the prepared batch."""
+    cfg, model, tokenizer, vocab, records = ntp_generation
+    gen = MotionGenerator(cfg, model, tokenizer, vocab, decoding=Decoding(ensemble=1, temperature=1e-6))
+    _, batch, streams = gen.prepare(records[:2])
+    rows = batch["chunk_tokens"][:, 0] // batch["input_ids"].shape[1]
+    first_chunks = torch.tensor([int((rows == r).nonzero()[0]) for r in rows.unique()])
+    first = batch["chunk_tokens"][first_chunks, 0]
+    assert (batch["input_ids"].view(-1)[first - 1] == vocab.mot_start).all()
+    with torch.no_grad():
+        final, _ = model.hidden_states(batch, model.encode_frames(batch))
+        logits = model.backbone.lm_head(final.flatten(0, 1)[first - 1])
+    expected = gen.candidates[0][logits[:, gen.candidates[0]].argmax(-1)]
+    next(iter(gen.fill(batch, streams)))
+    assert torch.equal(batch["input_ids"].view(-1)[first], expected)
+
+
+def test_next_token_generation_gives_poses_and_a_seed_reproduces_them(ntp_generation):
+    cfg, model, tokenizer, vocab, records = ntp_generation
+    runs = [MotionGenerator(cfg, model, tokenizer, vocab, decoding=Decoding(ensemble=2, seed=3)).generate(records[:1])
+            for _ in range(2)]
+    for hand, motion in runs[0][0].hands.items():
+        assert motion.predicted.shape == motion.true.shape and np.isfinite(motion.predicted).all()
+        assert np.array_equal(motion.member_codes, runs[1][0].hands[hand].member_codes)

@@ -44,8 +44,6 @@ CASES = {
     "a subset, not the corpus": (["data.mds_dir={corpus}/lab"], {}, ["holds no converted corpus (lab/index.json",
                                                                    "jala data convert --recipe tiny_cpu --src"]),
     "log_every 0": (["train.log_every=0"], {}, ["train.log_every", "must be positive"]),
-    "ntp with periodic evaluation": (["model.objective=ntp", "model.align=false", "model.decoupled_ema=false",
-                                      "train.eval_every=10"], {}, ["train.eval_every", "set train.eval_every=0"]),
     "min_lr_ratio": (["train.min_lr_ratio=2"], {}, ["train.min_lr_ratio", "[0, 1]"]),
     "missing pretrained": (["model.pretrained=/nonexistent/InternVL3-2B-hf"], {},
                            ["model.pretrained: folder '/nonexistent/InternVL3-2B-hf' not found", "local"]),

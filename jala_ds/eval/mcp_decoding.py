@@ -19,6 +19,12 @@ positions drawn without replacement with probabilities proportional to ``confide
 what else is in the batch); all of them run as rows of one batch. Each member's codes are decoded to MANO by the
 recipe's motion tokenizer, and the members are averaged in MANO space: translations by their mean, rotations by
 the rotation nearest to their mean matrix.
+
+A backbone trained with next-token prediction (``model.objective=ntp``: the paper's Being-H0 rows) decodes in
+order instead: each chunk's tokens left to right, token t read where training put its label (the position
+before it), drawn among the codes valid there from the softmax at ``temperature``; attention is causal, so the
+still-masked tokens after it change nothing. Everything else (documents, chunk order, LSP frames, ensemble,
+scoring) is the same, so Table 1's rows come from one code path.
 """
 from __future__ import annotations
 
@@ -48,16 +54,17 @@ from jala_ds.vocab import MotionVocab
 @dataclass(frozen=True)
 class Decoding:
     fraction: float = 0.05
-    """Share of a chunk's tokens fixed per pass (the paper's 5%); at least one token per pass."""
+    """Share of a chunk's tokens fixed per pass (the paper's 5%); at least one token per pass. MCP only."""
     ensemble: int = 4
     """Decodings per chunk averaged in MANO space."""
     seed: int = 0
     """Seeds the position draws: the same seed gives the same motion."""
     temperature: float = 1.0
-    """Of the confidence-proportional position draws; near 0 fixes the most confident positions first."""
+    """Of the confidence-proportional position draws (mcp): near 0 fixes the most confident positions first; of
+    the code draws (ntp): near 0 takes the most likely code."""
     reuse_context: bool = True
     """Passes after a chunk's first run the language model on that chunk alone (``chunk_context.py``); False
-    runs every pass over the whole sequence: the reference the short passes are tested against."""
+    runs every pass over the whole sequence: the reference the short passes are tested against. MCP only."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.fraction <= 1.0:
@@ -120,9 +127,6 @@ class MotionGenerator:
 
     def __init__(self, cfg: JalaConfig, model: JalaModel, tokenizer, vocab: MotionVocab, *,
                  decoding: Decoding = Decoding(), device: torch.device | str = "cpu") -> None:
-        if cfg.model.objective != "mcp":
-            raise ValueError(f"model.objective={cfg.model.objective}: MCP decoding needs a model trained with "
-                             "masked chunk prediction (objective=mcp)")
         self.cfg, self.model, self.vocab, self.decoding = cfg, model, vocab, decoding
         self.device = torch.device(device)
         self.motion_tokenizer = build_motion_tokenizer(cfg.motion_tokenizer)
@@ -161,15 +165,16 @@ class MotionGenerator:
         """Fill every [MASK] of the batch's chunks in place (``batch["input_ids"]``), the k-th chunk of every row
         at once, k = 0, 1, ...; yields the still-masked positions ``[rows, T]`` of the chunks being filled after
         each pass."""
-        chunk_tokens = batch["chunk_tokens"]
-        row_of_chunk = chunk_tokens[:, 0] // batch["input_ids"].shape[1]
-        rank_in_row = torch.arange(len(row_of_chunk), device=row_of_chunk.device) - \
-            torch.searchsorted(row_of_chunk, row_of_chunk)  # chunks are numbered row by row, in sequence order
+        fill = self._fill_masked if self.cfg.model.objective == "mcp" else self._fill_in_order
+        yield from fill(batch, streams)
+
+    def _fill_masked(self, batch: dict, streams: list[torch.Generator]) -> Iterator[torch.Tensor]:
+        """MCP: per pass, the per-pass share of a chunk's masked positions, drawn by confidence."""
+        chunk_tokens, row_of_chunk = batch["chunk_tokens"], chunk_rows(batch)
         features = self.model.encode_frames(batch)
         latent = self.model.latent_states_per_token(batch, features) if self.decoding.reuse_context else None
         ids = batch["input_ids"].view(-1)
-        for k in range(int(rank_in_row.max()) + 1 if len(rank_in_row) else 0):
-            chunks = (rank_in_row == k).nonzero().squeeze(1)
+        for chunks in chunks_by_rank(row_of_chunk):
             positions = chunk_tokens[chunks]
             rows = row_of_chunk[chunks].tolist()
             context = None  # the chunk's recorded keys and values, after its first pass (reuse_context)
@@ -189,6 +194,23 @@ class MotionGenerator:
                                        self.decoding.temperature)
                 tokens = self.candidates.gather(1, choice.T).T  # [chunks, T]: the chosen code's token id
                 ids[positions[fix]] = tokens[fix]
+                yield ids[positions] == self.vocab.mask
+
+    def _fill_in_order(self, batch: dict, streams: list[torch.Generator]) -> Iterator[torch.Tensor]:
+        """ntp: one token of every row's chunk per pass, left to right, each read at the position before it."""
+        chunk_tokens, row_of_chunk = batch["chunk_tokens"], chunk_rows(batch)
+        features = self.model.encode_frames(batch)
+        ids = batch["input_ids"].view(-1)
+        for chunks in chunks_by_rank(row_of_chunk):
+            positions = chunk_tokens[chunks]
+            rows = row_of_chunk[chunks].tolist()
+            for slot in range(self.tokens_per_chunk):
+                final, _ = self.model.hidden_states(batch, features)
+                logits = self.model.backbone.lm_head(final.flatten(0, 1)[positions[:, slot] - 1]).float()
+                allowed = (logits[:, self.candidates[slot]] / self.decoding.temperature).softmax(dim=-1).cpu()
+                choice = torch.cat([torch.multinomial(allowed[i], 1, generator=streams[r])
+                                    for i, r in enumerate(rows)])
+                ids[positions[:, slot]] = self.candidates[slot][choice.to(self.candidates.device)]
                 yield ids[positions] == self.vocab.mask
 
     def _whole_sequence_pass(self, batch: dict, features: torch.Tensor | None, rows: torch.Tensor,
@@ -232,6 +254,19 @@ class MotionGenerator:
             clips.append(clip)
             first += members * n_chunks
         return clips
+
+
+def chunk_rows(batch: dict) -> torch.Tensor:
+    """The row of each of the batch's chunks (chunks are numbered row by row, in sequence order)."""
+    return batch["chunk_tokens"][:, 0] // batch["input_ids"].shape[1]
+
+
+def chunks_by_rank(row_of_chunk: torch.Tensor) -> Iterator[torch.Tensor]:
+    """The k-th chunk of every row that has one, k = 0, 1, ...: what one decoding step fills at once."""
+    rank_in_row = torch.arange(len(row_of_chunk), device=row_of_chunk.device) - \
+        torch.searchsorted(row_of_chunk, row_of_chunk)
+    for k in range(int(rank_in_row.max()) + 1 if len(rank_in_row) else 0):
+        yield (rank_in_row == k).nonzero().squeeze(1)
 
 
 def row_seed(seed: int, sample_id: str, member: int) -> int:

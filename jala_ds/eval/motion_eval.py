@@ -172,8 +172,10 @@ def evaluate_motion(ckpt: str | Path, data: str | Path, split: str, *, limit: in
     out.mkdir(parents=True, exist_ok=True)
     step = f"step {trained.step}" if trained.step is not None else "export"
     skeleton = f"MANO joints ({mano})" if mano else "template-skeleton joints (no motion_tokenizer.mano_model_dir)"
-    heading = (f"MCP generation on held-out {split} ({len(clips)} clips, {step}, ensemble {decoding.ensemble}, "
-               f"{decoding.fraction:.0%} of a chunk per pass, seed {decoding.seed}; {skeleton})")
+    how = (f"MCP generation, {decoding.fraction:.0%} of a chunk per pass" if cfg.model.objective == "mcp"
+           else "next-token generation")
+    heading = (f"{how}, on held-out {split} ({len(clips)} clips, {step}, ensemble {decoding.ensemble}, seed "
+               f"{decoding.seed}; {skeleton})")
     markdown = format_table(table, heading) + "\n" + format_table(floor, "motion tokenizer reconstruction (floor)")
     (out / "metrics.md").write_text(markdown)
     (out / "metrics.json").write_text(json.dumps(
