@@ -9,7 +9,7 @@ SCRIPT = """
 import json, sys
 from pathlib import Path
 import torch.distributed as dist
-from jala_ds.train.checkpoint import check_same_resume_target
+from jala_ds.train.resume_agreement import check_same_resume_target
 
 checkpoint, out = Path(sys.argv[1]), Path(sys.argv[2])
 dist.init_process_group("gloo")

@@ -177,6 +177,9 @@ def evaluate_motion(ckpt: str | Path, data: str | Path, split: str, *, limit: in
     heading = (f"{how}, on held-out {split} ({len(clips)} clips, {step}, ensemble {decoding.ensemble}, seed "
                f"{decoding.seed}; {skeleton})")
     markdown = format_table(table, heading) + "\n" + format_table(floor, "motion tokenizer reconstruction (floor)")
+    if cfg.data.max_chunks > 1:
+        markdown += (f"\nWindows of up to {cfg.data.max_chunks} chunks: a later chunk's LSP context is its own first "
+                     "frame, a true observation that generating the first chunk did not have.\n")
     (out / "metrics.md").write_text(markdown)
     (out / "metrics.json").write_text(json.dumps(
         {"split": split, "ckpt": str(ckpt), "step": trained.step, "clips": len(clips), "joints": skeleton,

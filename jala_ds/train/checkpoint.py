@@ -59,18 +59,6 @@ def save_checkpoint(engine: Any, out_dir: str | Path, step: int, run_state: dict
     return folder
 
 
-def check_same_resume_target(resume_from: Path | None) -> None:
-    """Collective: every rank found the same checkpoint to resume from, or none. Each looked on its own, in
-    preflight; a ``train.out_dir`` that is not one folder all nodes share would have some ranks load step N and
-    others start afresh, and train on a mix of both."""
-    found: list[str | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(found, None if resume_from is None else str(resume_from.resolve()))
-    if len(set(found)) > 1:
-        where = ", ".join(f"rank {rank}: {target or 'nothing'}" for rank, target in enumerate(found))
-        raise RuntimeError(f"the ranks disagree on the checkpoint to resume from ({where}): train.out_dir must be "
-                           "one folder every node sees at the same path")
-
-
 def load_checkpoint(engine: Any, folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """Collective: restore the engine from ``folder``; returns (run state, this rank's state)."""
     rank = dist.get_rank()

@@ -28,13 +28,14 @@ from jala_ds.data.loader import build_loader
 from jala_ds.data.orphaned_memory import remove_orphaned_streaming_memory
 from jala_ds.model.backbone import image_token_count
 from jala_ds.model.build import build_model
-from jala_ds.train.checkpoint import check_same_resume_target, load_checkpoint, save_checkpoint
+from jala_ds.train.checkpoint import load_checkpoint, save_checkpoint
 from jala_ds.train.engine import build_engine, init_distributed, model_init_context
 from jala_ds.train.flops import device_peak_flops, flops_per_sample
 from jala_ds.train.metrics import LOSSES, StepMetrics
 from jala_ds.train.optim import follow_recipe_schedule
 from jala_ds.train.preflight import RunPlan
 from jala_ds.train.progress import Progress
+from jala_ds.train.resume_agreement import check_same_resume_target
 from jala_ds.train.rng_state import capture_rng_state, restore_rng_state
 from jala_ds.train.stop_request import stop_file, stop_requested
 from jala_ds.train.tracking import Tracker
