@@ -171,7 +171,7 @@ def evaluate_motion(ckpt: str | Path, data: str | Path, split: str, *, limit: in
     out = Path(out_dir) if out_dir else Path(trained.source) / "eval" / split
     out.mkdir(parents=True, exist_ok=True)
     step = f"step {trained.step}" if trained.step is not None else "export"
-    skeleton = f"MANO joints ({mano})" if mano else "template-skeleton joints (no motion_tokenizer.mano_model_dir)"
+    skeleton = f"MANO joints from {mano}" if mano else "template-skeleton joints, no motion_tokenizer.mano_model_dir"
     how = (f"MCP generation, {decoding.fraction:.0%} of a chunk per pass" if cfg.model.objective == "mcp"
            else "next-token generation")
     heading = (f"{how}, on held-out {split} ({len(clips)} clips, {step}, ensemble {decoding.ensemble}, seed "
