@@ -1,8 +1,10 @@
-"""MCP decoding speed: short passes over the chunk being filled (``Decoding.reuse_context``) against a pass over the
-whole sequence every time, side by side on one model.
+"""Motion decoding speed: short passes against the recorded keys and values (``Decoding.reuse_context``: over the
+chunk being filled for MCP, over the one token just written for ntp) against a pass over the whole sequence every
+time, side by side on one model.
 
     python -m benchmarks.mcp_decoding                                            # tiny recipe, ~1 min on a CPU
     python -m benchmarks.mcp_decoding model.arch=internvl3_2b_narrow model.align_layer=19   # InternVL3-2B's depth
+    python -m benchmarks.mcp_decoding model.objective=ntp model.align=false model.decoupled_ema=false   # Being-H0
 
 A synthetic corpus in the real MDS format is written first (or ``--mds`` names one converted for the recipe);
 the model has random weights, which decode as fast as trained ones. Both variants generate the same windows
@@ -55,18 +57,20 @@ def run(recipe: str, overrides: list[str], mds: Path, records: int, ensemble: in
     for _ in range(rounds):
         for reuse in (True, False):
             best[reuse] = min(best[reuse], decode_seconds(generator, windows, reuse))
-    passes = generator.passes_per_chunk
+    passes, mcp = generator.passes_per_chunk, cfg.model.objective == "mcp"
+    short = "the chunk" if mcp else "the token just written"
     rows = [{"passes": f"{label}", "ms per window": best[reuse] * 1e3 / len(windows),
              "whole / this": best[False] / best[reuse]}
             for reuse, label in ((False, "every pass over the whole sequence"),
-                                 (True, f"1 whole pass, then {passes - 1} over the chunk"))]
+                                 (True, f"1 whole pass, then {passes - 1} over {short}"))]
     command = " ".join(["python -m benchmarks.mcp_decoding", *overrides, f"--records {records}",
                         f"--ensemble {ensemble}", f"--rounds {rounds}"])
     notes = [f"`{command}`: recipe {recipe} (model.arch={cfg.model.arch}), random weights, {len(windows)} "
              f"windows of {cfg.data.max_chunks} chunk(s) per hand, {ensemble} ensemble members, {passes} passes "
              "per chunk; wall time of `MotionGenerator.generate`, fastest of the rounds, measured side by side"]
-    path = write_results("mcp_decoding", rows, title="MCP decoding: short passes over the chunk being filled",
-                         device=device_name(), notes=notes, out_dir=out_dir)
+    name, title = (("mcp_decoding", "MCP decoding: short passes over the chunk being filled") if mcp else
+                   ("ntp_decoding", "Next-token decoding: one position per pass against the recorded keys and values"))
+    path = write_results(name, rows, title=title, device=device_name(), notes=notes, out_dir=out_dir)
     print(path.read_text())
     return rows
 

@@ -7,6 +7,7 @@ import torch
 from two_ranks import run_two_ranks
 
 from jala_ds.config import load_config
+from jala_ds.config_checks import ConfigError
 from jala_ds.data import shard_check
 from jala_ds.data.loader import build_loader
 from jala_ds.data.orphaned_memory import remove_orphaned_streaming_memory
@@ -155,12 +156,16 @@ def test_bad_world_and_missing_corpus_are_clear_errors(tiny_corpus, tmp_path, mo
     monkeypatch.delenv("RANK")
     with pytest.raises(FileNotFoundError, match="jala data convert"):
         make_loader(tmp_path / "empty")
+    with pytest.raises(ConfigError, match=r"data.max_tokens=16: a sample can have \d+ tokens .*: raise "
+                                          r"data.max_tokens to \d+, or lower data.max_chunks"):
+        make_loader(tiny_corpus.mds, "data.max_tokens=16")
 
 
 RANK_SCRIPT = """
 import json, os, sys
 import torch.distributed as dist
 from jala_ds.config import load_config
+from jala_ds.config_checks import ConfigError
 from jala_ds.data.loader import build_loader
 from jala_ds.vocab import add_motion_vocab, byte_level_tokenizer
 

@@ -178,6 +178,15 @@ def test_stored_tokens_are_used_instead_of_encoding(corpus_records):
         seq.build(record, 0, 0)
 
 
+def test_the_longest_document_bounds_every_document_and_is_reached(corpus_records):
+    """``longest`` is what the loader checks data.max_tokens against before training starts: no document is
+    longer, and a two-handed clip with a long instruction and a full window is that long."""
+    seq, _, _, _ = builder("data.max_text_tokens=8", "data.max_chunks=2")
+    assert max(len(seq.build(record, i, 0)) for i, record in enumerate(corpus_records)) <= seq.longest
+    record = pick(corpus_records, labeled=True, hands=HANDS, min_chunks=2)
+    assert len(seq.build({**record, "instruction": "x" * 100}, 0, 0)) == seq.longest
+
+
 def test_tokenizer_and_vocabulary_must_agree():
     cfg = load_config("tiny_cpu")
     tok = byte_level_tokenizer()

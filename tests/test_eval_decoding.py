@@ -14,6 +14,8 @@ from jala_ds.eval.mcp_decoding import (
     Decoding,
     MotionGenerator,
     candidate_ids,
+    chunk_rows,
+    chunks_by_rank,
     ensemble_poses,
     positions_to_fix,
 )
@@ -160,6 +162,29 @@ def test_next_token_decoding_reads_each_code_where_training_put_its_label(ntp_ge
     expected = gen.candidates[0][logits[:, gen.candidates[0]].argmax(-1)]
     next(iter(gen.fill(batch, streams)))
     assert torch.equal(batch["input_ids"].view(-1)[first], expected)
+
+
+def test_next_token_decoding_with_recorded_keys_matches_whole_sequence_passes(ntp_generation):
+    """One position per pass against the recorded keys and values reads the logits a pass over the whole sequence
+    reads, at every pass of every chunk of every row, and so draws the same codes."""
+    cfg, model, tokenizer, vocab, records = ntp_generation
+    runs = []
+    for reuse in (True, False):
+        logits = []
+        hook = model.backbone.lm_head.register_forward_hook(lambda module, args, out: logits.append(out.detach()))
+        try:
+            gen = MotionGenerator(cfg, model, tokenizer, vocab, decoding=Decoding(ensemble=2, reuse_context=reuse))
+            _, batch, streams = gen.prepare(records[:3])
+            for _ in gen.fill(batch, streams):
+                pass
+        finally:
+            hook.remove()
+        runs.append((logits, batch["input_ids"].view(-1)[batch["chunk_tokens"]]))
+    (short, short_codes), (whole, whole_codes) = runs
+    assert len(short) == len(whole) == gen.tokens_per_chunk * len(list(chunks_by_rank(chunk_rows(batch))))
+    for a, b in zip(short, whole):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert torch.equal(short_codes, whole_codes) and not (short_codes == vocab.mask).any()
 
 
 def test_next_token_generation_gives_poses_and_a_seed_reproduces_them(ntp_generation):

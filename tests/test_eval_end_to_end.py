@@ -37,10 +37,12 @@ def test_eval_motion_writes_the_table_and_pictures_and_links_the_training_run(tr
     tmp_path = trained_run
     out = tmp_path / "eval_lab"
     printed = jala(tmp_path, "eval", "motion", "--ckpt", str(tmp_path / "run"), "--data", str(tmp_path / "mds"),
-                   "--split", "lab", "--limit", "3", "--ensemble", "2", "--fraction", "0.25", "--out", str(out))
+                   "--split", "lab", "--limit", "3", "--ensemble", "2", "--fraction", "0.25", "--procrustes", "rigid",
+                   "--out", str(out))
     assert "| hand | chunks | MPJPE (cm) | PA-MPJPE (cm) | MWTE (cm) | MDE (deg) |" in printed
+    assert "PA-MPJPE after rigid alignment" in printed
     result = json.loads((out / "metrics.json").read_text())
-    assert result["clips"] == 3 and result["step"] == 4
+    assert result["clips"] == 3 and result["step"] == 4 and result["procrustes"] == "rigid"
     assert {"both", "mpjpe_cm"} <= set(result["metrics"]) | set(result["metrics"]["both"])
     assert result["metrics"]["both"]["mpjpe_cm"] >= result["metrics"]["both"]["pa_mpjpe_cm"] >= 0
     for picture in ("wrist_trajectories.png", "hand_skeletons.png"):

@@ -155,6 +155,18 @@ def test_refuses_to_overwrite(corpus, tmp_path):
         tokenize_corpus(checkpoint, src, tmp_path / "out")
 
 
+def test_a_corpus_cut_into_other_chunks_is_refused(corpus, tmp_path):
+    """Read as 15-frame chunks, a clip cut into 10-frame ones would get the codes of poses that straddle its
+    chunks, with nothing said."""
+    src, checkpoint = corpus
+    (src / "pieces").mkdir()
+    (src / "pieces" / "plan.json").write_text(json.dumps({"build": "convert", "settings": {"chunk_frames": 10}}))
+    with pytest.raises(ValueError, match="encodes 15-frame chunks but --src .* was converted with chunk_frames=10: "
+                                         "tokenize with a tokenizer trained on 10-frame chunks"):
+        tokenize_corpus(checkpoint, src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_converters_corpus_trains_a_tokenizer_and_gets_tokens_the_loader_reads(tiny_corpus, tmp_path,
                                                                                   monkeypatch):
     monkeypatch.chdir(tmp_path)   # MLflow's store and artifacts

@@ -1,6 +1,7 @@
 """Hand-motion metrics against hand-worked cases (paper Table 1: MPJPE, PA-MPJPE, MWTE, MDE)."""
 import math
 
+import pytest
 import torch
 
 from jala_ds.motion.metrics import mde, motion_metrics, mpjpe, mwte, pa_mpjpe
@@ -29,6 +30,20 @@ def test_pa_mpjpe_ignores_similarity_transforms_while_mpjpe_does_not():
     moved = 1.7 * true @ random_rotation(gen).T + torch.tensor([0.1, -0.2, 0.3], dtype=torch.float64)
     assert float(pa_mpjpe(moved, true)) < 1e-9
     assert float(mpjpe(moved, true)) > 1.0
+
+
+def test_rigid_alignment_ignores_rotation_and_translation_but_not_scale():
+    """The paper's wording ("rigid alignment"): a hand drawn 20% too large keeps an error under rigid alignment,
+    none under the similarity one; moved without scaling, both forgive it."""
+    gen = torch.Generator().manual_seed(2)
+    true = joints(gen)
+    rotated = true @ random_rotation(gen).T + torch.tensor([0.1, -0.2, 0.3], dtype=torch.float64)
+    assert float(pa_mpjpe(rotated, true, "rigid")) < 1e-9
+    larger = 1.2 * rotated
+    assert float(pa_mpjpe(larger, true, "similarity")) < 1e-9
+    assert float(pa_mpjpe(larger, true, "rigid")) > 0.1
+    with pytest.raises(ValueError, match="alignment='affine': use one of similarity, rigid"):
+        pa_mpjpe(larger, true, "affine")
 
 
 def test_mpjpe_and_mwte_in_centimetres():

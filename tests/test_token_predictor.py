@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from jala_ds.cli import main as jala
 from jala_ds.config import load_config
+from jala_ds.data.corpus_provenance import build_plan, converted_settings, tokenizer_fingerprint
 from jala_ds.data.motion_tokens import build_motion_tokenizer
 from jala_ds.data.schema import HANDS, TOKEN_COLUMNS, hand_tokens
 from jala_ds.data.sequence import IGNORE, SequenceBuilder
@@ -123,6 +124,9 @@ def test_label_fills_video_only_training_clips_and_copies_everything_else(traine
                 filled += 1
                 chunks += 2 * len(pairs)
     assert filled > 0 and report["pseudo_labelled_clips"] == filled and report["pseudo_labelled_chunks"] == chunks
+    # The copy says whose codes it stores, and what chunk length its source was converted with.
+    assert build_plan(out)["tokenizer"] == tokenizer_fingerprint(trained["cfg"].motion_tokenizer)
+    assert converted_settings(out) == converted_settings(tiny_corpus.mds) and converted_settings(out)["chunk_frames"]
     # Labelling encodes each frame once in batches of another size: float rounding may flip a near tie.
     assert agreeing / scored_codes > 0.99
 
@@ -174,6 +178,17 @@ def test_bad_inputs_get_one_clear_error(trained, tiny_corpus, labelled, tmp_path
     other = load_config("tiny_cpu", ["motion_tokenizer.codes_per_stage=8"])
     with pytest.raises(ValueError, match="vocab_per_part=32, the recipe has 16"):
         load_token_predictor(trained["checkpoint"], expect=shape_of(other))
+    with pytest.raises(ValueError, match="trained on another motion tokenizer's codes than the recipe's: set "):
+        load_token_predictor(trained["checkpoint"], tokenizer="binning steps=2 groups=2 stages=2 codes_per_stage=16")
+    tokenized = tmp_path / "tokenized_by_another"   # codes of another tokenizer would be copied as this one's
+    (tokenized / "pieces").mkdir(parents=True)
+    (tokenized / "pieces" / "plan.json").write_text(json.dumps({"build": "tokenize", "tokenizer": "0" * 64}))
+    assert jala(["token-predictor", "label", "--recipe", "tiny_cpu", "--predictor", str(trained["checkpoint"]),
+                 "--src", str(tokenized), "--out", str(tmp_path / "out")]) == 2
+    assert f"--src: {tokenized} holds the codes of another motion tokenizer" in capsys.readouterr().err
+    assert jala(["token-predictor", "train", "--recipe", "tiny_cpu", f"data.mds_dir={tokenized}",
+                 "--steps", "1", "--out", str(tmp_path / "predictor")]) == 2
+    assert f"data.mds_dir: {tokenized} holds the codes of another motion tokenizer" in capsys.readouterr().err
     out, _ = labelled
     assert jala(["token-predictor", "label", "--recipe", "tiny_cpu", "--predictor", str(trained["checkpoint"]),
                  "--src", str(tiny_corpus.mds), "--out", str(out)]) == 2

@@ -147,17 +147,24 @@ def test_a_request_to_stop_left_by_an_earlier_launch_is_refused(tmp_path):
                                                                       "delete the file"], tmp_path)
 
 
-def test_a_tokenized_corpus_is_refused_with_another_tokenizer(tmp_path):
-    """Codes stored by `jala data tokenize` read with the binning tokenizer, or another GRVQ checkpoint, would be
-    trained on, and evaluated, as other motions, with nothing said."""
+def test_a_corpus_read_with_another_chunk_length_or_tokenizer_is_refused(tmp_path):
+    """A clip cut into 10-frame chunks, read as 15-frame ones, stops the run at its first sample, hours in. Codes
+    stored by `jala data tokenize` or `jala token-predictor label`, read with the binning tokenizer or another
+    GRVQ checkpoint, would be trained on, and evaluated, as other motions, with nothing said."""
     (tmp_path / "pieces").mkdir()
-    (tmp_path / "pieces" / "plan.json").write_text(json.dumps({"build": "tokenize", "tokenizer": "0" * 64}))
-    words = ["motion_tokenizer: ", "holds the codes of another tokenizer", "--tokenizer it was tokenized with"]
-    assert_one_line_error([], {}, [*words, "kind=binning"], tmp_path)
+    plan = tmp_path / "pieces" / "plan.json"
+    plan.write_text(json.dumps({"build": "tokenize", "tokenizer": "0" * 64, "converted": {"chunk_frames": 10}}))
+    assert_one_line_error([], {}, ["data.chunk_frames=15 but", "converted with chunk_frames=10",
+                                   "set data.chunk_frames=10"], tmp_path)
+    plan.write_text(json.dumps({"build": "pseudo-label", "tokenizer": "0" * 64, "converted": {"chunk_frames": 15}}))
+    words = ["data.mds_dir: ", "holds the codes of another motion tokenizer than",
+             "set motion_tokenizer (kind and checkpoint) to the tokenizer the corpus was tokenized or labelled with"]
+    assert_one_line_error([], {}, [*words, "binning steps=4 groups=1"], tmp_path)
     other = tmp_path / "other_grvq"
     other.mkdir()
     (other / "config.json").write_text("{}")
-    assert_one_line_error(["motion_tokenizer.kind=grvq", f"motion_tokenizer.checkpoint={other}"], {}, words, tmp_path)
+    assert_one_line_error(["motion_tokenizer.kind=grvq", f"motion_tokenizer.checkpoint={other}"], {},
+                          [*words, f"kind=grvq checkpoint={other}"], tmp_path)
 
 
 def test_a_resume_with_another_architecture_is_refused_by_key(tmp_path):

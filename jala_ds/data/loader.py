@@ -45,6 +45,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from jala_ds.config import JalaConfig
+from jala_ds.config_checks import ConfigError
 from jala_ds.data.collate import collate
 from jala_ds.data.config import DataConfig
 from jala_ds.data.example import Example, ExampleBuilder
@@ -188,6 +189,12 @@ def build_loader(cfg: JalaConfig, tokenizer: PreTrainedTokenizerBase, vocab: Mot
     sequences = SequenceBuilder(cfg.data, objective=cfg.model.objective, tokenizer=tokenizer, vocab=vocab,
                                 motion_tokenizer=build_motion_tokenizer(cfg.motion_tokenizer),
                                 n_image_tokens=n_image_tokens, seed=cfg.train.seed)
+    if sequences.longest > cfg.data.max_tokens:   # refused now, not at the first long sample hours in
+        raise ConfigError(f"data.max_tokens={cfg.data.max_tokens}: a sample can have {sequences.longest} tokens "
+                          f"({len(sequences.image_block)} of the image, up to data.max_text_tokens="
+                          f"{cfg.data.max_text_tokens} of instruction, and both hands' data.max_chunks="
+                          f"{cfg.data.max_chunks} chunks): raise data.max_tokens to {sequences.longest}, or lower "
+                          "data.max_chunks or data.max_text_tokens")
     examples = ExampleBuilder(sequences, image_size=cfg.model.image_size,
                               encoder_image_size=cfg.model.visual_encoder_image_size)
     dataset = ExampleStream(examples=examples, validate_hashes=cfg.data.validate_hashes,

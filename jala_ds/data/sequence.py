@@ -94,6 +94,13 @@ class SequenceBuilder:
         self.code_base = vocab.motion_base + np.repeat([0, vocab.vocab_per_part], half).astype(np.int64)
         self.video_only_hands = [0, 1] if data.video_only_hands == "both" else [1]
 
+    @property
+    def longest(self) -> int:
+        """The most tokens a document can have: the image block, an instruction of ``data.max_text_tokens``, and a
+        window of ``data.max_chunks`` chunks for both hands, each chunk between ``<mot>`` and ``</mot>``."""
+        chunks = len(HANDS) * self.data.max_chunks
+        return len(self.image_block) + self.data.max_text_tokens + chunks * (self.tokens_per_chunk + 2)
+
     def build(self, record: Mapping, sample_index: int, epoch: int) -> Document:
         """The training document: a random window, hybrid masking (see the module docstring)."""
         rng = np.random.default_rng([self.seed, epoch, sample_index])

@@ -26,6 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     motion.add_argument("--seed", type=int, default=0, help="the same seed gives the same motion (default 0)")
     motion.add_argument("--batch-size", type=positive_int, default=8,
                         help="clips per batch (x ensemble rows, default 8)")
+    motion.add_argument("--procrustes", choices=("similarity", "rigid"), default="similarity",
+                        help="PA-MPJPE's alignment: similarity (with scale, the usual PA-MPJPE; default) or rigid "
+                             "(no scale, as the JALA paper words it)")
     motion.add_argument("--out", default=None, help="output folder (default: <ckpt>/eval/<split>)")
     motion.set_defaults(handler=run_motion)
 
@@ -65,7 +68,7 @@ def run_motion(args: argparse.Namespace) -> int:
         decoding = Decoding(fraction=args.fraction, ensemble=args.ensemble, seed=args.seed)
         result = evaluate_motion(args.ckpt, args.data, args.split, limit=args.limit, decoding=decoding,
                                  out_dir=args.out, batch_size=args.batch_size, overrides=args.overrides,
-                                 track=not args.no_mlflow)
+                                 procrustes=args.procrustes, track=not args.no_mlflow)
     except (FileNotFoundError, ValueError) as err:
         return fail("motion", err)
     print("wrote " + ", ".join(str(path) for path in result.files))

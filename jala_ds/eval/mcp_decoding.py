@@ -64,7 +64,7 @@ class Decoding:
     the code draws (ntp): near 0 takes the most likely code."""
     reuse_context: bool = True
     """Passes after a chunk's first run the language model on that chunk alone (``chunk_context.py``); False
-    runs every pass over the whole sequence: the reference the short passes are tested against. MCP only."""
+    runs every pass over the whole sequence: the reference the short passes are tested against."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.fraction <= 1.0:
@@ -141,6 +141,8 @@ class MotionGenerator:
 
     @property
     def passes_per_chunk(self) -> int:
+        if self.cfg.model.objective != "mcp":
+            return self.tokens_per_chunk   # ntp: one token per pass
         return math.ceil(self.tokens_per_chunk / self.per_pass)
 
     def prepare(self, records: list[Mapping], shown_steps: int = 0) -> tuple[list[Document], dict, list[torch.Generator]]:
@@ -197,16 +199,27 @@ class MotionGenerator:
                 yield ids[positions] == self.vocab.mask
 
     def _fill_in_order(self, batch: dict, streams: list[torch.Generator]) -> Iterator[torch.Tensor]:
-        """ntp: one token of every row's chunk per pass, left to right, each read at the position before it."""
+        """ntp: one token of every row's chunk per pass, left to right, each read at the position before it. With
+        ``reuse_context`` a pass after a chunk's first runs one position (the token the last pass wrote) against
+        the recorded keys and values: the key/value-cache decoding of a causal model."""
         chunk_tokens, row_of_chunk = batch["chunk_tokens"], chunk_rows(batch)
         features = self.model.encode_frames(batch)
+        latent = self.model.latent_states_per_token(batch, features) if self.decoding.reuse_context else None
         ids = batch["input_ids"].view(-1)
+        length = batch["input_ids"].shape[1]
         for chunks in chunks_by_rank(row_of_chunk):
             positions = chunk_tokens[chunks]
             rows = row_of_chunk[chunks].tolist()
+            context = None  # the rows' recorded keys and values, after the chunk's first pass (reuse_context)
             for slot in range(self.tokens_per_chunk):
-                final, _ = self.model.hidden_states(batch, features)
-                logits = self.model.backbone.lm_head(final.flatten(0, 1)[positions[:, slot] - 1]).float()
+                before = positions[:, slot:slot + 1] - 1   # <mot>, then the code the last pass wrote
+                if context is None:
+                    hidden, context = self._whole_sequence_pass(batch, features, row_of_chunk[chunks], before)
+                else:
+                    context.start_refreshing(batch, before - row_of_chunk[chunks][:, None] * length)
+                    hidden = context.chunk_hidden_states(
+                        self.model, batch, None if latent is None else latent[chunks, slot - 1:slot])
+                logits = self.model.backbone.lm_head(hidden[:, 0]).float()
                 allowed = (logits[:, self.candidates[slot]] / self.decoding.temperature).softmax(dim=-1).cpu()
                 choice = torch.cat([torch.multinomial(allowed[i], 1, generator=streams[r])
                                     for i, r in enumerate(rows)])
@@ -215,8 +228,9 @@ class MotionGenerator:
 
     def _whole_sequence_pass(self, batch: dict, features: torch.Tensor | None, rows: torch.Tensor,
                              positions: torch.Tensor) -> tuple[torch.Tensor, ChunkContext | None]:
-        """Final hidden states ``[R, T, d]`` at the chunk's flat ``positions`` (one chunk per row of ``rows``) from
-        a pass over every row's whole sequence; with ``reuse_context``, the keys and values it recorded too."""
+        """Final hidden states ``[R, P, d]`` at the flat ``positions`` ``[R, P]`` (one chunk's, or the position before
+        it, per row of ``rows``) from a pass over every row's whole sequence; with ``reuse_context``, the keys and
+        values it recorded too."""
         context = ChunkContext(rows) if self.decoding.reuse_context else None
         final, _ = self.model.hidden_states(batch, features, past_key_values=context)
         if context is not None:

@@ -114,9 +114,10 @@ def tokenizer_pairs(clips: list[GeneratedClip], tokenizer) -> list[tuple[str, np
             for clip in clips for hand, motion in clip.hands.items()]
 
 
-def score(pairs: list[tuple[str, np.ndarray, np.ndarray]], chunk_frames: int,
-          mano_model_dir: str | None) -> dict[str, dict[str, float]]:
-    """The metrics table of ``(hand, predicted [frames, 99], true [frames, 99])`` pairs, chunk by chunk."""
+def score(pairs: list[tuple[str, np.ndarray, np.ndarray]], chunk_frames: int, mano_model_dir: str | None,
+          procrustes: str = "similarity") -> dict[str, dict[str, float]]:
+    """The metrics table of ``(hand, predicted [frames, 99], true [frames, 99])`` pairs, chunk by chunk;
+    ``procrustes`` is PA-MPJPE's alignment (``jala_ds.motion.metrics``)."""
     kinematics = {hand: HandKinematics(hand, mano_model_dir) for hand in ("left", "right")}
     joints: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {"left": ([], []), "right": ([], [])}
     for hand, predicted, true in pairs:
@@ -125,7 +126,7 @@ def score(pairs: list[tuple[str, np.ndarray, np.ndarray]], chunk_frames: int,
     rows = {hand: (torch.cat(pred), torch.cat(true)) for hand, (pred, true) in joints.items() if pred}
     if rows:
         rows["both"] = tuple(torch.cat(side) for side in zip(*rows.values()))
-    return {row: {**motion_metrics(pred, true), "chunks": len(pred)} for row, (pred, true) in rows.items()}
+    return {row: {**motion_metrics(pred, true, procrustes), "chunks": len(pred)} for row, (pred, true) in rows.items()}
 
 
 def format_table(table: dict[str, dict[str, float]], title: str) -> str:
@@ -147,7 +148,7 @@ def flat_metrics(table: dict[str, dict[str, float]], prefix: str) -> dict[str, f
 
 def evaluate_motion(ckpt: str | Path, data: str | Path, split: str, *, limit: int | None = None,
                     decoding: Decoding = Decoding(), out_dir: str | Path | None = None, batch_size: int = 8,
-                    overrides: list[str] | tuple[str, ...] = (), pictures: int = 4,
+                    overrides: list[str] | tuple[str, ...] = (), pictures: int = 4, procrustes: str = "similarity",
                     track: bool = True) -> MotionEvaluation:
     """The whole ``jala eval motion``: load, generate, score, write, plot, log (see the module docstring)."""
     from jala_ds.eval.motion_plots import plot_hand_skeletons, plot_wrist_trajectories
@@ -165,8 +166,8 @@ def evaluate_motion(ckpt: str | Path, data: str | Path, split: str, *, limit: in
                                 device=trained.device)
     clips = generate_all(generator, records, batch_size)
     frames, mano = cfg.data.chunk_frames, cfg.motion_tokenizer.mano_model_dir
-    table = score(hand_pairs(clips), frames, mano)
-    floor = score(tokenizer_pairs(clips, generator.motion_tokenizer), frames, mano)
+    table = score(hand_pairs(clips), frames, mano, procrustes)
+    floor = score(tokenizer_pairs(clips, generator.motion_tokenizer), frames, mano, procrustes)
 
     out = Path(out_dir) if out_dir else Path(trained.source) / "eval" / split
     out.mkdir(parents=True, exist_ok=True)
@@ -175,7 +176,7 @@ def evaluate_motion(ckpt: str | Path, data: str | Path, split: str, *, limit: in
     how = (f"MCP generation, {decoding.fraction:.0%} of a chunk per pass" if cfg.model.objective == "mcp"
            else "next-token generation")
     heading = (f"{how}, on held-out {split} ({len(clips)} clips, {step}, ensemble {decoding.ensemble}, seed "
-               f"{decoding.seed}; {skeleton})")
+               f"{decoding.seed}; {skeleton}; PA-MPJPE after {procrustes} alignment)")
     markdown = format_table(table, heading) + "\n" + format_table(floor, "motion tokenizer reconstruction (floor)")
     if cfg.data.max_chunks > 1:
         markdown += (f"\nWindows of up to {cfg.data.max_chunks} chunks: a later chunk's LSP context is its own first "
@@ -183,7 +184,7 @@ def evaluate_motion(ckpt: str | Path, data: str | Path, split: str, *, limit: in
     (out / "metrics.md").write_text(markdown)
     (out / "metrics.json").write_text(json.dumps(
         {"split": split, "ckpt": str(ckpt), "step": trained.step, "clips": len(clips), "joints": skeleton,
-         "decoding": dataclasses.asdict(decoding), "metrics": table,
+         "procrustes": procrustes, "decoding": dataclasses.asdict(decoding), "metrics": table,
          "tokenizer_floor": floor}, indent=2, default=float))
     save_predictions(clips, out / "predictions.npz")
     files = [out / "metrics.md", out / "metrics.json", out / "predictions.npz",
@@ -193,6 +194,7 @@ def evaluate_motion(ckpt: str | Path, data: str | Path, split: str, *, limit: in
     if track and cfg.tracking.enabled:
         log_evaluation(cfg, trained.mlflow_run_id, f"eval-motion-{split}-{step.replace(' ', '')}",
                        params={"split": split, "ckpt": str(ckpt), "clips": len(clips), "limit": limit,
+                               "procrustes": procrustes,
                                **{f"decoding.{k}": v for k, v in dataclasses.asdict(decoding).items()}},
                        metrics={**flat_metrics(table, f"{split}_"), **flat_metrics(floor, f"{split}_floor_")},
                        files=files, step=trained.step)

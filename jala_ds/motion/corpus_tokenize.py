@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from jala_ds.data.corpus_provenance import converted_settings
 from jala_ds.data.mds_pieces import PIECE_CLIPS, RANKS_WAIT, content_sha256
 from jala_ds.data.motion_tokens import MotionTokenizer
 from jala_ds.data.schema import HANDS, TOKEN_COLUMNS, array_bytes, hand_poses
@@ -58,6 +59,11 @@ def tokenize_corpus(tokenizer_path: str | Path, src_mds: str | Path, out_mds: st
     that stopped part-way (``jala_ds.motion.corpus_copy``)."""
     with torchrun_ranks(RANKS_WAIT) as ranks:
         tok = load_grvq_tokenizer(tokenizer_path, ranks.on(device))
+        converted = (converted_settings(src_mds) or {}).get("chunk_frames", tok.chunk_frames)
+        if converted != tok.chunk_frames:
+            raise ValueError(f"--tokenizer {tokenizer_path} encodes {tok.chunk_frames}-frame chunks but --src "
+                             f"{src_mds} was converted with chunk_frames={converted}: tokenize with a tokenizer "
+                             f"trained on {converted}-frame chunks")
 
         def add_tokens(subset: str, records: list[dict[str, Any]], tally: Counter) -> list[dict[str, bytes]]:
             columns = tokenize_records(tok, records)

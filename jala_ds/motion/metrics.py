@@ -4,8 +4,10 @@ All inputs are joint positions in metres, ``[..., T, J, 3]`` with joint 0 the wr
 centimetres (the paper's table reads as centimetres) except MDE, in degrees.
 
 - MPJPE: mean Euclidean distance between predicted and true joints over every frame and joint.
-- PA-MPJPE: MPJPE after a similarity Procrustes alignment (rotation, translation, scale) of each
-  predicted frame onto the true one: it scores the hand's shape, not where it is.
+- PA-MPJPE: MPJPE after a Procrustes alignment of each predicted frame onto the true one: it scores the hand's
+  shape, not where it is. The alignment is a similarity (rotation, translation, scale), as the hand-pose
+  literature's PA-MPJPE is usually computed, or rigid (no scale), as the JALA paper words it. The paper does not
+  say which its code used: ``jala eval motion --procrustes`` chooses, and the report names the choice.
 - MWTE: mean wrist trajectory error, the mean distance between predicted and true wrist positions.
 - MDE: angle between the predicted and true displacement of the wrist from the first to the last frame.
 """
@@ -21,8 +23,14 @@ def mpjpe(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
     return (pred - true).norm(dim=-1).mean() * CM_PER_M
 
 
-def procrustes_align(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
-    """Similarity transform of each ``pred [..., J, 3]`` point set that best fits ``true`` in least squares."""
+ALIGNMENTS = ("similarity", "rigid")
+
+
+def procrustes_align(pred: torch.Tensor, true: torch.Tensor, alignment: str = "similarity") -> torch.Tensor:
+    """The transform of each ``pred [..., J, 3]`` point set that best fits ``true`` in least squares: rotation and
+    translation, and a scale unless ``alignment`` is ``rigid``."""
+    if alignment not in ALIGNMENTS:
+        raise ValueError(f"alignment={alignment!r}: use one of {', '.join(ALIGNMENTS)}")
     mu_p, mu_t = pred.mean(dim=-2, keepdim=True), true.mean(dim=-2, keepdim=True)
     p, t = pred - mu_p, true - mu_t
     cov = p.transpose(-1, -2) @ t
@@ -33,12 +41,14 @@ def procrustes_align(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
     flip[..., -1] = d
     rot = u @ torch.diag_embed(flip) @ vh
     scale = (s * flip).sum(dim=-1) / p.pow(2).sum(dim=(-1, -2)).clamp_min(1e-12)
+    if alignment == "rigid":
+        scale = torch.ones_like(scale)
     return scale[..., None, None] * (p @ rot) + mu_t
 
 
-def pa_mpjpe(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
-    """MPJPE in cm after per-frame similarity Procrustes alignment."""
-    return mpjpe(procrustes_align(pred, true), true)
+def pa_mpjpe(pred: torch.Tensor, true: torch.Tensor, alignment: str = "similarity") -> torch.Tensor:
+    """MPJPE in cm after per-frame Procrustes alignment (``similarity`` or ``rigid``)."""
+    return mpjpe(procrustes_align(pred, true, alignment), true)
 
 
 def mwte(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
@@ -62,7 +72,7 @@ def mde(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
     return angles[moved].mean() if moved.any() else torch.tensor(float("nan"))
 
 
-def motion_metrics(pred: torch.Tensor, true: torch.Tensor) -> dict[str, float]:
-    """All four metrics for joints ``[N, T, J, 3]`` of one hand."""
-    return {"mpjpe_cm": float(mpjpe(pred, true)), "pa_mpjpe_cm": float(pa_mpjpe(pred, true)),
+def motion_metrics(pred: torch.Tensor, true: torch.Tensor, alignment: str = "similarity") -> dict[str, float]:
+    """All four metrics for joints ``[N, T, J, 3]`` of one hand; ``alignment`` is PA-MPJPE's."""
+    return {"mpjpe_cm": float(mpjpe(pred, true)), "pa_mpjpe_cm": float(pa_mpjpe(pred, true, alignment)),
             "mwte_cm": float(mwte(pred, true)), "mde_deg": float(mde(pred, true))}

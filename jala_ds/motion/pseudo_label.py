@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from jala_ds.config import JalaConfig
+from jala_ds.data.corpus_provenance import check_chunk_frames, check_stored_codes, tokenizer_fingerprint
 from jala_ds.data.mds_pieces import PIECE_CLIPS, RANKS_WAIT, content_sha256
 from jala_ds.data.motion_tokens import MotionTokenizer, build_motion_tokenizer
 from jala_ds.data.schema import HANDS, SUBSETS, TOKEN_COLUMNS, array_bytes
@@ -64,15 +65,18 @@ def pseudo_label_corpus(cfg: JalaConfig, predictor_path: str | Path, src_mds: st
     """Copy ``src_mds`` to ``out_mds`` with the video-only training clips pseudo-labelled, this rank's share of it
     under torchrun (``device`` ``cuda`` is the rank's GPU); return counts, the same on every rank. ``resume``
     finishes a copy that stopped part-way (``jala_ds.motion.corpus_copy``)."""
+    check_chunk_frames(src_mds, cfg.data.chunk_frames)
+    check_stored_codes(src_mds, cfg.motion_tokenizer, recipe_key="--src")
+    fingerprint = tokenizer_fingerprint(cfg.motion_tokenizer)
     with torchrun_ranks(RANKS_WAIT) as ranks:
         torch_device = ranks.on(device)
-        model = load_token_predictor(predictor_path, expect=shape_of(cfg)).to(torch_device)
+        model = load_token_predictor(predictor_path, expect=shape_of(cfg), tokenizer=fingerprint).to(torch_device)
         tokenizer = build_motion_tokenizer(cfg.motion_tokenizer)
         hands = [0, 1] if cfg.data.video_only_hands == "both" else [1]
         label = partial(labelled_columns, model, tokenizer, hands, cfg.token_predictor.label_batch_chunks,
                         torch_device)
         inputs = {"predictor": content_sha256(predictor_path), "video_only_hands": cfg.data.video_only_hands,
-                  "motion_tokenizer": dataclasses.asdict(cfg.motion_tokenizer)}   # what decides the labels
+                  "motion_tokenizer": dataclasses.asdict(cfg.motion_tokenizer), "tokenizer": fingerprint}
         report = copy_corpus(src_mds, out_mds, TOKEN_COLUMNS, label, block=CLIPS_PER_BLOCK, desc="pseudo-label",
                              counted=("pseudo_labelled_clips", "pseudo_labelled_chunks"), inputs=inputs, ranks=ranks,
                              piece_clips=piece_clips, resume=resume, overwrite=overwrite)

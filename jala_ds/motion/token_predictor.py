@@ -125,9 +125,12 @@ def save_token_predictor(model: ActionTokenPredictor, out_dir: str | Path, info:
     return Path(out_dir)
 
 
-def load_token_predictor(path: str | Path, expect: PredictorShape | None = None) -> ActionTokenPredictor:
+def load_token_predictor(path: str | Path, expect: PredictorShape | None = None,
+                         tokenizer: str | None = None) -> ActionTokenPredictor:
     """Load a folder written by ``jala token-predictor train``, in eval mode on the CPU. ``expect``: the recipe's
-    shape; a checkpoint whose token layout or frame size differs is refused, naming the key to change."""
+    shape; a checkpoint whose token layout or frame size differs is refused, naming the key to change.
+    ``tokenizer``: the recipe's tokenizer fingerprint (``corpus_provenance``); a predictor trained on another
+    tokenizer's codes is refused (one saved before the fingerprint was recorded is not checked)."""
     path = Path(path)
     config = folder_config(path, CHECKPOINT_FORMAT, FORMAT_VERSION, "an action-token predictor",
                            "train one with `jala token-predictor train --recipe R --out DIR`")
@@ -141,6 +144,11 @@ def load_token_predictor(path: str | Path, expect: PredictorShape | None = None)
                 raise ValueError(f"the predictor {path} was trained with {field}={getattr(shape, field)}, the recipe "
                                  f"has {getattr(expect, field)}: set {key} to match, or train a predictor for "
                                  "this recipe")
+    trained_on = config["training"].get("tokenizer")
+    if tokenizer is not None and trained_on is not None and trained_on != tokenizer:
+        raise ValueError(f"the predictor {path} was trained on another motion tokenizer's codes than the recipe's: "
+                         "set motion_tokenizer (kind and checkpoint) to the one it was trained with, or train a "
+                         "predictor for this recipe")
     encoder = transformers.AutoModel.from_config(transformers.AutoConfig.from_pretrained(path / "visual_encoder"))
     model = ActionTokenPredictor(FrozenFrameEncoder(encoder, config["encoder_kind"]), shape)
     model.load_state_dict(load_file(str(path / "model.safetensors")))

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from jala_ds.config import JalaConfig
 from jala_ds.data.convert import HELDOUT
+from jala_ds.data.corpus_provenance import check_chunk_frames, check_stored_codes, tokenizer_fingerprint
 from jala_ds.data.motion_tokens import MotionTokenizer, build_motion_tokenizer
 from jala_ds.data.schema import SUBSETS
 from jala_ds.motion.checkpoint_folder import refuse_to_replace
@@ -88,6 +89,8 @@ def train_token_predictor(cfg: JalaConfig, steps: int | None = None, out_dir: st
     steps = steps or pcfg.train_steps
     out_dir = Path(out_dir) if out_dir else default_checkpoint(cfg)
     refuse_to_replace(out_dir, "an action-token predictor", overwrite)
+    check_chunk_frames(cfg.data.mds_dir, cfg.data.chunk_frames)
+    check_stored_codes(cfg.data.mds_dir, cfg.motion_tokenizer)
     with torchrun_ranks() as ranks:
         rank, world_size, device = ranks.rank, ranks.world_size, ranks.device
         torch.manual_seed(cfg.train.seed)
@@ -133,6 +136,7 @@ def train_token_predictor(cfg: JalaConfig, steps: int | None = None, out_dir: st
         if rank == 0:
             save_token_predictor(model, out_dir, {"steps": steps, "world_size": world_size, "seed": cfg.train.seed,
                                                   "mds_dir": str(cfg.data.mds_dir), "run_id": tracker.run_id,
+                                                  "tokenizer": tokenizer_fingerprint(cfg.motion_tokenizer),
                                                   **probe_metrics(model, probe, device)})
             for path in sorted(p for p in out_dir.iterdir() if p.is_file()):
                 tracker.log_artifact(path)

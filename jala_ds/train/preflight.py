@@ -1,15 +1,15 @@
 """Everything ``jala train`` can check before a process group exists: recipe, batch arithmetic against the
-launcher's WORLD_SIZE, the effective ds_config, the corpus (converted, and tokenized with the recipe's
-tokenizer), the local folders the model loads, the checkpoint to resume from (saved by as many ranks under the
-same ZeRO stage, with the same architecture, and with no newer checkpoint of ``train.out_dir`` that this run
-would overwrite), and that no request to stop is left over from an earlier launch.
+launcher's WORLD_SIZE, the effective ds_config, the corpus (converted with the recipe's chunk length, any codes
+it stores the recipe's tokenizer's), the local folders the model loads, the checkpoint to resume from (saved by
+as many ranks under the same ZeRO stage, with the same architecture, and with no newer checkpoint of
+``train.out_dir`` that this run would overwrite), and that no request to stop is left over from an earlier
+launch.
 
 Any problem is one :class:`ConfigError` line; the CLI prints it and exits with code 2. Nothing heavier than YAML
 and NumPy is imported here, so a bad command fails in a fraction of a second on every rank.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -20,7 +20,7 @@ import yaml
 
 from jala_ds.config import JalaConfig, flatten, load_config
 from jala_ds.config_checks import ConfigError
-from jala_ds.data.mds_pieces import LEDGER, content_sha256
+from jala_ds.data.corpus_provenance import check_chunk_frames, check_stored_codes
 from jala_ds.data.schema import SUBSETS
 from jala_ds.train.checkpoint_layout import check_no_newer_checkpoint, check_resumable, resume_target
 from jala_ds.train.ds_config import build_ds_config
@@ -71,25 +71,16 @@ def check_run(recipe: str, overrides: list[str]) -> RunPlan:
 
 
 def check_corpus(cfg: JalaConfig, recipe: str) -> None:
-    """``data.mds_dir`` is a corpus `jala data convert` wrote; a copy `jala data tokenize` made holds the codes
-    of the recipe's tokenizer (read with another, its codes would be trained on as other motions)."""
+    """``data.mds_dir`` is a corpus `jala data convert` wrote, cut into chunks of ``data.chunk_frames``; the codes a
+    copy stores (`jala data tokenize`, `jala token-predictor label`) are the recipe's tokenizer's."""
     root = Path(cfg.data.mds_dir)
     indexes = [f"{subset}/index.json" for subset in SUBSETS]
     if not any((root / index).is_file() for index in indexes):
         raise ConfigError(f"data.mds_dir: '{root}' holds no converted corpus ({' or '.join(indexes)}): run "
                           f"`jala data convert --recipe {recipe} --src RAW --out {root}` first, or point "
                           "data.mds_dir at the folder it wrote")
-    ledger = root / LEDGER / "plan.json"
-    build = json.loads(ledger.read_text()) if ledger.is_file() else {}
-    if build.get("build") != "tokenize":
-        return
-    tok = cfg.motion_tokenizer
-    checkpoint = Path(tok.checkpoint or "")
-    if tok.kind != "grvq" or (checkpoint.is_dir()   # a missing one is check_local_folders' to name
-                              and content_sha256(checkpoint) != build.get("tokenizer")):
-        raise ConfigError(f"motion_tokenizer: {root} holds the codes of another tokenizer than kind={tok.kind} "
-                          f"checkpoint={tok.checkpoint}: set motion_tokenizer.kind=grvq and "
-                          "motion_tokenizer.checkpoint to the --tokenizer it was tokenized with")
+    check_chunk_frames(root, cfg.data.chunk_frames)
+    check_stored_codes(root, cfg.motion_tokenizer)
 
 
 def check_local_folders(cfg: JalaConfig) -> None:
