@@ -44,6 +44,7 @@ def tokenizer_fingerprint(tok: TokenizerConfig) -> str:
 
 
 def describe(tok: TokenizerConfig) -> str:
+    """The tokenizer as a user set it, for an error message."""
     return f"kind={tok.kind} checkpoint={tok.checkpoint}" if tok.kind == "grvq" else tokenizer_fingerprint(tok)
 
 

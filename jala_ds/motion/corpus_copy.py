@@ -65,7 +65,8 @@ def copy_corpus(src: str | Path, out: str | Path, columns: dict[str, str],
     runs = {f"{subset}/{piece_folder(k)}": (subset, run)
             for subset in subsets for k, run in enumerate(piece_runs(len(sources[subset]), piece_clips))}
     plan = {"build": desc, "source": {subset: content_sha256(src / subset / "index.json") for subset in subsets},
-            "converted": converted_settings(src), "columns": columns, "piece_clips": piece_clips, "pieces": len(runs), **inputs}
+            "converted": converted_settings(src), "columns": columns, "piece_clips": piece_clips, "pieces": len(runs),
+            **inputs}
     occupied = [out / subset for subset in subsets if (out / subset).exists()]
     ledger = PieceLedger(out, plan, ranks, occupied=occupied, resume=resume, overwrite=overwrite)
     mine = ledger.mine(list(runs))

@@ -8,10 +8,11 @@ The second half of the paper's "JALA w/o latent" baseline. Every video-only clip
 codes for each chunk from its boundary frames, in ``left_tokens``/``right_tokens``, and ``labeled=1``: the
 pretraining loader then builds a labelled document from it (hybrid masking, MCP labels), as it does for a lab
 clip. Labelled clips keep their codes: stored ones are copied, otherwise the recipe's motion tokenizer encodes
-their poses, so the copy is self-contained. The held-out clips are copied without pseudo labels: evaluation
-scores against real poses only. Pretrain on the copy with ``model.align=false model.decoupled_ema=false`` (docs/method.md). Under torchrun
-each rank labels its share of every subset on its own GPU
-(``torchrun --nproc_per_node 8 $(which jala) token-predictor label ...``).
+their poses, so the copy is self-contained. The copy records that tokenizer (``jala_ds.data.corpus_provenance``);
+labelling refuses a predictor trained on another tokenizer's codes, and a source tokenized by another. The held-out
+clips are copied without pseudo labels: evaluation scores against real poses only. Pretrain on the copy with
+``model.align=false model.decoupled_ema=false`` (docs/method.md). Under torchrun each rank labels its share of every
+subset on its own GPU (``torchrun --nproc_per_node 8 $(which jala) token-predictor label ...``).
 """
 from __future__ import annotations
 
@@ -67,11 +68,11 @@ def pseudo_label_corpus(cfg: JalaConfig, predictor_path: str | Path, src_mds: st
     finishes a copy that stopped part-way (``jala_ds.motion.corpus_copy``)."""
     check_chunk_frames(src_mds, cfg.data.chunk_frames)
     check_stored_codes(src_mds, cfg.motion_tokenizer, recipe_key="--src")
-    fingerprint = tokenizer_fingerprint(cfg.motion_tokenizer)
     with torchrun_ranks(RANKS_WAIT) as ranks:
         torch_device = ranks.on(device)
+        tokenizer = build_motion_tokenizer(cfg.motion_tokenizer)   # a missing checkpoint is named here
+        fingerprint = tokenizer_fingerprint(cfg.motion_tokenizer)
         model = load_token_predictor(predictor_path, expect=shape_of(cfg), tokenizer=fingerprint).to(torch_device)
-        tokenizer = build_motion_tokenizer(cfg.motion_tokenizer)
         hands = [0, 1] if cfg.data.video_only_hands == "both" else [1]
         label = partial(labelled_columns, model, tokenizer, hands, cfg.token_predictor.label_batch_chunks,
                         torch_device)
