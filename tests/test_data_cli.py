@@ -51,3 +51,34 @@ def test_inspect_names_a_truncated_shard(tiny_corpus, tmp_path, capsys):
     assert main(["data", "inspect", str(tmp_path / "mds")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "lab/piece00000/shard.00000.mds is corrupted" in err[0]
+
+
+def test_inspect_counts_the_held_out_split_and_names_a_damaged_file(tmp_path, capsys):
+    """The held-out clips were left out of every count, and a damaged report or index stopped with a traceback."""
+    raw, mds = tmp_path / "raw", tmp_path / "mds"
+    assert main(["data", "synth", "--out", str(raw), "--lab", "6", "--wild", "0", "--seed", "0"]) == 0
+    assert main(["data", "convert", "--src", str(raw), "--out", str(mds), "--recipe", "tiny_cpu",
+                 "data.heldout_fraction=0.5"]) == 0
+    capsys.readouterr()
+    assert main(["data", "inspect", str(mds), "--json"]) == 0
+    subsets = json.loads(capsys.readouterr().out)["subsets"]
+    assert subsets["lab"]["clips"] + subsets["heldout/lab"]["clips"] == 6 and subsets["heldout/lab"]["clips"] > 0
+    for damaged in ("report.json", "lab/index.json"):
+        (mds / damaged).write_text("{cut")
+        assert main(["data", "inspect", str(mds)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"{mds / damaged} is damaged" in err[0]
+
+
+@pytest.mark.parametrize("command, bad", [
+    (["data", "synth", "--lab", "1", "--wild", "0", "--seed", "-1"], "--seed -1: use a seed of 0 or more"),
+    (["data", "synth", "--lab", "1", "--wild", "0", "--frame-size", "100000"], "--frame-size 100000: use an even"),
+    (["data", "convert", "--src", "raw", "--recipe", "tiny_cpu", "--shard-mb", "0"], "--shard-mb 0: use 1 to 4095"),
+])
+def test_out_of_range_numbers_get_one_line(command, bad, tmp_path, capsys):
+    """A negative seed was refused in numpy's words, a huge frame size ran out of memory, a shard size of 0 meant
+    no limit and a negative one was refused in streaming's words."""
+    assert main([*command, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and bad in err[0]
+    assert not (tmp_path / "out").exists()

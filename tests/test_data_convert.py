@@ -294,3 +294,73 @@ def test_existing_output_is_kept_unless_overwrite(tmp_path, tiny_corpus):
         convert_corpus(tmp_path / "nowhere", tmp_path / "out", data)
     report = convert_corpus(tiny_corpus.raw, tmp_path / "mds", data, overwrite=True)
     assert report["written"] == tiny_corpus.report["written"]
+
+
+def test_wrongly_typed_fields_and_damaged_pose_files_are_rejected_not_written(tmp_path):
+    """A null or a list used to be stored as the text "None" or "['a']" (two null clip ids both as "None"), NaN,
+    Infinity and true passed as an fps, and a null path, a .npy, a cut .npz or text poses stopped the conversion."""
+    raw = tmp_path / "raw"
+    synthesize_corpus(raw, lab=1, wild=0, seed=1)
+    good = manifest(raw)[0]
+    np.save(raw / "mano/one_array.npy", np.zeros((20, 99), np.float32))
+    (raw / "mano/cut.npz").write_bytes((raw / good["mano"]).read_bytes()[:300])
+    np.savez(raw / "mano/text.npz", left=np.full((20, 99), "a"))
+    bad = [{"clip_id": None}, {"clip_id": None}, {"instruction": None}, {"source": ["a"]}, {"video": None},
+           {"mano": 3}, {"fps": float("nan")}, {"fps": float("inf")}, {"fps": True}]
+    lines = [{**good, "clip_id": f"bad_{k}", **fields} for k, fields in enumerate(bad)]
+    lines += [{**good, "clip_id": name, "mano": f"mano/{name}.npz" if name != "one_array" else "mano/one_array.npy"}
+              for name in ("one_array", "cut", "text")]
+    with open(raw / "manifest.jsonl", "a") as file:
+        file.write("".join(json.dumps(line) + "\n" for line in lines))
+    report = convert_corpus(raw, tmp_path / "mds", load_config("tiny_cpu").data)
+    assert report["written"] == 1 and report["rejected_by_reason"] == {"bad_manifest": 9, "unreadable_poses": 2,
+                                                                       "bad_pose_dims": 1}
+    assert list(records(tmp_path / "mds", "lab")) == [good["clip_id"]]
+
+
+def test_manifest_lines_end_at_newlines_only_and_are_utf8(tmp_path):
+    """Instructions holding U+2028 or U+0085 (left raw by json.dumps(ensure_ascii=False)) cut their line in two, and
+    a byte that is not UTF-8 stopped the conversion with no file named."""
+    raw = tmp_path / "raw"
+    synthesize_corpus(raw, lab=3, wild=0, seed=1)
+    clips = manifest(raw)
+    clips[0]["instruction"] = "открой крышку\u2028then the lid 🥤"
+    clips[1]["instruction"] = "naïve\x85 wipe"
+    text = "".join(json.dumps(clip, ensure_ascii=False) + "\n" for clip in clips).encode()
+    (raw / "manifest.jsonl").write_bytes(b"\xef\xbb\xbf" + text + b'{"clip_id": "\xff"}\n')   # a BOM, a bad byte
+    report = convert_corpus(raw, tmp_path / "mds", load_config("tiny_cpu").data)
+    assert report["clips_in"] == 4 and report["written"] == 3 and report["rejected_by_reason"] == {"bad_manifest": 1}
+    stored = records(tmp_path / "mds", "lab")
+    assert [stored[clip["clip_id"]]["instruction"] for clip in clips[:2]] == [clips[0]["instruction"],
+                                                                              clips[1]["instruction"]]
+
+
+def test_image_folder_frames_go_by_number_and_a_missing_one_is_named(tmp_path):
+    """Sorted as text, frame_10.jpg came before frame_2.jpg; a missing frame shifted the rest of a video-only clip."""
+    from jala_ds.data.video_frames import VideoError, frame_files
+
+    for k in range(12):
+        (tmp_path / f"frame_{k}.jpg").touch()
+    assert [p.name for p in frame_files(tmp_path)] == [f"frame_{k}.jpg" for k in range(12)]
+    (tmp_path / "frame_5.jpg").unlink()
+    with pytest.raises(VideoError, match="frame_6.jpg: frame 6 follows frame 4"):
+        frame_files(tmp_path)
+
+
+def test_an_out_that_would_overwrite_the_source_or_is_a_file_is_refused(tmp_path):
+    """--out the parent of a raw corpus named lab/ then --overwrite deleted the raw clips."""
+    data = load_config("tiny_cpu").data
+    synthesize_corpus(tmp_path / "lab", lab=1, wild=0, seed=1)
+    for out in (tmp_path, tmp_path / "lab"):
+        with pytest.raises(ValueError, match=f"--src {tmp_path / 'lab'} is in .*--overwrite deletes"):
+            convert_corpus(tmp_path / "lab", out, data, overwrite=True)
+    assert (tmp_path / "lab/manifest.jsonl").is_file() and len(list((tmp_path / "lab/videos").iterdir())) == 1
+    convert_corpus(tmp_path / "lab", tmp_path / "lab/mds", data)   # beside the raw clips is fine
+    (tmp_path / "file").touch()
+    with pytest.raises(FileExistsError, match="--out .*file is a file"):
+        convert_corpus(tmp_path / "lab", tmp_path / "file", data)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty/manifest.jsonl").write_text("\n")
+    with pytest.raises(ValueError, match="manifest.jsonl holds no clip"):
+        convert_corpus(tmp_path / "empty", tmp_path / "empty_out", data)
+    assert not (tmp_path / "empty_out").exists()

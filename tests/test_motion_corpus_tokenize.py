@@ -1,5 +1,6 @@
 """`jala data tokenize`'s work: a tokenized copy of a tiny MDS corpus in the converter's column format."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -148,8 +149,13 @@ def test_cuda_without_a_cuda_device_is_refused_not_run_on_the_cpu(corpus, tmp_pa
 
 def test_refuses_to_overwrite(corpus, tmp_path):
     src, checkpoint = corpus
-    with pytest.raises(ValueError, match="is the source corpus"):
+    with pytest.raises(ValueError, match="is in .*, where this build writes \\(and --overwrite deletes\\)"):
         tokenize_corpus(checkpoint, src, src)
+    nested = tmp_path / "nested"   # a corpus in a folder named like a subset: --overwrite would delete it
+    shutil.copytree(src, nested / "lab")
+    with pytest.raises(ValueError, match=f"--src {nested / 'lab'} is in {nested / 'lab'}, where this build writes"):
+        tokenize_corpus(checkpoint, nested / "lab", nested, overwrite=True)
+    assert (nested / "lab" / "lab" / "index.json").is_file()
     tokenize_corpus(checkpoint, src, tmp_path / "out")
     with pytest.raises(FileExistsError, match="--overwrite to start again, or choose another --out"):
         tokenize_corpus(checkpoint, src, tmp_path / "out")

@@ -128,6 +128,9 @@ def run_convert(args: argparse.Namespace) -> int:
     from jala_ds.config import load_config
     from jala_ds.data.convert import convert_corpus
 
+    if not 1 <= args.shard_mb < 4096:   # streaming takes 0 as no limit, and refuses the others in its own words
+        return fail("convert", ValueError(f"--shard-mb {args.shard_mb}: use 1 to 4095 (MiB; an MDS shard stays "
+                                          "under 4 GiB)"))
     cfg = load_config(args.recipe, args.overrides)
     if args.format == "lerobot":
         return run_convert_lerobot(args, cfg)
@@ -174,11 +177,10 @@ def run_convert_lerobot(args: argparse.Namespace, cfg: JalaConfig) -> int:
 
 def run_inspect(args: argparse.Namespace) -> int:
     from jala_ds.data.inspect_corpus import format_summary, summarize
-    from jala_ds.data.shard_check import CorruptShardError
 
     try:
         summary = summarize(args.mds_dir, samples=args.samples)
-    except (FileNotFoundError, CorruptShardError) as err:
+    except (FileNotFoundError, ValueError) as err:   # ValueError: a damaged index, report, ledger or shard
         return fail("inspect", err)
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0

@@ -39,6 +39,7 @@ from jala_ds.data.mds_pieces import (
     PIECE_CLIPS,
     RANKS_WAIT,
     PieceLedger,
+    check_source_apart,
     content_sha256,
     merge_pieces,
     piece_folder,
@@ -68,9 +69,12 @@ def convert_corpus(src: str | Path, out: str | Path, data: DataConfig, *, worker
                                 "(docs/architecture.md section 1; `jala data synth` writes one)")
     if workers < 1:
         raise ValueError(f"--workers {workers}: use at least 1")
+    check_source_apart(src, out, list(DATASETS))
     settings = ConvertSettings(chunk_frames=data.chunk_frames, wild_slowdown=data.wild_slowdown,
                                min_pseudo_confidence=data.min_pseudo_confidence, frame_size=data.frame_size)
     entries = read_manifest(manifest)
+    if not entries:
+        raise ValueError(f"{manifest} holds no clip: write one JSON object per line (docs/architecture.md section 1)")
     runs = {piece_folder(k): run for k, run in enumerate(piece_runs(len(entries), piece_clips))}
     plan = {"build": "convert", "manifest_sha256": content_sha256(manifest), "piece_clips": piece_clips,
             "pieces": len(runs), "settings": dataclasses.asdict(settings), "heldout_fraction": data.heldout_fraction,
@@ -181,17 +185,21 @@ def is_heldout(clip_id: str, fraction: float) -> bool:
 
 
 def read_manifest(manifest: Path) -> list[tuple[str, Any]]:
-    """``(clip id, entry)`` per non-blank line; a line that is not JSON becomes an entry the checks reject."""
+    """``(clip id, entry)`` per non-blank line; a line that is not UTF-8 JSON becomes an entry the checks reject.
+
+    Lines end at ``\n`` alone: ``str.splitlines`` also cuts at U+2028, U+0085 and other characters that JSON
+    written with ``ensure_ascii=False`` leaves raw inside an instruction."""
     entries = []
-    for number, line in enumerate(manifest.read_text().splitlines(), start=1):
+    for number, line in enumerate(manifest.read_bytes().split(b"\n"), start=1):
         if not line.strip():
             continue
         try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as err:
-            entry = f"line {number} is not JSON ({err.msg})"
+            entry = json.loads(line)   # bytes: decoded as UTF-8 (a BOM too), whatever the locale
+        except ValueError as err:   # JSONDecodeError, or UnicodeDecodeError
+            entry = f"line {number} is not UTF-8 JSON ({err})"
         clip_id = entry.get("clip_id") if isinstance(entry, dict) else None
-        entries.append((str(clip_id) if clip_id is not None else f"{manifest.name}:{number}", entry))
+        usable = isinstance(clip_id, str) and clip_id.strip()   # the checks reject any other
+        entries.append((clip_id if usable else f"{manifest.name}:{number}", entry))
     return entries
 
 

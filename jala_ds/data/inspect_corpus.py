@@ -1,24 +1,24 @@
-"""What a converted corpus holds: counts per subset, source and task, labelled vs video-only, a few samples; and
-for a corpus still being built (or stopped), how many of its pieces are done.
+"""What a converted corpus holds: counts per subset (and per held-out split), source and task, labelled vs video-only,
+a few samples; and for a corpus still being built (or stopped), how many of its pieces are done.
 
     jala data inspect demo_out/mds --samples 3
 """
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from jala_ds.data.mds_pieces import build_progress
-from jala_ds.data.schema import HANDS, SUBSETS, labelled_hands
+from jala_ds.data.convert import DATASETS
+from jala_ds.data.mds_pieces import build_progress, read_json
+from jala_ds.data.schema import HANDS, labelled_hands
 from jala_ds.motion.pose_corpus import open_mds
 
 
 def summarize(mds_dir: str | Path, samples: int = 3) -> dict[str, Any]:
     """Counts for every subset under ``mds_dir`` plus the first ``samples`` records of each, described."""
     root = Path(mds_dir)
-    subsets = [s for s in SUBSETS if (root / s / "index.json").is_file()]
+    subsets = [s for s in DATASETS if (root / s / "index.json").is_file()]
     progress = build_progress(root)
     if not subsets and progress is None:
         raise FileNotFoundError(f"{root} holds no MDS dataset (lab/index.json, wild/index.json): "
@@ -27,6 +27,7 @@ def summarize(mds_dir: str | Path, samples: int = 3) -> dict[str, Any]:
     if progress is not None:
         summary["build"] = progress
     for subset in subsets:
+        read_json(root / subset / "index.json")   # streaming's own read of a damaged index names no file
         dataset = open_mds(root / subset)  # each shard checked against its hash before it is read
         counts: dict[str, Any] = {"clips": len(dataset), "labeled": 0, "video_only": 0, "chunks": 0,
                                   "by_source": Counter(), "by_task": Counter(), "by_hands": Counter()}
@@ -43,7 +44,7 @@ def summarize(mds_dir: str | Path, samples: int = 3) -> dict[str, Any]:
         summary["subsets"][subset] = {k: dict(v) if isinstance(v, Counter) else v for k, v in counts.items()}
     report = root / "report.json"
     if report.is_file():
-        converted = json.loads(report.read_text())
+        converted = read_json(report)
         summary["conversion"] = {k: converted[k] for k in ("clips_in", "written", "rejected", "rejected_by_reason",
                                                            "pseudo_labels_dropped")}
     return summary

@@ -57,6 +57,8 @@ class PieceLedger:
                  overwrite: bool):
         if resume and overwrite:
             raise ValueError("--resume keeps what an earlier build wrote and --overwrite deletes it: pass one")
+        if out.exists() and not out.is_dir():
+            raise FileExistsError(f"--out {out} is a file: choose a folder (new, or one an earlier build wrote)")
         self.folder, self.ranks = out / LEDGER, ranks
         begun = self.folder / "plan.json"
         if resume and begun.is_file():
@@ -101,7 +103,7 @@ def build_progress(out: Path) -> dict[str, Any] | None:
     begun = out / LEDGER / "plan.json"
     if not begun.is_file():
         return None
-    plan = json.loads(begun.read_text())
+    plan = read_json(begun)
     done = sum(1 for path in (out / LEDGER).rglob("*.json") if path != begun)
     return {"build": plan["build"], "pieces": plan["pieces"], "done": done}
 
@@ -139,6 +141,25 @@ def write_json(path: Path, obj: Any) -> None:
     partial = path.with_name(path.name + ".partial")
     partial.write_text(json.dumps(obj, sort_keys=True))
     partial.replace(path)
+
+
+def check_source_apart(source: Path, out: Path, folders: list[str]) -> None:
+    """``source`` is neither ``out`` nor inside one of the ``folders`` a build writes there, which ``--overwrite``
+    deletes: a raw corpus or a source corpus would go with them. A source elsewhere under ``out`` is fine."""
+    written = [out / folder for folder in (*folders, LEDGER)]
+    holder = out if source.resolve() == out.resolve() else next(
+        (folder for folder in written if source.resolve().is_relative_to(folder.resolve())), None)
+    if holder is not None:
+        raise ValueError(f"--src {source} is in {holder}, where this build writes (and --overwrite deletes): "
+                         "choose an --out that does not hold the source")
+
+
+def read_json(path: Path) -> Any:
+    """The JSON in ``path``; a damaged file is a ``ValueError`` that names it."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is damaged ({err}): build the corpus again (--overwrite)") from None
 
 
 def content_sha256(path: Path) -> str:

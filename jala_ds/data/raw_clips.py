@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.lib.npyio import NpzFile
 from PIL import Image
 
 from jala_ds.data.retime import (
@@ -24,20 +25,22 @@ from jala_ds.data.schema import HANDS, POSE_DIMS, SUBSETS, TASKS, array_bytes
 from jala_ds.data.video_frames import VideoError, read_frames
 
 REJECTION_REASONS = {
-    "bad_manifest": "the manifest line is not JSON or lacks a field / has an unknown subset or task",
+    "bad_manifest": "the manifest line is not JSON, lacks a field or has one of the wrong type or value",
     "duplicate_clip_id": "another clip already uses this clip_id",
     "empty_instruction": "the instruction is empty or blank",
     "lab_without_poses": "a lab clip must come with MANO poses",
     "unreadable_poses": "the .npz cannot be read or holds neither 'left' nor 'right'",
-    "bad_pose_dims": "a pose array is not [T, 99] (or confidence not [T])",
+    "bad_pose_dims": "a pose array is not a real-valued [T, 99] (or confidence not [T])",
     "nonfinite_pose": "a pose or confidence value is NaN or infinite",
     "pose_frame_mismatch": "pose, confidence and video frame counts disagree",
-    "unreadable_video": "the video file or an image of the frame folder cannot be decoded",
+    "unreadable_video": "the video file or an image of the frame folder cannot be decoded, or the folder skips a frame",
     "empty_video": "the video holds no frame",
     "too_short": "fewer frames than one motion chunk (after the wild slow-down)",
 }
 MANIFEST_FIELDS = ("clip_id", "video", "fps", "instruction", "source", "subset", "mano", "task")
 JPEG_QUALITY = 90
+FPS_MAX = float(np.finfo(np.float32).max)
+"""The largest fps the float32 column holds (a Python float: it compares exactly with a JSON integer of any size)."""
 
 
 class ClipRejected(Exception):
@@ -67,14 +70,24 @@ def check_entry(entry: Any) -> dict:
     missing = [f for f in MANIFEST_FIELDS if f not in entry]
     if missing:
         raise ClipRejected("bad_manifest", f"missing field(s) {', '.join(missing)}")
+    # str() would store a null or a list as the text "None" or "['a']", and a path of them does not join
+    wrong = [f for f in ("clip_id", "video", "source", "instruction")
+             if not isinstance(entry[f], str) or f != "instruction" and not entry[f].strip()]
+    if entry["mano"] is not None and not (isinstance(entry["mano"], str) and entry["mano"].strip()):
+        wrong.append("mano")
+    if wrong:
+        named = ", ".join(f"{f}={entry[f]!r}" for f in wrong)
+        raise ClipRejected("bad_manifest", f"{named}: clip_id, video and source must be non-empty strings, "
+                                           "instruction a string, mano a path or null")
     if entry["subset"] not in SUBSETS or entry["task"] not in TASKS:
         raise ClipRejected("bad_manifest", f"subset must be one of {SUBSETS} and task one of {TASKS}, "
                                            f"got {entry['subset']!r} / {entry['task']!r}")
-    if not isinstance(entry["fps"], (int, float)) or entry["fps"] <= 0:
-        raise ClipRejected("bad_manifest", f"fps must be a positive number, got {entry['fps']!r}")
-    if not str(entry["instruction"]).strip():
+    fps = entry["fps"]   # JSON allows NaN and Infinity; a bool is an int to isinstance
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps <= FPS_MAX:
+        raise ClipRejected("bad_manifest", f"fps must be a positive finite number, got {fps!r}")
+    if not entry["instruction"].strip():
         raise ClipRejected("empty_instruction", "instruction is blank")
-    if entry["subset"] == "lab" and not entry["mano"]:
+    if entry["subset"] == "lab" and entry["mano"] is None:
         raise ClipRejected("lab_without_poses", "mano is null")
     return entry
 
@@ -82,16 +95,21 @@ def check_entry(entry: Any) -> dict:
 def load_poses(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """``({hand: float32 [T, 99]}, confidence [T] or None)``, every check but the video's length done."""
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
-    except (OSError, ValueError) as err:
-        raise ClipRejected("unreadable_poses", f"{path}: {err}") from None
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, NpzFile):
+            with loaded as npz:
+                arrays = {key: npz[key] for key in npz.files}
+    except Exception as err:   # a damaged file fails in zipfile, zlib or numpy's header parser, each its own way
+        raise ClipRejected("unreadable_poses", f"{path}: {err.__class__.__name__}: {err}") from None
+    if not isinstance(loaded, NpzFile):
+        raise ClipRejected("unreadable_poses", f"{path} holds one .npy array, not an .npz of 'left'/'right'")
     hands = {hand: arrays[hand] for hand in HANDS if hand in arrays}
     if not hands:
         raise ClipRejected("unreadable_poses", f"{path} holds neither 'left' nor 'right' (keys: {sorted(arrays)})")
     for hand, poses in hands.items():
-        if poses.ndim != 2 or poses.shape[1] != POSE_DIMS:
-            raise ClipRejected("bad_pose_dims", f"{hand} has shape {poses.shape}, expected [T, {POSE_DIMS}]")
+        if poses.ndim != 2 or poses.shape[1] != POSE_DIMS or poses.dtype.kind not in "fiu":
+            raise ClipRejected("bad_pose_dims",
+                               f"{hand} is {poses.dtype} {poses.shape}, expected numbers [T, {POSE_DIMS}]")
         if not np.isfinite(poses).all():
             raise ClipRejected("nonfinite_pose", f"{hand} has {int((~np.isfinite(poses)).sum())} NaN/Inf values")
     lengths = {len(p) for p in hands.values()}
@@ -99,8 +117,8 @@ def load_poses(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
         raise ClipRejected("pose_frame_mismatch", f"left and right have different lengths {sorted(lengths)}")
     confidence = arrays.get("confidence")
     if confidence is not None:
-        if confidence.ndim != 1:
-            raise ClipRejected("bad_pose_dims", f"confidence has shape {confidence.shape}, expected [T]")
+        if confidence.ndim != 1 or confidence.dtype.kind not in "fiu":
+            raise ClipRejected("bad_pose_dims", f"confidence is {confidence.dtype} {confidence.shape}, expected [T]")
         if len(confidence) not in lengths:
             raise ClipRejected("pose_frame_mismatch", f"confidence has {len(confidence)} values for {lengths.pop()} poses")
         if not np.isfinite(confidence).all():
@@ -134,11 +152,11 @@ def clip_to_record(root: Path, entry: Any, settings: ConvertSettings) -> tuple[d
     frame_index = chunk_boundaries(length, settings.chunk_frames)
     jpegs = [encode_jpeg(frames[i]) for i in source_frames(frame_index, scale, count)]
     record = {
-        "clip_id": str(entry["clip_id"]),
-        "source": str(entry["source"]),
+        "clip_id": entry["clip_id"],
+        "source": entry["source"],
         "subset": entry["subset"],
         "task": entry["task"],
-        "instruction": str(entry["instruction"]).strip(),
+        "instruction": entry["instruction"].strip(),
         "fps": np.float32(entry["fps"]),
         "time_scale": np.float32(scale),
         "frames": b"".join(jpegs),

@@ -34,6 +34,7 @@ PSEUDO_SHARE = 0.1
 OBJECTS = ("cup", "bottle", "sponge", "box", "lid", "spoon", "bowl", "towel")
 VERBS = ("pick up", "push", "rotate", "lift", "wipe", "open", "put down", "slide")
 HAND_COLOURS = {"left": (220, 60, 60), "right": (60, 90, 230)}
+MAX_FRAME_SIZE = 1024
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,11 @@ def synthesize_corpus(out: str | Path, *, lab: int, wild: int, seed: int, frame_
     """Write ``lab`` + ``wild`` clips and ``manifest.jsonl`` under ``out``; return the manifest's path."""
     if lab < 0 or wild < 0 or lab + wild == 0:
         raise ValueError(f"--lab {lab} --wild {wild}: ask for at least one clip, and no negative counts")
-    if frame_size < 16 or frame_size % 2:
-        raise ValueError(f"--frame-size {frame_size}: use an even size of at least 16 pixels (the video codec needs it)")
+    if frame_size < 16 or frame_size > MAX_FRAME_SIZE or frame_size % 2:
+        raise ValueError(f"--frame-size {frame_size}: use an even size from 16 (the video codec needs it) to "
+                         f"{MAX_FRAME_SIZE} pixels (a clip's frames are drawn in memory)")
+    if seed < 0:
+        raise ValueError(f"--seed {seed}: use a seed of 0 or more")
     out = Path(out)
     if (out / "manifest.jsonl").exists():   # its clips would mix with the new ones, under a new manifest
         raise FileExistsError(f"{out} already holds a synthetic corpus (manifest.jsonl): choose another --out")

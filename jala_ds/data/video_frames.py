@@ -7,6 +7,7 @@ decoded a second time. Frames are squashed to ``size x size`` (not cropped: hand
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -65,7 +66,7 @@ def decode_mp4(path: Path, keep: set[int], size: int) -> tuple[int, dict[int, np
 
 
 def read_image_folder(folder: Path, wanted: Callable[[int], np.ndarray], size: int) -> tuple[int, dict[int, np.ndarray]]:
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = frame_files(folder)
     if not files:
         raise VideoError("empty", f"{folder} holds no {'/'.join(IMAGE_SUFFIXES)} image")
     frames = {}
@@ -76,3 +77,18 @@ def read_image_folder(folder: Path, wanted: Callable[[int], np.ndarray], size: i
         except OSError as err:
             raise VideoError("unreadable", f"{files[index]}: {err}") from None
     return len(files), frames
+
+
+def frame_files(folder: Path) -> list[Path]:
+    """The folder's images in frame order. Numbered names (``frame_9.jpg``, ``frame_10.jpg``) go by their number, not
+    as text, and must run on without a gap or a repeat: a missing frame would shift the rest of the clip in time."""
+    files = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+    numbers = [re.search(r"(\d+)$", p.stem) for p in files]
+    if not all(numbers):
+        return sorted(files)
+    numbered = sorted(zip((int(number[1]) for number in numbers), files))
+    for (before, _), (after, file) in zip(numbered, numbered[1:]):
+        if after != before + 1:
+            raise VideoError("unreadable", f"{file}: frame {after} follows frame {before}, expected {before + 1} "
+                                           "(a frame is missing or numbered twice)")
+    return [file for _, file in numbered]

@@ -29,7 +29,15 @@ from tqdm import tqdm
 
 from jala_ds.data.convert import HELDOUT
 from jala_ds.data.corpus_provenance import converted_settings
-from jala_ds.data.mds_pieces import PIECE_CLIPS, PieceLedger, content_sha256, merge_pieces, piece_folder, piece_runs
+from jala_ds.data.mds_pieces import (
+    PIECE_CLIPS,
+    PieceLedger,
+    check_source_apart,
+    content_sha256,
+    merge_pieces,
+    piece_folder,
+    piece_runs,
+)
 from jala_ds.data.schema import SUBSETS
 from jala_ds.motion.pose_corpus import open_mds
 from jala_ds.torchrun_group import Ranks
@@ -56,11 +64,10 @@ def copy_corpus(src: str | Path, out: str | Path, columns: dict[str, str],
     subset's ``tally`` under the ``counted`` keys; ``inputs`` names what else decides its output (a checkpoint's
     hash, settings), which a resumed copy must share. This rank copies its share of the pieces still to do.
     Returns the clips and tallies of the whole copy, per subset and in total, and the time and rate of this run
-    (its slowest rank) on the clips it copied. Refuses to write over the source."""
+    (its slowest rank) on the clips it copied. Refuses an ``out`` where the copy would write over the source."""
     src, out = Path(src), Path(out)
-    if src.resolve() == out.resolve():
-        raise ValueError(f"--out {out} is the source corpus: write the copy to another folder")
     subsets = corpus_subsets(src)
+    check_source_apart(src, out, subsets)
     sources = {subset: open_mds(src / subset) for subset in subsets}
     runs = {f"{subset}/{piece_folder(k)}": (subset, run)
             for subset in subsets for k, run in enumerate(piece_runs(len(sources[subset]), piece_clips))}
