@@ -8,7 +8,8 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
-from jala_ds.bench.compare import compare_runs
+from jala_ds.bench import compare
+from jala_ds.bench.compare import compare_runs, load_runs
 from jala_ds.cli import main
 
 HOUR_MS = 3_600_000
@@ -163,3 +164,67 @@ def test_a_run_resumed_after_a_crash_reads_as_the_branch_it_went_on_with(tmp_pat
     client.log_batch(run_id, metrics=first + again)
     row, = compare_runs("crash", metrics=["loss"], tracking_uri=uri, out_dir=tmp_path / "out").rows
     assert (row["loss final"], row["loss best"]) == (0.9, 0.9)
+
+
+def test_a_diverged_step_is_no_run_s_best_median_or_peak(tmp_path):
+    """NaN and inf steps (MLflow's sqlite keeps inf as the largest float) are shown as the final value when last,
+    and never win best, median or peak, whatever their place in the history."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    run_id = client.create_run(client.create_experiment("diverged"), start_time=START_MS, run_name="r").info.run_id
+    series = {"loss": [math.nan, 1.0, 0.5, math.inf], "accuracy": [math.inf, 0.2, 0.4, 0.3],
+              "samples_per_s": [10.0, math.nan, 30.0, 40.0], "peak_memory_gb": [2.0, math.inf, 3.0, math.nan]}
+    client.log_batch(run_id, metrics=[Metric(key, v, START_MS + step, step) for key, values in series.items()
+                                      for step, v in enumerate(values)])
+    row, = compare_runs("diverged", metrics=["loss", "accuracy:max"], tracking_uri=uri, out_dir=tmp_path / "out").rows
+    assert (row["loss final"], row["loss best"]) == (math.inf, 0.5)
+    assert (row["accuracy final"], row["accuracy best"]) == (0.3, 0.4)
+    assert (row["samples_per_s median"], row["peak_memory_gb max"]) == (30.0, 3.0)
+
+
+def test_a_param_holding_a_pipe_or_a_newline_keeps_its_markdown_row_whole(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("pipes")
+    for i, value in enumerate(["a|b", "line one\nline two"]):
+        run_id = client.create_run(experiment, start_time=START_MS + i, run_name=f"r{i}").info.run_id
+        client.log_batch(run_id, metrics=[Metric("loss", 1.0, START_MS, 0)], params=[Param("data.filter", value)])
+    markdown = compare_runs("pipes", tracking_uri=uri, out_dir=tmp_path / "out").paths["markdown"].read_text()
+    rows = [line for line in markdown.splitlines() if line.startswith(("| r0 ", "| r1 "))]
+    assert len(rows) == 2 and "a\\|b" in rows[0] and "line one line two" in rows[1]
+    assert {line.replace("\\|", "").count("|") for line in rows} == {markdown.splitlines()[2].count("|")}
+
+
+def test_runs_are_named_by_the_short_ids_the_table_shows(store, tmp_path):
+    _, uri, ids = store
+    first = compare_runs("ablation", tracking_uri=uri, out_dir=tmp_path / "all").rows
+    short = [row["run_id"] for row in first if row["run"] in ("no-align", "base")][::-1]
+    assert [row["run"] for row in compare_runs("ablation", short, tracking_uri=uri, out_dir=tmp_path).rows] == \
+        ["no-align", "base"]
+    with pytest.raises(ValueError, match="--runs 0000: no run of experiment 'ablation' has an id starting so"):
+        compare_runs("ablation", ["0000"], tracking_uri=uri, out_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"--runs : \d runs of experiment 'ablation'"):
+        compare_runs("ablation", [""], tracking_uri=uri, out_dir=tmp_path)
+
+
+def test_a_folder_store_gets_one_clear_error_not_a_traceback_nor_a_new_empty_store(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    missing = tmp_path / "missing" / "mlruns"
+    with pytest.raises(ValueError, match="no MLflow store at"):
+        compare_runs("ablation", tracking_uri=f"file://{missing}", out_dir=tmp_path / "out")
+    assert not missing.exists()
+    (tmp_path / "mlruns").mkdir()
+    with pytest.raises(ValueError, match=f"--tracking-uri file://{tmp_path / 'mlruns'}: .*sqlite store"):
+        compare_runs("ablation", tracking_uri=f"file://{tmp_path / 'mlruns'}", out_dir=tmp_path / "out")
+
+
+def test_an_experiment_of_more_runs_than_one_search_page_is_read_whole(tmp_path, monkeypatch):
+    """MLflow answers a search with one page of runs and a token for the next; pages of 2 stand in for its 1000."""
+    monkeypatch.setattr(compare, "SEARCH_PAGE", 2)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("sweep")
+    for i in range(5):
+        run_id = client.create_run(experiment, start_time=START_MS + i, run_name=f"r{i}").info.run_id
+        client.log_batch(run_id, metrics=[Metric("loss", 1.0 / (i + 1), START_MS, 0)])
+    assert [run.info.run_name for run in load_runs(client, "sweep")] == [f"r{i}" for i in range(5)]

@@ -176,6 +176,38 @@ def test_calibration_precedence_and_discovery(tmp_path):
         calibration(7e12, given_host_ms=-1, results_dir=tmp_path)
 
 
+
+@pytest.mark.parametrize("device, header, row, refusal", [
+    ("NVIDIA H200", ["samples/s"], ["0"], "compute MFU of 0.0%, outside"),
+    ("NVIDIA H200", ["mfu"], ["0%"], "compute MFU of 0.0%, outside"),
+    # a small model's profiled step, shorter than the optimiser step priced for the planned 2B parameters
+    ("NVIDIA H200", ["micro batch", "samples/s", "step ms", "GPU busy ms"], ["1", "100", "10", "9.5"],
+     "no longer than the optimiser step priced for the planned model"),
+    ("NVIDIA H200", ["micro batch", "samples/s", "step ms", "GPU busy ms"], ["1", "100", "20", "16"],
+     r"compute MFU of \d+\.\d%, outside"),   # ... or only a little longer: a kernel MFU far past 100 %
+    ("Fancy GPU 9000", ["samples/s"], ["10"], "its '- device: Fancy GPU 9000' line: unknown GPU"),
+])
+def test_a_result_that_cannot_calibrate_is_refused_with_one_line_naming_it(tmp_path, capsys, device, header, row,
+                                                                          refusal):
+    result = write_result(tmp_path / "result.md", device, header, row)
+    with pytest.raises(ValueError, match=refusal):
+        read_throughput_result(result, 7e12, trained_params=2e9)
+    assert main(["plan", "--calibrate", str(result)]) == 2
+    assert capsys.readouterr().err.startswith(f"jala plan: {result}: ")
+
+
+def test_a_calibration_file_with_a_bad_stage_line_or_bytes_is_refused_with_one_line(tmp_path, capsys):
+    staged = write_result(tmp_path / "staged.md", "NVIDIA H200", ["samples/s"], ["10"])
+    staged.write_text(staged.read_text().replace("- device:", "- ZeRO stage: three\n- device:"))
+    assert main(["plan", "--calibrate", str(staged)]) == 2
+    assert capsys.readouterr().err == f"jala plan: {staged}: its '- ZeRO stage:' line names no stage 2 or 3: fix " \
+                                      "the line, or give --mfu\n"
+    binary = tmp_path / "binary.md"
+    binary.write_bytes(b"\xff\xfe not text")
+    assert main(["plan", "--calibrate", str(binary)]) == 2
+    assert capsys.readouterr().err == f"jala plan: --calibrate {binary}: not a text file; pass a throughput result " \
+                                      "from benchmarks/results/\n"
+
 def test_a_profiled_calibration_gives_back_the_measured_step_on_the_measuring_card(work, tmp_path):
     """Kernel time scaled by the card and the host floor: on the H200 it measured on, one GPU, the plan's step
     is the measured 944 ms plus only its own optimiser term (no communication on one GPU)."""

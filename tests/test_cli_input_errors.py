@@ -61,6 +61,8 @@ def test_export_into_a_folder_that_holds_files_is_refused_before_anything_loads(
     (["plan", "--text-tokens", "-5"], "--text-tokens -5: must be at least 0"),
     (["plan", "--global-batch", "0"], "--global-batch 0: must be at least 1"),
     (["plan", "--gpu", "a100-40gb"], "unknown GPU 'a100-40gb'"),
+    (["plan", "--network-gbps", "nan"], "--network-gbps be positive"),
+    (["plan", "--host-ms", "nan"], "--host-ms nan: give 0 or more"),
 ])
 def test_bad_flags_are_refused_before_any_work(command, bad, capsys):
     try:

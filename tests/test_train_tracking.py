@@ -3,6 +3,9 @@ unreachable server (or a failing call) costs one warning while every later call 
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 from mlflow import MlflowClient
@@ -92,3 +95,18 @@ def test_disabled_or_other_ranks_touch_nothing(tmp_path, monkeypatch, enabled, r
     tracker.log_metrics({"loss": 1.0}, step=1)
     tracker.close()
     assert tracker.run_id is None and not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_job_that_crashes_before_close_leaves_its_run_failed_not_finished(tmp_path):
+    """MLflow's own exit hook would end the open run as FINISHED, and ``jala compare`` would show a crash as done."""
+    crash = ("from jala_ds.train.config import TrackingConfig\n"
+             "from jala_ds.train.tracking import Tracker\n"
+             "tracker = Tracker(TrackingConfig(experiment='e'), rank=0, run_name='crashed', job='train')\n"
+             "tracker.log_metrics({'loss': 1.0}, step=1)\n"
+             "raise RuntimeError('out of memory')\n")
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    done = subprocess.run([sys.executable, "-c", crash], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 1 and "out of memory" in done.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run, = client.search_runs([client.get_experiment_by_name("e").experiment_id])
+    assert (run.info.run_name, run.info.status) == ("crashed", "FAILED")

@@ -111,16 +111,23 @@ def read_throughput_result(path: str | Path, flops_per_sample: float, trained_pa
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"--calibrate {path}: no such file; pass a throughput result from benchmarks/results/")
-    lines = path.read_text().splitlines()
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError:
+        raise ValueError(f"--calibrate {path}: not a text file; pass a throughput result from benchmarks/results/") \
+            from None
     device = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("- device:")), None)
     best: tuple[float, Calibration, dict[str, str]] | None = None
     for row in _table(lines):
         rate = _number(row.get("samples_per_s", ""))
         gpus = int(_number(row.get("gpus", "")) or 1)
         if rate is not None and device is not None:
-            value = mfu(flops_per_sample, rate, gpus, device)
-            found = _split_by_busy_time(row, flops_per_sample, device, value, trained_params / gpus,
-                                        f"measured, {path.name}: {rate:g} samples/s on {gpus} x {device}")
+            value = mfu(flops_per_sample, rate, gpus, _measuring_card(path, device))
+            try:
+                found = _split_by_busy_time(row, flops_per_sample, device, value, trained_params / gpus,
+                                            f"measured, {path.name}: {rate:g} samples/s on {gpus} x {device}")
+            except ValueError as err:
+                raise ValueError(f"{path}: {err}") from None
         elif (given := _number(row.get("mfu", ""))) is not None:
             value = given / 100 if given > 1 else given
             found = Calibration(value, f"measured, {path.name}: its mfu column")
@@ -132,8 +139,21 @@ def read_throughput_result(path: str | Path, flops_per_sample: float, trained_pa
         raise ValueError(f"{path}: no row with samples_per_s (and a '- device:' line) or mfu: pass a result of "
                          "the throughput benchmark, or give --mfu")
     _, found, row = best
-    stage = next((int(_number(line.split(":", 1)[1])) for line in lines if line.startswith("- ZeRO stage:")), None)
-    return dataclasses.replace(found, activation_gb=_activation_gb_per_sample(row), zero_stage=stage)
+    if not 0 < found.mfu <= 1:
+        raise ValueError(f"{path}: its best row gives a compute MFU of {found.mfu:.1%}, outside (0, 100 %]: pass a result "
+                         "of this recipe's throughput benchmark, or give --mfu")
+    stages = [_number(line.split(":", 1)[1]) for line in lines if line.startswith("- ZeRO stage:")]
+    if stages and stages[0] not in (2, 3):
+        raise ValueError(f"{path}: its '- ZeRO stage:' line names no stage 2 or 3: fix the line, or give --mfu")
+    return dataclasses.replace(found, activation_gb=_activation_gb_per_sample(row),
+                               zero_stage=int(stages[0]) if stages else None)
+
+
+def _measuring_card(path: Path, device: str) -> Card:
+    try:
+        return card(device)
+    except ValueError as err:
+        raise ValueError(f"{path}: its '- device: {device}' line: {err}") from None
 
 
 def _activation_gb_per_sample(row: dict[str, str]) -> float | None:
@@ -159,6 +179,10 @@ def _split_by_busy_time(row: dict[str, str], flops_per_sample: float, device: st
     optimizer_ms = min(priced_optimizer_ms if measured_optimizer_ms is None else measured_optimizer_ms,
                        busy_ms - (matmul_ms or 0.0))
     compute_ms = busy_ms - optimizer_ms
+    if compute_ms <= 0:
+        raise ValueError(f"a row's GPU busy time ({busy_ms:g} ms per step) is no longer than the optimiser step "
+                         f"priced for the planned model ({optimizer_ms:.1f} ms), so it measured a smaller model: pass "
+                         "a result of this recipe, or give --mfu")
     kernel_mfu = mfu(flops_per_sample, samples_per_step / (compute_ms / 1e3), 1, device)
     parts = [f"{matmul_ms:g} in matrix multiplies and attention"] if matmul_ms is not None else []
     if optimizer_ms > 0:
@@ -192,7 +216,7 @@ def calibration(flops_per_sample: float, given_mfu: float | None = None, result:
     ``trained_params`` (the planned model's) takes the optimiser step out of a profiled result's kernel time; a
     measured host floor is left out when the result ran under another ZeRO stage than ``zero_stage``."""
     for flag, value in (("--host-ms", given_host_ms), ("--activation-gb", given_activation_gb)):
-        if value is not None and value < 0:
+        if value is not None and not value >= 0:   # nan too
             raise ValueError(f"{flag} {value}: give 0 or more")
     found = _compute_calibration(flops_per_sample, given_mfu, result, results_dir, trained_params)
     if found.host_s > 0 and None not in (found.zero_stage, zero_stage) and found.zero_stage != zero_stage:

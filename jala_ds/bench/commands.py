@@ -106,7 +106,7 @@ def run_plan(args: argparse.Namespace) -> int:
                              ("--text-tokens", args.text_tokens, 0)):
         if value is not None and value < low:
             return _fail("plan", f"{name} {value}: must be at least {low}")
-    if not 0 <= args.overlap <= 1 or args.network_gbps <= 0:
+    if not 0 <= args.overlap <= 1 or not args.network_gbps > 0:   # `not >`: nan is refused too
         return _fail("plan", "--overlap must lie in [0, 1] and --network-gbps be positive")
     try:
         cfg = load_config(args.recipe, args.overrides)

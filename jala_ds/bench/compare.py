@@ -14,17 +14,22 @@ needs.
 from __future__ import annotations
 
 import csv
+import math
 import re
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 from jala_ds.bench.tables import markdown_table
 from jala_ds.train.tracking import JOB_TAG, resolve_uri
 
 THROUGHPUT_METRICS = ("samples_per_s", "tokens_per_s", "mfu")
 MEMORY_METRICS = ("peak_memory_gb",)
+SEARCH_PAGE = 1000
+"""Runs asked of the store at a time (MLflow's most); an experiment with more is read page by page."""
 
 
 @dataclass(frozen=True)
@@ -49,12 +54,17 @@ class Comparison:
 
 
 def _check_store_exists(uri: str) -> None:
-    # Opening a missing sqlite file would silently create an empty store and then report "no experiment".
+    # Opening a missing sqlite file or store folder would silently create an empty store and then report "no
+    # experiment".
     if uri.startswith("sqlite:///"):
-        path = Path(uri[len("sqlite:///"):])
-        if not path.is_file():
-            raise ValueError(f"no MLflow store at {path.resolve()}: train first, or point --tracking-uri (or "
-                             "MLFLOW_TRACKING_URI) at the store that holds the runs")
+        path, exists = Path(uri[len("sqlite:///"):]), Path.is_file
+    elif urlparse(uri).scheme in ("", "file"):
+        path, exists = Path(urlparse(uri).path), Path.is_dir
+    else:
+        return
+    if not exists(path):
+        raise ValueError(f"no MLflow store at {path.resolve()}: train first, or point --tracking-uri (or "
+                         "MLFLOW_TRACKING_URI) at the store that holds the runs")
 
 
 def job_of(run) -> str:
@@ -72,7 +82,7 @@ def load_runs(client, experiment: str, run_ids: list[str] | tuple[str, ...] = ()
         known = ", ".join(sorted(e.name for e in client.search_experiments())) or "none"
         raise ValueError(f"--experiment {experiment!r} is not in this store: known experiments are {known}")
     if not run_ids:
-        runs = client.search_runs([found.experiment_id], order_by=["attributes.start_time ASC"], max_results=1000)
+        runs = all_runs(client, found.experiment_id)
         if not runs:
             raise ValueError(f"experiment {experiment!r} has no runs yet")
         chosen = [run for run in runs if job_of(run) == job]
@@ -88,11 +98,33 @@ def load_runs(client, experiment: str, run_ids: list[str] | tuple[str, ...] = ()
         try:
             run = client.get_run(run_id)
         except MlflowException:
-            raise ValueError(f"--runs {run_id}: no such run in this store") from None
+            run = run_by_prefix(all_runs(client, found.experiment_id), run_id, experiment)
         if run.info.experiment_id != found.experiment_id:
             raise ValueError(f"--runs {run_id} belongs to another experiment than {experiment!r}")
         runs.append(run)
     return runs
+
+
+def all_runs(client, experiment_id: str) -> list:
+    """Every active run of the experiment, oldest first, however many pages the store returns them in."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], order_by=["attributes.start_time ASC"], max_results=SEARCH_PAGE,
+                                  page_token=token)
+        runs += page
+        token = page.token
+        if not token:
+            return runs
+
+
+def run_by_prefix(runs: list, prefix: str, experiment: str):
+    """The one run of ``runs`` whose id starts with ``prefix``: the table's ``run_id`` column shows 8 characters."""
+    matches = [run for run in runs if run.info.run_id.startswith(prefix)]
+    if len(matches) != 1:
+        found = "no run" if not matches else f"{len(matches)} runs"
+        raise ValueError(f"--runs {prefix}: {found} of experiment {experiment!r} has an id starting so: give a run "
+                         "id, or enough of one to name a single run")
+    return matches[0]
 
 
 def differing_params(runs: list) -> list[str]:
@@ -112,6 +144,16 @@ def resumed_history(history: list) -> list:
     return sorted({m.step: m for m in sorted(history, key=lambda m: m.timestamp)}.values(), key=lambda m: m.step)
 
 
+def logged_value(value: float) -> float:
+    """A metric's value as logged: MLflow's SQL stores keep an infinite value as the largest float."""
+    return math.copysign(math.inf, value) if abs(value) == sys.float_info.max else value
+
+
+def finite_values(history: list) -> list[float]:
+    """The values of ``history`` that are numbers: a diverged step's NaN or inf is no run's best, median or peak."""
+    return [value for value in (logged_value(m.value) for m in history) if math.isfinite(value)]
+
+
 def run_row(run, histories: dict[str, list], metrics: list[MetricSpec], params: list[str]) -> dict[str, object]:
     """One table row from a run and its metric histories (``{key: [mlflow Metric, ...]}``)."""
     info = run.info
@@ -121,13 +163,14 @@ def run_row(run, histories: dict[str, list], metrics: list[MetricSpec], params: 
     row.update({key: run.data.params.get(key) for key in params})
     for spec in metrics:
         history = sorted(histories.get(spec.key, []), key=lambda m: (m.step, m.timestamp))
-        values = [m.value for m in history]
-        row[f"{spec.key} final"] = values[-1] if values else None
-        row[f"{spec.key} best"] = (max(values) if spec.maximize else min(values)) if values else None
+        finite = finite_values(history)
+        row[f"{spec.key} final"] = logged_value(history[-1].value) if history else None
+        row[f"{spec.key} best"] = (max(finite) if spec.maximize else min(finite)) if finite else None
     for key in logged_keys(run, THROUGHPUT_METRICS):
-        row[f"{key} median"] = statistics.median(m.value for m in histories[key])
+        finite = finite_values(histories[key])
+        row[f"{key} median"] = statistics.median(finite) if finite else None
     for key in logged_keys(run, MEMORY_METRICS):
-        row[f"{key} max"] = max(m.value for m in histories[key])
+        row[f"{key} max"] = max(finite_values(histories[key]), default=None)
     return row
 
 
@@ -139,7 +182,8 @@ def plot_curves(runs: list, histories: list[dict[str, list]], metrics: list[Metr
     axes = fig.subplots(1, len(metrics), squeeze=False)[0]
     for ax, spec in zip(axes, metrics):
         for run, history in zip(runs, histories):
-            points = sorted((m.step, m.value) for m in history.get(spec.key, []))
+            logged = ((m.step, logged_value(m.value)) for m in history.get(spec.key, []))
+            points = sorted(point for point in logged if math.isfinite(point[1]))   # inf would flatten the axes
             if points:
                 steps, values = zip(*points)
                 ax.plot(steps, values, label=run.info.run_name, linewidth=1.5)
@@ -173,10 +217,10 @@ def compare_runs(experiment: str, run_ids: list[str] | tuple[str, ...] = (), met
     uri = resolve_uri(tracking_uri)
     _check_store_exists(uri)
     specs = [MetricSpec.parse(text) for text in metrics]
-    client = MlflowClient(tracking_uri=uri)
     try:
+        client = MlflowClient(tracking_uri=uri)
         runs = load_runs(client, experiment, run_ids, job)
-    except MlflowException as err:   # a server that does not answer, a folder that is no store
+    except MlflowException as err:   # a server that does not answer, a folder that is no store, a file store
         reason = str(err.message).splitlines()[0][:200]
         raise ValueError(f"--tracking-uri {uri}: {reason}: point --tracking-uri (or MLFLOW_TRACKING_URI) at a "
                          "running server or an sqlite store (sqlite:///path/mlflow.db)") from None

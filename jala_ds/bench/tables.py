@@ -5,12 +5,13 @@ from typing import Any
 
 
 def cell(value: Any) -> str:
-    """Floats to 4 significant digits, missing values as an empty cell, everything else as ``str``."""
+    """Floats to 4 significant digits, missing values as an empty cell, everything else as ``str`` on one line with
+    its ``|`` escaped (a param's value may hold either, and would break the row)."""
     if value is None:
         return ""
     if isinstance(value, float):
         return f"{value:.4g}"
-    return str(value)
+    return " ".join(str(value).splitlines()).replace("|", "\\|")
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:

@@ -10,6 +10,7 @@ and every later call does nothing: training goes on.
 """
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import logging
 import os
@@ -69,6 +70,12 @@ class Tracker:
         run = mlflow.start_run(run_id=resume_run_id, run_name=None if resume_run_id else run_name,
                                tags={JOB_TAG: job}, log_system_metrics=with_system_metrics)
         self.run_id = run.info.run_id
+        # MLflow's own exit hook ends an open run as FINISHED: a job that exits before close() (a crash) did not.
+        atexit.register(self._close_unfinished)
+
+    def _close_unfinished(self) -> None:
+        if self.active:
+            self.close(status="FAILED")
 
     @staticmethod
     def _run_exists(run_id: str) -> bool:
@@ -130,6 +137,7 @@ class Tracker:
     def close(self, status: str = "FINISHED") -> None:
         self._call(self._mlflow_call, "end_run", status=status)
         self.active = False
+        atexit.unregister(self._close_unfinished)
 
     @staticmethod
     def _mlflow_call(name: str, *args: Any, **kwargs: Any) -> None:
