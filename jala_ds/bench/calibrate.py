@@ -140,8 +140,8 @@ def read_throughput_result(path: str | Path, flops_per_sample: float, trained_pa
                          "the throughput benchmark, or give --mfu")
     _, found, row = best
     if not 0 < found.mfu <= 1:
-        raise ValueError(f"{path}: its best row gives a compute MFU of {found.mfu:.1%}, outside (0, 100 %]: pass a result "
-                         "of this recipe's throughput benchmark, or give --mfu")
+        raise ValueError(f"{path}: its best row gives a compute MFU of {found.mfu:.1%}, outside (0, 100 %]: pass a "
+                         "result of this recipe's throughput benchmark, or give --mfu")
     stages = [_number(line.split(":", 1)[1]) for line in lines if line.startswith("- ZeRO stage:")]
     if stages and stages[0] not in (2, 3):
         raise ValueError(f"{path}: its '- ZeRO stage:' line names no stage 2 or 3: fix the line, or give --mfu")
