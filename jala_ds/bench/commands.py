@@ -62,7 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                 "and curves.png for the runs of one experiment.")
     compare.add_argument("--experiment", required=True, help="MLflow experiment name")
     compare.add_argument("--runs", nargs="+", action="extend", default=[], metavar="ID",
-                         help="run ids (default: all runs)")
+                         help="run ids, or enough of each to name one run (the table's 8 characters); default: "
+                              "all runs")
     compare.add_argument("--metric", nargs="+", action="extend", metavar="NAME[:max]",
                          help="metrics to compare; best is the minimum unless NAME:max (default loss)")
     compare.add_argument("--job", default="train",
