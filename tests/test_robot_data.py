@@ -122,6 +122,63 @@ def test_bad_episodes_are_rejected_with_their_reasons_and_the_rest_converted(tmp
     assert "first frame 3" in report["rejections"][0]["detail"]
 
 
+def test_episodes_with_a_frame_index_gap_or_repeat_or_a_wrong_length_are_rejected(tmp_path):
+    src = synthesize_lerobot(tmp_path / "lerobot", episodes=4, cameras=1, frame_size=32, camera_storage="image")
+    dataset = LeRobotDataset(src)
+
+    def set_frame_index(path, change):
+        table = pq.read_table(path)
+        frame_index = change(np.arange(len(table), dtype=np.int64))
+        pq.write_table(table.set_column(table.column_names.index("frame_index"), "frame_index",
+                                        pa.array(frame_index)), path)
+
+    set_frame_index(dataset.episode_path(0), lambda f: np.where(f >= 5, f + 1, f))   # 0..4, 6..T
+    set_frame_index(dataset.episode_path(1), lambda f: np.where(f >= 5, f - 1, f))   # 0..4, 4..T-2
+    table = pq.read_table(dataset.episode_path(2))
+    pq.write_table(table.slice(0, 3), dataset.episode_path(2))                      # episodes.jsonl still says T
+    report = convert_lerobot(src, tmp_path / "mds", action_horizon=4, frame_size=32)
+    reasons = {r["episode_index"]: r["reason"] for r in report["rejections"]}
+    assert reasons == {0: "bad_frame_index", 1: "bad_frame_index", 2: "wrong_length"}
+    assert "at frame 4" in report["rejections"][0]["detail"]
+    assert report["frames_in"] == sum(e["length"] for e in dataset.episodes)
+    assert {s.sample_id.split("@")[0] for s in stored_samples(tmp_path / "mds")} == {"ep3"}
+
+
+@pytest.mark.parametrize("out", ["src", "src/mds", "src/data", "."])
+def test_an_out_overlapping_src_is_refused_even_with_overwrite(tmp_path, out):
+    src = synthesize_lerobot(tmp_path / "src", episodes=1, cameras=1, frame_size=32)
+    files = sorted(p for p in src.rglob("*"))
+    with pytest.raises(ValueError, match="overlaps --src.*outside --src"):
+        convert_lerobot(src, tmp_path / out, action_horizon=4, frame_size=32, overwrite=True)
+    assert sorted(p for p in src.rglob("*")) == files
+
+
+@pytest.mark.parametrize("info_change, message", [
+    (lambda info: [info], "not an object with a 'features' object"),
+    (lambda info: {**info, "features": {**info["features"], "action": {"dtype": "float32"}}},
+     "'action' has shape None"),
+    (lambda info: {**info, "features": {**info["features"], "action": {"dtype": "float32", "shape": "7"}}},
+     "'action' has shape '7'"),
+    (lambda info: {**info, "fps": "ten"}, "fps 'ten'.*must be numbers"),
+])
+def test_a_malformed_info_json_is_one_clear_error(tmp_path, info_change, message):
+    src = synthesize_lerobot(tmp_path / "lerobot", episodes=1, cameras=1, frame_size=32)
+    info = json.loads((src / "meta" / "info.json").read_text())
+    (src / "meta" / "info.json").write_text(json.dumps(info_change(info)))
+    with pytest.raises(LeRobotFormatError, match=f"info.json.*{message}"):
+        LeRobotDataset(src)
+
+
+def test_an_episode_line_without_an_index_or_a_file_as_out_is_one_clear_error(tmp_path):
+    src = synthesize_lerobot(tmp_path / "lerobot", episodes=1, cameras=1, frame_size=32)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileExistsError, match="is a file, not a folder"):
+        convert_lerobot(src, tmp_path / "file", action_horizon=4, frame_size=32)
+    (src / "meta" / "episodes.jsonl").write_text('{"length": 3}\n')
+    with pytest.raises(LeRobotFormatError, match="episodes.jsonl has a line without an integer episode_index"):
+        LeRobotDataset(src)
+
+
 def test_bad_folders_and_arguments_are_one_clear_error(tmp_path):
     with pytest.raises(LeRobotFormatError, match="info.json not found.*jala data synth --format lerobot"):
         convert_lerobot(tmp_path / "nothing", tmp_path / "out", action_horizon=4, frame_size=32)

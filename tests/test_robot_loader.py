@@ -171,7 +171,7 @@ def test_recipe_and_dataset_mismatches_are_clear_errors(robot_mds, tmp_path):
         make_loader(mds, "robot.action_horizon=9", "action_head.action_horizon=9")
     with pytest.raises(ValueError, match="robot.cameras asks for observation.images.top"):
         make_loader(mds, "robot.cameras=[observation.images.top]")
-    with pytest.raises(ValueError, match="mode 'quantile' but robot.norm_mode is 'meanstd'"):
+    with pytest.raises(ConfigError, match="robot.norm_mode: meanstd but .* set robot.norm_mode=quantile"):
         make_loader(mds, "robot.norm_mode=meanstd")
     with pytest.raises(FileNotFoundError, match="no index.json.*--format lerobot"):
         make_loader(tmp_path)

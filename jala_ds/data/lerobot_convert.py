@@ -5,7 +5,9 @@
 Episodes are read in order; each valid episode of T frames becomes T records (one per timestep t, with actions
 t .. t+H-1, the last action repeated past the end and marked invalid). An episode is rejected whole, with its
 reason, when its table cannot be read (``unreadable_data``), its state or action width differs from info.json
-(``wrong_dims``), a value is NaN or infinite (``nan``), or a camera's frames cannot be read (``unreadable_video``).
+(``wrong_dims``), a value is NaN or infinite (``nan``), its ``frame_index`` is not 0 .. T-1 (``bad_frame_index``), its
+row count differs from episodes.jsonl's ``length`` (``wrong_length``), or a camera's frames cannot be read
+(``unreadable_video``).
 The report balances: ``episodes_in == episodes_written + episodes_rejected`` and the same for frames.
 Normalisation statistics are computed once, over every written frame's state and action.
 """
@@ -52,6 +54,11 @@ def convert_lerobot(src: str | Path, out: str | Path, *, action_horizon: int, ca
     if unknown or not stored:
         raise ValueError(f"--cameras {','.join(stored) or '(none)'}: {src} has cameras "
                          f"{', '.join(dataset.cameras) or '(none)'}; name some of those, or leave --cameras out for all")
+    if out.resolve().is_relative_to(src.resolve()) or src.resolve().is_relative_to(out.resolve()):
+        raise ValueError(f"--out {out} overlaps --src {src}: --overwrite would delete the LeRobot dataset; choose an "
+                         "--out outside --src")
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file, not a folder: choose another --out")
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{out} already holds data: pass --overwrite or choose another --out")
@@ -126,6 +133,16 @@ def episode_records(dataset: LeRobotDataset, episode: dict, cameras: list[str], 
     table = {key: (value[order] if isinstance(value, np.ndarray) else [value[i] for i in order])
              for key, value in table.items()}
     states, actions = table[STATE_KEY], table[ACTION_KEY]
+    frame_index = table["frame_index"]
+    if not np.array_equal(frame_index, np.arange(len(frame_index))):
+        # The action chunk is the next H rows and the video frame is looked up by frame_index: both need 0 .. T-1.
+        step = np.flatnonzero(np.diff(frame_index) != 1)
+        where = f"at frame {int(frame_index[step[0]])}" if len(step) else f"starting at {int(frame_index[0])}"
+        raise EpisodeRejected("bad_frame_index", f"episode {index}: frame_index is not 0 .. {len(frame_index) - 1} "
+                              f"(a gap or a repeat {where})")
+    if "length" in episode and int(episode["length"]) != len(frame_index):
+        raise EpisodeRejected("wrong_length", f"episode {index}: {dataset.episode_path(index)} holds "
+                              f"{len(frame_index)} frames, meta/episodes.jsonl says {episode['length']}")
     try:
         views = [dataset.camera_frames(index, camera, table, frame_size) for camera in cameras]
     except (VideoError, OSError, ValueError) as err:

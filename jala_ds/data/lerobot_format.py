@@ -47,6 +47,9 @@ class LeRobotDataset:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.info = read_json(self.root / "meta" / "info.json")
+        if not isinstance(self.info, dict) or not isinstance(self.info.get("features"), dict):
+            raise LeRobotFormatError(f"{self.root}/meta/info.json is not an object with a 'features' object: not a "
+                                     "LeRobot v2.x info.json")
         version = self.info.get("codebase_version")
         if version not in SUPPORTED_VERSIONS:
             raise LeRobotFormatError(f"{self.root}/meta/info.json has codebase_version {version!r}; this reader takes "
@@ -61,9 +64,21 @@ class LeRobotDataset:
             if key not in self.features:
                 raise LeRobotFormatError(f"{self.root}/meta/info.json declares no {key!r} feature: the converter needs "
                                          f"{STATE_KEY!r} and {ACTION_KEY!r}")
-        self.fps = float(self.info["fps"])
-        self.chunks_size = int(self.info["chunks_size"])
-        self.episodes = sorted(read_jsonl(self.root / "meta" / "episodes.jsonl"), key=lambda e: e["episode_index"])
+            shape = self.features[key].get("shape")
+            if not (isinstance(shape, list) and shape and all(isinstance(n, int) and n > 0 for n in shape)):
+                raise LeRobotFormatError(f"{self.root}/meta/info.json: feature {key!r} has shape {shape!r}; it needs a "
+                                         "list of positive sizes, e.g. [7]")
+        try:
+            self.fps = float(self.info["fps"])
+            self.chunks_size = int(self.info["chunks_size"])
+        except (TypeError, ValueError):
+            raise LeRobotFormatError(f"{self.root}/meta/info.json: fps {self.info['fps']!r} and chunks_size "
+                                     f"{self.info['chunks_size']!r} must be numbers") from None
+        episodes = read_jsonl(self.root / "meta" / "episodes.jsonl")
+        if not all(isinstance(e, dict) and isinstance(e.get("episode_index"), int) for e in episodes):
+            raise LeRobotFormatError(f"{self.root}/meta/episodes.jsonl has a line without an integer episode_index: "
+                                     "fix or re-download it")
+        self.episodes = sorted(episodes, key=lambda e: e["episode_index"])
         self.tasks = {int(t["task_index"]): str(t["task"]) for t in read_jsonl(self.root / "meta" / "tasks.jsonl")}
 
     @property

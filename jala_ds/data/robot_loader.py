@@ -46,6 +46,9 @@ def check_robot_dataset(cfg: JalaConfig) -> tuple[RobotMeta, NormStats]:
         if wanted != stored:
             source = "robot.action_horizon" if key.endswith("horizon") else f"{root}/robot_meta.json"
             raise ConfigError(f"{key}: {wanted} but {source} says {stored}: set {key}={stored}")
+    if norm.mode != robot.norm_mode:
+        raise ConfigError(f"robot.norm_mode: {robot.norm_mode} but {root}/{NORM_STATS_FILE} is for mode {norm.mode}: "
+                          f"set robot.norm_mode={norm.mode}, or re-convert the dataset")
     if (norm.state.dim, norm.action.dim) != (meta.state_dim, meta.action_dim):
         raise ValueError(f"{root}/{NORM_STATS_FILE} is for state/action dims {norm.state.dim}/{norm.action.dim}, "
                          f"robot_meta.json says {meta.state_dim}/{meta.action_dim}: re-run the conversion")
