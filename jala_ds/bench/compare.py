@@ -122,8 +122,8 @@ def run_by_prefix(runs: list, prefix: str, experiment: str):
     matches = [run for run in runs if run.info.run_id.startswith(prefix)]
     if len(matches) != 1:
         found = "no run" if not matches else f"{len(matches)} runs"
-        raise ValueError(f"--runs {prefix}: {found} of experiment {experiment!r} has an id starting so: give a run "
-                         "id, or enough of one to name a single run")
+        raise ValueError(f"--runs {prefix}: {found} of experiment {experiment!r} {'have ids' if matches else 'has an id'}"
+                         " starting so: give a run id, or enough of one to name a single run")
     return matches[0]
 
 
