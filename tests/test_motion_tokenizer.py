@@ -104,6 +104,31 @@ def test_bad_inputs_get_one_clear_error(trained):
         tok.decode(np.full((1, 32), 31, np.int32))
 
 
+def test_the_data_pipeline_refuses_a_checkpoint_of_another_token_layout(trained):
+    """Same tokens per chunk, other codes per stage: the vocabulary sized from the recipe would mix up the codes."""
+    cfg = TokenizerConfig(kind="grvq", checkpoint=str(trained["checkpoint"]), **{
+        **{k: v for k, v in TINY.items() if k in ("groups", "stages", "latent_dim")}, "codes_per_stage": 8})
+    with pytest.raises(ValueError, match="motion_tokenizer.codes_per_stage=8 but the checkpoint"):
+        build_motion_tokenizer(cfg)
+
+
+def test_encoding_and_decoding_no_chunks_gives_empty_arrays(trained):
+    tok = load_grvq_tokenizer(trained["checkpoint"])
+    codes = tok.encode(np.zeros((0, 99), np.float32))
+    assert codes.dtype == np.int32 and codes.shape == (0, 32)
+    poses = tok.decode(codes)
+    assert poses.dtype == np.float32 and poses.shape == (0, 99)
+
+
+def test_a_checkpoint_missing_a_file_is_named_with_the_fix(trained, tmp_path):
+    for name in ("model.safetensors", "normalization.json"):
+        broken = tmp_path / name
+        shutil.copytree(trained["checkpoint"], broken)
+        (broken / name).unlink()
+        with pytest.raises(FileNotFoundError, match=f"not a whole GRVQ tokenizer checkpoint \\(no {name}\\): train"):
+            load_grvq_tokenizer(broken)
+
+
 def test_training_is_logged_to_mlflow(trained):
     from mlflow import MlflowClient
 
@@ -135,6 +160,31 @@ def test_training_into_a_checkpoint_replaces_it_only_when_asked(trained, tmp_pat
     assert (out / "model.safetensors").read_bytes() == before
     assert jala([*command, "--overwrite"]) == 0
     assert (out / "model.safetensors").read_bytes() != before
+
+
+def test_training_never_replaces_a_file_or_a_folder_of_other_things(trained, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    command = ["tokenizer", "train", "--recipe", "tiny_cpu", *overrides(trained["mds"], tmp_path / "mlflow.db"),
+               "--steps", "1", "--overwrite"]
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep")
+    assert jala([*command, "--out", str(a_file)]) == 2
+    assert f"--out {a_file} is a file, not a checkpoint folder" in capsys.readouterr().err
+    assert a_file.read_text() == "keep"
+    assert jala([*command, "--out", str(tmp_path)]) == 2
+    assert "holds files that are not a tokenizer checkpoint (no config.json)" in capsys.readouterr().err
+    assert a_file.read_text() == "keep"
+
+
+def test_training_for_no_steps_is_refused_before_anything_is_saved(trained, tmp_path):
+    from jala_ds.config import load_config
+    from jala_ds.motion.train_tokenizer import train_tokenizer
+
+    cfg = load_config("tiny_cpu", [f"data.mds_dir={trained['mds']}", "tracking.enabled=false"])
+    for steps in (0, -3):
+        with pytest.raises(ValueError, match=f"steps={steps}: must be a positive number"):
+            train_tokenizer(cfg, steps=steps, out_dir=tmp_path / "checkpoint")
+    assert not (tmp_path / "checkpoint").exists()
 
 
 @pytest.mark.slow

@@ -129,4 +129,4 @@ def build_motion_tokenizer(cfg: TokenizerConfig) -> MotionTokenizer:
     # Imported here: the GRVQ model pulls in torch modules that the binning path never needs.
     from jala_ds.motion.tokenizer import load_grvq_tokenizer
 
-    return load_grvq_tokenizer(cfg.checkpoint)
+    return load_grvq_tokenizer(cfg.checkpoint, expect=cfg)

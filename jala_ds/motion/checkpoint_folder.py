@@ -22,7 +22,13 @@ from typing import Any
 
 def refuse_to_replace(out_dir: Path, what: str, overwrite: bool) -> None:
     """Refuse, before any training, to replace the checkpoint at ``out_dir`` unless ``overwrite``: the corpus
-    tokenized with it, or labelled by it, and the runs that read it would no longer match it."""
+    tokenized with it, or labelled by it, and the runs that read it would no longer match it. A file, or a folder
+    of other things (no config.json), is refused even with ``overwrite``: replacing it would delete them."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"--out {out_dir} is a file, not a checkpoint folder: choose another --out")
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "config.json").is_file():
+        raise FileExistsError(f"--out {out_dir} holds files that are not {what} (no config.json): choose a new or "
+                              "empty folder for --out")
     if not overwrite and out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"--out {out_dir} already holds {what}: choose another --out, or pass --overwrite to "
                               "replace it (what was tokenized or labelled with it then no longer matches)")

@@ -55,9 +55,11 @@ class GrvqMotionTokenizer:
                              f"cut the sequence to a multiple of {self.chunk_frames} frames")
         if not np.isfinite(poses).all():
             raise ValueError("poses contain NaN or inf: clean or drop the clip before tokenizing")
+        if len(poses) == 0:
+            return np.zeros((0, self.tokens_per_chunk), np.int32)
         chunks = torch.from_numpy(poses.astype(np.float32)).view(-1, self.chunk_frames, FRAME_DIM)
         out = [self.model.encode(batch.to(self.device)).cpu() for batch in chunks.split(CHUNKS_PER_FORWARD)]
-        return torch.cat(out).numpy().astype(np.int32) if out else np.zeros((0, self.tokens_per_chunk), np.int32)
+        return torch.cat(out).numpy().astype(np.int32)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """int ``[chunks, tokens_per_chunk]`` -> float32 ``[chunks * chunk_frames, 99]``."""
@@ -70,9 +72,10 @@ class GrvqMotionTokenizer:
             raise ValueError(f"codes are not from this tokenizer: each must lie in its stage's range "
                              f"[r * {self.cfg.codes_per_stage}, (r + 1) * {self.cfg.codes_per_stage}) of "
                              f"[0, {self.vocab_per_part}) (per-part codes, not vocabulary ids)")
+        if len(codes) == 0:
+            return np.zeros((0, FRAME_DIM), np.float32)
         out = [self.model.decode(batch.to(self.device)).cpu() for batch in tokens.split(CHUNKS_PER_FORWARD)]
-        poses = torch.cat(out) if out else torch.zeros(0, self.chunk_frames, FRAME_DIM)
-        return poses.reshape(-1, FRAME_DIM).numpy().astype(np.float32)
+        return torch.cat(out).reshape(-1, FRAME_DIM).numpy().astype(np.float32)
 
 
 def save_tokenizer(model: MotionTokenizerModel, out_dir: str | Path, info: dict[str, Any]) -> Path:
@@ -96,9 +99,11 @@ def load_grvq_tokenizer(path: str | Path, device: str | torch.device = "cpu",
     (the model's vocabulary is sized from the recipe).
     """
     path = Path(path)
-    config = folder_config(path, CHECKPOINT_FORMAT, FORMAT_VERSION, "a GRVQ tokenizer checkpoint",
-                           "train one with `jala tokenizer train --recipe R --out DIR` and set "
-                           "motion_tokenizer.checkpoint=DIR")
+    how_to_make = "train one with `jala tokenizer train --recipe R --out DIR` and set motion_tokenizer.checkpoint=DIR"
+    config = folder_config(path, CHECKPOINT_FORMAT, FORMAT_VERSION, "a GRVQ tokenizer checkpoint", how_to_make)
+    for name in ("model.safetensors", "normalization.json"):
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"{path} is not a whole GRVQ tokenizer checkpoint (no {name}): {how_to_make}")
     known = {f.name for f in dataclasses.fields(TokenizerConfig)}
     cfg = TokenizerConfig(**{k: v for k, v in config["tokenizer"].items() if k in known})
     cfg = dataclasses.replace(cfg, kind="grvq", checkpoint=str(path))

@@ -86,7 +86,9 @@ def train_token_predictor(cfg: JalaConfig, steps: int | None = None, out_dir: st
                           overwrite: bool = False) -> Path:
     """Train on ``cfg.data.mds_dir`` for ``steps`` (default ``token_predictor.train_steps``); return the checkpoint."""
     pcfg = cfg.token_predictor
-    steps = steps or pcfg.train_steps
+    steps = pcfg.train_steps if steps is None else steps
+    if steps <= 0:
+        raise ValueError(f"steps={steps}: must be a positive number of optimiser steps")
     out_dir = Path(out_dir) if out_dir else default_checkpoint(cfg)
     refuse_to_replace(out_dir, "an action-token predictor", overwrite)
     check_chunk_frames(cfg.data.mds_dir, cfg.data.chunk_frames)

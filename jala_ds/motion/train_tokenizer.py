@@ -87,7 +87,9 @@ def train_tokenizer(cfg: JalaConfig, steps: int | None = None, out_dir: str | Pa
                     overwrite: bool = False) -> Path:
     """Train on ``cfg.data.mds_dir`` for ``steps`` (default ``motion_tokenizer.train_steps``); return the checkpoint."""
     tcfg = cfg.motion_tokenizer
-    steps = steps or tcfg.train_steps
+    steps = tcfg.train_steps if steps is None else steps
+    if steps <= 0:
+        raise ValueError(f"steps={steps}: must be a positive number of optimiser steps")
     out_dir = Path(out_dir) if out_dir else default_out_dir(cfg)
     refuse_to_replace(out_dir, "a tokenizer checkpoint", overwrite)
     with torchrun_ranks() as ranks:
