@@ -182,6 +182,22 @@ def test_a_diverged_step_is_no_run_s_best_median_or_peak(tmp_path):
     assert (row["samples_per_s median"], row["peak_memory_gb max"]) == (30.0, 3.0)
 
 
+def test_a_run_of_one_logged_point_is_drawn_as_a_dot(tmp_path):
+    """A line through one point draws nothing: a run stopped after its first log would vanish from the plot."""
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("short")
+    runs, histories = [], []
+    for name, losses in (("one", [1.0]), ("three", [2.0, 1.5, 1.2])):
+        run_id = client.create_run(experiment, start_time=START_MS, run_name=name).info.run_id
+        client.log_batch(run_id, metrics=[Metric("loss", v, START_MS + step, step) for step, v in enumerate(losses)])
+        runs.append(client.get_run(run_id))
+        histories.append({"loss": client.get_metric_history(run_id, "loss")})
+    fig = compare.plot_curves(runs, histories, [compare.MetricSpec.parse("loss")], tmp_path / "curves.png")
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    assert len(lines["one"].get_xdata()) == 1 and lines["one"].get_marker() == "o"
+    assert len(lines["three"].get_xdata()) == 3 and lines["three"].get_marker() in (None, "None", "")
+
+
 def test_a_param_holding_a_pipe_or_a_newline_keeps_its_markdown_row_whole(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)

@@ -72,6 +72,9 @@ def test_bad_inputs_name_the_expected_shape():
         tok.encode(np.zeros((20, 99), np.float32))
     with pytest.raises(ValueError, match="per-part codes"):
         tok.decode(np.full((1, tok.tokens_per_chunk), tok.vocab_per_part))
+    codes = tok.encode(smooth_poses(1))
+    with pytest.raises(ValueError, match="codes must be integers, got dtype float64"):
+        tok.decode(codes + 0.9)  # read as codes, 0.9 would have been dropped
 
 
 def test_factory_returns_the_stand_in_for_binning():

@@ -102,6 +102,8 @@ def test_bad_inputs_get_one_clear_error(trained):
         tok.encode(np.full((15, 99), np.nan, np.float32))
     with pytest.raises(ValueError, match="stage's range"):
         tok.decode(np.full((1, 32), 31, np.int32))
+    with pytest.raises(ValueError, match="codes must be integers, got dtype float32"):
+        tok.decode(tok.encode(np.zeros((15, 99), np.float32)).astype(np.float32) + 0.5)
 
 
 def test_the_data_pipeline_refuses_a_checkpoint_of_another_token_layout(trained):

@@ -153,6 +153,21 @@ def test_an_out_overlapping_src_is_refused_even_with_overwrite(tmp_path, out):
     assert sorted(p for p in src.rglob("*")) == files
 
 
+def test_an_overwrite_that_fails_keeps_the_dataset_it_would_have_replaced(tmp_path):
+    src = synthesize_lerobot(tmp_path / "src", episodes=2, cameras=1, frame_size=32)
+    convert_lerobot(src, tmp_path / "out", action_horizon=4, frame_size=32)
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    broken = synthesize_lerobot(tmp_path / "broken", episodes=2, cameras=1, frame_size=32, seed=1)
+    for table in (broken / "data").rglob("*.parquet"):
+        table.write_bytes(b"not parquet")
+    with pytest.raises(ValueError, match="every episode of .* was rejected"):
+        convert_lerobot(broken, tmp_path / "out", action_horizon=4, frame_size=32, overwrite=True)
+    after = {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    assert after == before and sorted(p.name for p in tmp_path.iterdir()) == ["broken", "out", "src"]
+    report = convert_lerobot(src, tmp_path / "out", action_horizon=2, frame_size=32, overwrite=True)
+    assert report["action_horizon"] == 2 and RobotMeta.load(tmp_path / "out").action_horizon == 2
+
+
 @pytest.mark.parametrize("info_change, message", [
     (lambda info: [info], "not an object with a 'features' object"),
     (lambda info: {**info, "features": {**info["features"], "action": {"dtype": "float32"}}},

@@ -174,8 +174,11 @@ def run_row(run, histories: dict[str, list], metrics: list[MetricSpec], params: 
     return row
 
 
-def plot_curves(runs: list, histories: list[dict[str, list]], metrics: list[MetricSpec], path: Path) -> None:
-    """One panel per metric, one line per run, against the step; written as PNG with the Agg canvas."""
+def plot_curves(runs: list, histories: list[dict[str, list]], metrics: list[MetricSpec], path: Path):
+    """One panel per metric, one line per run, against the step; written as PNG with the Agg canvas.
+
+    Returns the matplotlib ``Figure``. A run with one logged point is drawn as a dot: a line needs two.
+    """
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(5.5 * len(metrics), 4), layout="constrained")
@@ -186,12 +189,13 @@ def plot_curves(runs: list, histories: list[dict[str, list]], metrics: list[Metr
             points = sorted(point for point in logged if math.isfinite(point[1]))   # inf would flatten the axes
             if points:
                 steps, values = zip(*points)
-                ax.plot(steps, values, label=run.info.run_name, linewidth=1.5)
+                ax.plot(steps, values, label=run.info.run_name, linewidth=1.5, marker="o" if len(points) == 1 else None)
         ax.set_title(spec.key)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     fig.savefig(path, dpi=120)
+    return fig
 
 
 def write_outputs(rows: list[dict[str, object]], out_dir: Path, heading: str) -> dict[str, Path]:

@@ -14,7 +14,6 @@ Normalisation statistics are computed once, over every written frame's state and
 from __future__ import annotations
 
 import json
-import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from jala_ds.data.robot_norm import NORM_MODES, NORM_STATS_FILE, compute_norm_st
 from jala_ds.data.robot_schema import ROBOT_COLUMNS, RobotMeta, float_bytes
 from jala_ds.data.schema import SHARD_HASHES
 from jala_ds.data.video_frames import VideoError
+from jala_ds.motion.checkpoint_folder import written_whole
 
 
 class EpisodeRejected(Exception):
@@ -59,53 +59,55 @@ def convert_lerobot(src: str | Path, out: str | Path, *, action_horizon: int, ca
                          "--out outside --src")
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file, not a folder: choose another --out")
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{out} already holds data: pass --overwrite or choose another --out")
-        shutil.rmtree(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} already holds data: pass --overwrite or choose another --out")
     state_dim, action_dim = dataset.dim(STATE_KEY), dataset.dim(ACTION_KEY)
     report: dict[str, Any] = {
         "episodes_in": len(dataset.episodes), "frames_in": 0, "episodes_written": 0, "frames_written": 0,
         "episodes_rejected": 0, "frames_rejected": 0, "rejected_by_reason": Counter(), "rejections": [],
         "src": str(src), "cameras": stored, "action_horizon": action_horizon, "frame_size": frame_size,
     }
-    all_states, all_actions = [], []
-    writer = MDSWriter(out=str(out), columns=ROBOT_COLUMNS, compression=None, hashes=SHARD_HASHES,
-                       size_limit=shard_bytes)
-    for episode in dataset.episodes:
-        index = int(episode["episode_index"])
-        frames_claimed = int(episode.get("length", 0))
-        try:
-            records, states, actions = episode_records(dataset, episode, stored, action_horizon, frame_size,
-                                                       state_dim, action_dim)
-        except EpisodeRejected as rejection:
-            report["frames_in"] += frames_claimed
-            report["episodes_rejected"] += 1
-            report["frames_rejected"] += frames_claimed
-            report["rejected_by_reason"][rejection.reason] += 1
-            report["rejections"].append({"episode_index": index, "reason": rejection.reason,
-                                         "detail": rejection.detail})
-            continue
-        for record in records:
-            writer.write(record)
-        report["frames_in"] += len(records)
-        report["episodes_written"] += 1
-        report["frames_written"] += len(records)
-        all_states.append(states)
-        all_actions.append(actions)
-    if not all_states:
-        raise ValueError(f"every episode of {src} was rejected ({dict(report['rejected_by_reason'])}): nothing to "
-                         f"write; first rejection: {report['rejections'][0]['detail'] if report['rejections'] else '-'}")
-    # Finished (index.json written) only on success: a failed conversion leaves no loadable half-dataset.
-    writer.finish()
-    compute_norm_stats(np.concatenate(all_states), np.concatenate(all_actions), norm_mode).save(out / NORM_STATS_FILE)
-    RobotMeta(state_dim=state_dim, action_dim=action_dim, action_horizon=action_horizon, cameras=stored,
-              fps=dataset.fps, source=str(src)).save(out)
-    for kind in ("episodes", "frames"):
-        if report[f"{kind}_in"] != report[f"{kind}_written"] + report[f"{kind}_rejected"]:
-            raise RuntimeError(f"conversion lost {kind}: {report[f'{kind}_in']} in, {report[f'{kind}_written']} "
-                               f"written, {report[f'{kind}_rejected']} rejected")
-    (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    # Written aside and put in --out's place only once whole: a conversion that fails (every episode rejected,
+    # an interrupt) leaves the dataset --overwrite would have replaced, and never half of a new one.
+    with written_whole(out) as staging:
+        all_states, all_actions = [], []
+        writer = MDSWriter(out=str(staging), columns=ROBOT_COLUMNS, compression=None, hashes=SHARD_HASHES,
+                           size_limit=shard_bytes)
+        for episode in dataset.episodes:
+            index = int(episode["episode_index"])
+            frames_claimed = int(episode.get("length", 0))
+            try:
+                records, states, actions = episode_records(dataset, episode, stored, action_horizon, frame_size,
+                                                           state_dim, action_dim)
+            except EpisodeRejected as rejection:
+                report["frames_in"] += frames_claimed
+                report["episodes_rejected"] += 1
+                report["frames_rejected"] += frames_claimed
+                report["rejected_by_reason"][rejection.reason] += 1
+                report["rejections"].append({"episode_index": index, "reason": rejection.reason,
+                                             "detail": rejection.detail})
+                continue
+            for record in records:
+                writer.write(record)
+            report["frames_in"] += len(records)
+            report["episodes_written"] += 1
+            report["frames_written"] += len(records)
+            all_states.append(states)
+            all_actions.append(actions)
+        if not all_states:
+            first = report["rejections"][0]["detail"] if report["rejections"] else "-"
+            raise ValueError(f"every episode of {src} was rejected ({dict(report['rejected_by_reason'])}): nothing to "
+                             f"write; first rejection: {first}")
+        writer.finish()
+        stats = compute_norm_stats(np.concatenate(all_states), np.concatenate(all_actions), norm_mode)
+        stats.save(staging / NORM_STATS_FILE)
+        RobotMeta(state_dim=state_dim, action_dim=action_dim, action_horizon=action_horizon, cameras=stored,
+                  fps=dataset.fps, source=str(src)).save(staging)
+        for kind in ("episodes", "frames"):
+            if report[f"{kind}_in"] != report[f"{kind}_written"] + report[f"{kind}_rejected"]:
+                raise RuntimeError(f"conversion lost {kind}: {report[f'{kind}_in']} in, {report[f'{kind}_written']} "
+                                   f"written, {report[f'{kind}_rejected']} rejected")
+        (staging / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     return json.loads((out / "report.json").read_text())
 
 

@@ -24,6 +24,21 @@ CHUNK_FRAMES = 15
 """Frames per motion chunk that every tokenizer is built for (padded to 16 inside the tokenizer)."""
 
 
+def code_array(codes: np.ndarray, tokens_per_chunk: int) -> np.ndarray:
+    """``codes`` as a ``[chunks, tokens_per_chunk]`` array of integers, or one error naming what is wrong.
+
+    Codes are indices: a float array (a model's expected codes, say) would be truncated towards zero, 12.9
+    decoding as 12, so anything but an integer dtype is refused rather than read.
+    """
+    codes = np.asarray(codes)
+    if codes.ndim != 2 or codes.shape[1] != tokens_per_chunk:
+        raise ValueError(f"codes must be [chunks, {tokens_per_chunk}], got shape {codes.shape}")
+    if codes.dtype.kind not in "iu":
+        raise ValueError(f"codes must be integers, got dtype {codes.dtype}: pass the codes encode() returned "
+                         f"(int32), or round and cast them with .astype(np.int32) first")
+    return codes
+
+
 @runtime_checkable
 class MotionTokenizer(Protocol):
     """What the sequence builder, ``jala data tokenize`` and evaluation need from a motion tokenizer."""
@@ -79,9 +94,7 @@ class BinningTokenizer:
         return np.concatenate(parts, axis=1).astype(np.int32)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
-        codes = np.asarray(codes)
-        if codes.ndim != 2 or codes.shape[1] != self.tokens_per_chunk:
-            raise ValueError(f"codes must be [chunks, {self.tokens_per_chunk}], got shape {codes.shape}")
+        codes = code_array(codes, self.tokens_per_chunk)
         if codes.min(initial=0) < 0 or codes.max(initial=0) >= self.vocab_per_part:
             raise ValueError(f"codes must lie in [0, {self.vocab_per_part}) (they are per-part codes, not token ids)")
         chunks = codes.shape[0]

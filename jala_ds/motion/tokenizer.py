@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from jala_ds.data.motion_tokens import code_array
 from jala_ds.motion.checkpoint_folder import folder_config, written_whole
 from jala_ds.motion.config import TokenizerConfig
 from jala_ds.motion.mano import FRAME_DIM
@@ -63,9 +64,7 @@ class GrvqMotionTokenizer:
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """int ``[chunks, tokens_per_chunk]`` -> float32 ``[chunks * chunk_frames, 99]``."""
-        codes = np.asarray(codes)
-        if codes.ndim != 2 or codes.shape[1] != self.tokens_per_chunk:
-            raise ValueError(f"codes must be [chunks, {self.tokens_per_chunk}], got shape {codes.shape}")
+        codes = code_array(codes, self.tokens_per_chunk)
         tokens = torch.from_numpy(codes.astype(np.int64))
         stage_of_slot = torch.arange(self.tokens_per_chunk) % self.cfg.stages
         if not torch.equal(tokens // self.cfg.codes_per_stage, stage_of_slot.expand_as(tokens)):
