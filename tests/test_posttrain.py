@@ -105,6 +105,16 @@ def test_gradients_reach_only_the_trainable_parts_and_sampling_has_the_chunk_sha
     assert actions.shape == (3, HORIZON, 7) and torch.equal(actions, again)
 
 
+def test_the_trainer_moves_the_action_targets_unrounded_and_the_inputs_in_the_compute_dtype():
+    from jala_ds.train.loop import to_device
+
+    actions = torch.full((2, HORIZON, 7), 1 + 2 ** -10)   # between two bf16 values
+    batch = {"actions": actions, "state": torch.ones(2, 8), "images": torch.zeros(2, 3, dtype=torch.uint8)}
+    moved = to_device(batch, torch.device("cpu"), torch.bfloat16)
+    assert moved["actions"].dtype == torch.float32 and torch.equal(moved["actions"], actions)
+    assert moved["state"].dtype == torch.bfloat16 and moved["images"].dtype == torch.uint8
+
+
 def test_trainable_parts_are_checked():
     with pytest.raises(ConfigError, match="posttrain.trainable: unknown part"):
         load_config(RECIPE, ["posttrain.trainable=[language_model, vision, action_head]"])

@@ -73,8 +73,8 @@ class JalaPolicyModel(JalaModel):
 
     def forward(self, batch: dict) -> PolicyOutput:
         cond = self.condition(batch)
-        loss = self.action_head.loss(cond, batch["state"].to(cond.dtype), batch["actions"].to(cond.dtype),
-                                     batch["action_valid"])
+        # The target stays as given (float32 from the trainer): the head computes the flow in float32.
+        loss = self.action_head.loss(cond, batch["state"].to(cond.dtype), batch["actions"], batch["action_valid"])
         return PolicyOutput(loss=loss, predictive=cond)
 
     @torch.no_grad()

@@ -198,15 +198,21 @@ def endless(loader: Any) -> Iterator[dict[str, Any]]:
         yield from loader
 
 
+TARGET_KEYS = frozenset({"actions"})
+"""Float batch entries that are regression targets, not model inputs: they stay float32. A target rounded to bf16
+(8 bits of mantissa, up to 0.4 % of a normalised action) would be an error the policy learns and cannot undo."""
+
+
 def to_device(batch: dict[str, Any], device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
-    """Tensors onto the device, float ones in the compute dtype (the engine does not cast inputs); uint8 images
-    stay uint8, a quarter of the bytes to copy, and the model normalises them there."""
+    """Tensors onto the device, float inputs in the compute dtype (the engine does not cast inputs) and float
+    targets (``TARGET_KEYS``) in float32; uint8 images stay uint8, a quarter of the bytes to copy, and the model
+    normalises them there."""
     moved = {}
     for key, value in batch.items():
         if isinstance(value, torch.Tensor):
             value = value.to(device, non_blocking=True)
             if value.is_floating_point():
-                value = value.to(dtype)
+                value = value.to(torch.float32 if key in TARGET_KEYS else dtype)
         moved[key] = value
     return moved
 
