@@ -28,7 +28,14 @@ for env_file in "$HOME/${DS_ENV_FILE:-.deepspeed_env}" "./${DS_ENV_FILE:-.deepsp
 done
 
 PLACEMENT=(--num_gpus "$GPUS_PER_NODE")
+if [[ "${1:-}" == --hostfile=* ]]; then
+  set -- --hostfile "${1#--hostfile=}" "${@:2}"
+fi
 if [[ "${1:-}" == "--hostfile" ]]; then
+  if [[ ! -f "${2:-}" ]]; then
+    echo "launch/deepspeed.sh: --hostfile '${2:-}' is not a file: pass a hostfile (see launch/hostfile.example)" >&2
+    exit 2
+  fi
   first_host="$(awk '$1 !~ /^#/ && NF { print $1; exit }' "$2")"
   [[ -n "$first_host" ]] || { echo "launch/deepspeed.sh: hostfile $2 names no host" >&2; exit 2; }
   PLACEMENT=(--hostfile "$2" --master_addr "${MASTER_ADDR:-$first_host}")

@@ -12,7 +12,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 NNODES="${NNODES:-1}"
-NPROC_PER_NODE="${NPROC_PER_NODE:-$( (command -v nvidia-smi >/dev/null && nvidia-smi -L | wc -l) || echo 2)}"
+if [[ -z "${NPROC_PER_NODE:-}" ]]; then
+  # One rank per "GPU n:" line that nvidia-smi lists; none (no nvidia-smi, no driver, no device) starts 2 CPU
+  # ranks. Counting every line of its output gave "1\n2" when it printed an error, and counted MIG lines as GPUs.
+  gpus="$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)"
+  NPROC_PER_NODE=$(( gpus > 0 ? gpus : 2 ))
+fi
 if [[ "$NNODES" != 1 && -z "${MASTER_ADDR:-}" ]]; then
   # 127.0.0.1 would have every node wait for a rendezvous with itself until it timed out
   echo "launch/torchrun.sh: NNODES=$NNODES needs MASTER_ADDR, a host every node reaches (e.g. node 0)" >&2

@@ -53,6 +53,35 @@ def test_export_into_a_folder_that_holds_files_is_refused_before_anything_loads(
     assert (tmp_path / "out" / "norm_stats.json").exists()
 
 
+def test_export_overwrite_never_deletes_a_folder_that_is_not_an_export(tmp_path, capsys):
+    """--out given the run's own folder, with --overwrite, deleted the run, checkpoints and all, before failing."""
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step_00000004").mkdir(parents=True)
+    (run / "checkpoints" / "latest").write_text("step_00000004")
+    (run / "config.yaml").write_text("name: x\n")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "thesis.tex").write_text("mine")
+    for out in (run, tmp_path / "notes"):
+        assert jala(["export", "--run", str(run), "--out", str(out), "--overwrite"]) == 2
+        assert one_line(capsys) == (f"jala export: --out {out} holds files that are not a `jala export` (no "
+                                    "jala_heads.safetensors), which --overwrite would delete: choose a new or empty "
+                                    "folder for --out")
+    assert (run / "checkpoints" / "step_00000004").is_dir() and (run / "config.yaml").is_file()
+    assert (tmp_path / "notes" / "thesis.tex").read_text() == "mine"
+
+
+def test_a_failed_export_leaves_the_earlier_export_in_place(tmp_path, capsys):
+    """--overwrite emptied --out first, so an export that then failed (here: no run) lost the earlier one."""
+    earlier = tmp_path / "export"
+    earlier.mkdir()
+    for name in ("jala_heads.safetensors", "jala_recipe.yaml"):
+        (earlier / name).write_text("earlier")
+    assert jala(["export", "--run", str(tmp_path / "no_run"), "--out", str(earlier), "--overwrite"]) == 2
+    assert one_line(capsys).startswith(f"jala export: {tmp_path / 'no_run'} is not a finished run")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+    assert (earlier / "jala_heads.safetensors").read_text() == "earlier"
+
+
 @pytest.mark.parametrize("command, bad", [
     (["serve", "--ckpt", "x", "--port", "70000"], "argument --port: 70000 is not a port"),
     (["serve", "--ckpt", "x", "--device", "gpu"], "argument --device: 'gpu' is not a device: use cpu, cuda or cuda:N"),

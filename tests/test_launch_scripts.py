@@ -75,6 +75,35 @@ def test_torchrun_on_several_nodes_needs_a_rendezvous_host(stubs):
     assert args[args.index("--rdzv_endpoint") + 1] == "gpu-a:29500"
 
 
+@pytest.mark.parametrize("listing, ranks", [
+    ('echo "GPU 0: H200 (UUID: a)"; echo "  MIG 1g.18gb Device 0: (UUID: m)"; echo "GPU 1: H200 (UUID: b)"', "2"),
+    ('echo "NVIDIA-SMI has failed because it could not communicate with the NVIDIA driver."; exit 9', "2"),
+    ('echo "No devices were found"; exit 6', "2"),
+    ('for i in 0 1 2 3; do echo "GPU $i: H200 (UUID: $i)"; done', "4"),
+])
+def test_torchrun_starts_one_rank_per_listed_gpu_and_two_without_one(stubs, listing, ranks):
+    """Every line nvidia-smi printed was counted: its one-line error, followed by the fallback, made
+    --nproc_per_node "1\\n2", and a MIG line counted as a GPU."""
+    bin_dir = Path(stubs["PATH"].split(":")[0])
+    (bin_dir / "nvidia-smi").write_text(f"#!/usr/bin/env bash\n{listing}\n")
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    done = launch("torchrun.sh", ["--recipe", "r"], stubs)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0].split()[:5] == ["torchrun", "--nnodes", "1", "--nproc_per_node", ranks]
+
+
+def test_a_missing_hostfile_is_named_and_the_equals_form_is_read(stubs, tmp_path):
+    for args in (["--hostfile"], ["--hostfile", str(tmp_path / "nope"), "--recipe", "r"]):
+        done = launch("deepspeed.sh", args, stubs)
+        assert done.returncode == 2 and not done.stdout, "the launcher must not start"
+        assert done.stderr.startswith("launch/deepspeed.sh: --hostfile ") and "is not a file" in done.stderr
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("gpu-a slots=4\n")
+    args = launch("deepspeed.sh", [f"--hostfile={hostfile}", "--recipe", "r"], stubs).stdout.split()
+    assert args[args.index("--hostfile") + 1] == str(hostfile) and args[args.index("--master_addr") + 1] == "gpu-a"
+    assert args[-3:] == ["train", "--recipe", "r"]
+
+
 SRUN_STUB = """#!/usr/bin/env bash
 echo "$@" > srun.args
 touch srun.started

@@ -102,6 +102,21 @@ def test_a_checkpoint_records_what_saved_it_for_preflight(tmp_path):
         checkpoint_layout.check_resumable(folder, world_size=2, zero_stage=3)
 
 
+def test_a_folder_without_a_checkpoint_or_with_half_of_one_is_refused_by_name(tmp_path):
+    """An empty step folder read as "saved by 0 ranks: relaunch with 0 ranks"; one whose save was killed after rank
+    0 wrote passed preflight and stopped rank 1 inside DeepSpeed's load."""
+    folder = tmp_path / "checkpoints" / "step_00000010"
+    folder.mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"step_00000010 holds no checkpoint \(no saved_with.json, no jala_rank"):
+        checkpoint_layout.check_resumable(folder, world_size=1, zero_stage=3)
+    checkpoint_layout.record_saved_with(folder, world_size=2, zero_stage=3)
+    (folder / checkpoint_layout.rank_file(0)).touch()
+    with pytest.raises(ConfigError, match=r"is incomplete \(the files of 1 of its 2 ranks.*train.resume=auto"):
+        checkpoint_layout.check_resumable(folder, world_size=2, zero_stage=3)
+    (folder / checkpoint_layout.rank_file(1)).touch()
+    checkpoint_layout.check_resumable(folder, world_size=2, zero_stage=3)
+
+
 def test_keeps_the_last_n_and_latest_names_the_newest(tmp_path):
     engine, ema = fresh_run(ds_config_for(tmp_path, 3, "fp32"))
     for step in range(1, 5):

@@ -55,6 +55,10 @@ CASES = {
     "ds_config has a scheduler": ("scheduler", {}, ["scheduler", "train.warmup_frac"]),
     "ds_config asks for fp16": ("fp16", {}, ["fp16.enabled=true", "train.dtype=bf16"]),
     "resume folder missing": (["train.resume=/nonexistent/step_00000010"], {}, ["train.resume", "auto or none"]),
+    # a file where the run's folder goes: the run failed writing its config.yaml, after every rank built the model
+    "out_dir a file": (["train.out_dir={corpus}/lab/index.json"], {}, ["train.out_dir: '", "index.json' is a file"]),
+    "out_dir under a file": (["train.out_dir={corpus}/lab/index.json/run"], {}, ["index.json' is a file"]),
+    "out_dir empty": (["train.out_dir="], {}, ["train.out_dir: must name a folder", "working directory"]),
 }
 DS_CHANGES = {
     "micro": {"train_micro_batch_size_per_gpu": 8},
@@ -123,6 +127,8 @@ def saved_run(out_dir: Path, steps: tuple[int, ...]) -> None:
     for step in steps:
         (root / f"step_{step:08d}").mkdir(parents=True)
         (root / f"step_{step:08d}" / "saved_with.json").write_text(json.dumps({"world_size": 2, "zero_stage": 3}))
+        for rank in (0, 1):
+            (root / f"step_{step:08d}" / f"jala_rank_{rank:05d}.pt").touch()
     (root / "latest").write_text(f"step_{steps[-1]:08d}")
 
 

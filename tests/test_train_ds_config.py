@@ -66,6 +66,12 @@ def test_absent_keys_are_filled_and_agreeing_numbers_pass(tmp_path):
     ({"zero_optimization": {"stage": 3, "reduce_bucket_size": "auto"}}, ["zero_optimization.reduce_bucket_size"]),
     ({"zero_optimization": {"stage": 3, "zero_hpz_partition_size": 2}}, ["zero_hpz_partition_size"]),
     ({"zero_optimization": {"stage": 3, "zero_quantized_weights": True}}, ["zero_quantized_weights"]),
+    # a quoted stage read "stage=3 is not a ZeRO stage: use 0, 1, 2 or 3"; the rest stopped with a Python error
+    ({"zero_optimization": {"stage": "3"}}, ['zero_optimization.stage="3" is not a ZeRO stage', "the number"]),
+    ({"zero_optimization": {"stage": 3, "zero_hpz_partition_size": "2"}}, ["zero_hpz_partition_size"]),
+    ({"zero_optimization": None}, ["zero_optimization must be a JSON object of settings, got null"]),
+    ({"bf16": True}, ["bf16 must be a JSON object of settings, got true", "write it as {...}"]),
+    ({"optimizer": {"type": "AdamW", "params": None}}, ["optimizer.params must be a JSON object"]),
 ])
 def test_contradictions_and_unsupported_settings_are_one_line_naming_both_keys(tmp_path, tree, words):
     with pytest.raises(ConfigError) as err:

@@ -89,8 +89,11 @@ def check_resumable(folder: Path, world_size: int, zero_stage: int) -> None:
     saving world size and laid out by the saving stage. A checkpoint from before ``saved_with.json`` has its world
     size counted from its rank files; its stage is checked later, when its rank files are read."""
     record = folder / SAVED_WITH
-    saved = (json.loads(record.read_text()) if record.is_file()
-             else {"world_size": len(list(folder.glob(RANK_FILE_GLOB))), "zero_stage": None})
+    rank_files = len(list(folder.glob(RANK_FILE_GLOB)))
+    if not record.is_file() and rank_files == 0:
+        raise ConfigError(f"train.resume: {folder} holds no checkpoint (no {SAVED_WITH}, no {RANK_FILE_GLOB}): point "
+                          "train.resume at a checkpoint folder a run saved, or start afresh in a new train.out_dir")
+    saved = json.loads(record.read_text()) if record.is_file() else {"world_size": rank_files, "zero_stage": None}
     if saved["world_size"] != world_size:
         raise ConfigError(f"train.resume: {folder} was saved by {saved['world_size']} ranks and this launch has "
                           f"{world_size}: relaunch with {saved['world_size']} ranks (its ZeRO shards and per-rank "
@@ -100,6 +103,10 @@ def check_resumable(folder: Path, world_size: int, zero_stage: int) -> None:
         raise ConfigError(f"train.ds_config: {folder} was saved under ZeRO-{saved['zero_stage']} and this run's "
                           f"config is ZeRO-{zero_stage}: resume with the ds_config the run started with (its "
                           "train.out_dir keeps a copy, ds_config.json), or start afresh in a new train.out_dir")
+    if rank_files < world_size:  # a save killed before every rank wrote; 'latest' never named it
+        raise ConfigError(f"train.resume: {folder} is incomplete (the files of {rank_files} of its {world_size} "
+                          "ranks: a save that did not finish): resume from the run's latest checkpoint "
+                          "(train.resume=auto)")
 
 
 def publish_latest(root: Path, tag: str) -> None:

@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--run", required=True, help="the run's train.out_dir")
     export.add_argument("--out", default=None, help="output folder (default: <run>/export)")
     export.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16", help="weight dtype of the export")
-    export.add_argument("--overwrite", action="store_true", help="empty a non-empty --out first")
+    export.add_argument("--overwrite", action="store_true", help="replace an earlier export at --out")
     export.set_defaults(handler=run_export)
 
 

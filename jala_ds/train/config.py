@@ -96,6 +96,8 @@ class TrainConfig:
         require(self.max_steps >= 0, "train.max_steps", "must be >= 0 (0 = one epoch)")
         require(self.eval_every >= 0, "train.eval_every", "must be >= 0 (0 = no periodic evaluation)")
         require(self.eval_limit > 0, "train.eval_limit", "must be positive")
+        require(bool(self.out_dir.strip()), "train.out_dir",
+                "must name a folder (empty would write the run into the working directory)")
         require(self.save_every > 0, "train.save_every", "must be positive")
         require(self.log_every > 0, "train.log_every", "must be positive")
         require(self.keep_last > 0, "train.keep_last", "must keep at least one checkpoint")

@@ -107,7 +107,15 @@ def without_throughput_timer(ds: dict[str, Any]) -> None:
 
 
 def refuse_unsupported(ds: dict[str, Any], where: str) -> None:
-    """Settings that would silently bypass the recipe or the sharded EMA."""
+    """Settings that would silently bypass the recipe or the sharded EMA, and sections that are not JSON objects
+    (``"bf16": true``), which the checks below and DeepSpeed would stop at with a Python error."""
+    for section in ("optimizer", "optimizer.params", "zero_optimization", "bf16", "fp16", "data_types", "timers"):
+        *parents, leaf = section.split(".")
+        holder = get_path(ds, ".".join(parents)) if parents else ds
+        value = holder.get(leaf, {}) if isinstance(holder, dict) else {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: {section} must be a JSON object of settings, got {json.dumps(value)}: "
+                              f"write it as {{...}}, or remove it")
     if "scheduler" in ds:
         raise ConfigError(f"{where}: remove the 'scheduler' section: the learning-rate schedule comes from "
                           "train.warmup_frac and train.min_lr_ratio")
@@ -119,13 +127,14 @@ def refuse_unsupported(ds: dict[str, Any], where: str) -> None:
         raise ConfigError(f"{where}: optimizer.type={kind} is not supported: use \"AdamW\" (the paper's optimiser)")
     zero = ds.get("zero_optimization", {})
     stage = zero.get("stage", 0)
-    if stage not in (0, 1, 2, 3):
-        raise ConfigError(f"{where}: zero_optimization.stage={stage} is not a ZeRO stage: use 0, 1, 2 or 3")
+    if isinstance(stage, bool) or stage not in (0, 1, 2, 3):  # json.dumps: a quoted "3" reads as the string it is
+        raise ConfigError(f"{where}: zero_optimization.stage={json.dumps(stage)} is not a ZeRO stage: use the number "
+                          "0, 1, 2 or 3")
     for key in ("zero_quantized_weights", "zero_quantized_nontrainable_weights"):
         if zero.get(key):
             raise ConfigError(f"{where}: zero_optimization.{key}=true is not supported (the sharded EMA writes "
                               "full-precision parameter shards): remove it")
-    if zero.get("zero_hpz_partition_size", 1) > 1:
+    if zero.get("zero_hpz_partition_size", 1) not in (0, 1):
         raise ConfigError(f"{where}: zero_optimization.zero_hpz_partition_size>1 is not supported (the sharded "
                           "EMA would miss the secondary copies): remove it")
 

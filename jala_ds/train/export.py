@@ -13,6 +13,9 @@ The ZeRO shards are merged offline by DeepSpeed's ``zero_to_fp32`` (after every 
 
 so ``build_model(load_config(out / "jala_recipe.yaml"), vocab)`` rebuilds the backbone from the folder and
 ``load_heads`` completes it. JalaModel has no ``save_pretrained`` of its own (yet): this is the split it gets.
+
+The folder is written beside ``out`` and takes its place only once complete (``written_whole``): a failed export
+leaves the previous one, and ``--overwrite`` replaces only an earlier export, never a folder of other things.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from jala_ds.config import JalaConfig, load_config
 from jala_ds.data.robot_norm import NORM_STATS_FILE
 from jala_ds.data.robot_schema import ROBOT_META_FILE
+from jala_ds.motion.checkpoint_folder import written_whole
 from jala_ds.train.checkpoint_layout import latest_checkpoint
 from jala_ds.train.safe_checkpoint_engine import load_plain
 
@@ -39,31 +43,45 @@ POLICY_FILES = (NORM_STATS_FILE, ROBOT_META_FILE)
 def export_run(run_dir: str | Path, out: str | Path | None = None, *, dtype: str = "bf16",
                overwrite: bool = False) -> Path:
     """The run's latest checkpoint as a Hugging Face folder at ``out`` (default ``<run>/export``). A folder that
-    already holds files is refused unless ``overwrite`` empties it first: files of another export left next to
-    this one (a policy's statistics beside pretraining weights) would make it load as something it is not."""
+    already holds files is refused unless it is an earlier export and ``overwrite`` is set: files of another export
+    left next to this one (a policy's statistics beside pretraining weights) would make it load as something it is
+    not. The earlier export is replaced only once the new one is complete."""
     run_dir = Path(run_dir)
     out = Path(out) if out else run_dir / "export"
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"--out {out} already holds files: choose an empty folder, or pass --overwrite to "
-                                  "replace its contents")
-        shutil.rmtree(out)
+    refuse_to_replace(out, overwrite)
     # The attention backend does not change the weights; the reference one imports anywhere (no Triton needed).
     cfg, tokenizer, model, checkpoint = load_run(run_dir, ["model.attention=reference"])
     model.to(torch.bfloat16 if dtype == "bf16" else torch.float32)
 
-    out.mkdir(parents=True, exist_ok=True)
-    model.backbone.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    heads = {name: t.contiguous() for name, t in model.state_dict().items() if not name.startswith(BACKBONE_PREFIX)}
-    save_file(heads, str(out / HEADS_FILE))
-    for name in POLICY_FILES:
-        if (checkpoint / name).is_file():
-            shutil.copy2(checkpoint / name, out / name)
-    cfg.model.pretrained = str(out.resolve())
-    cfg.posttrain.init = None  # the export holds every weight
-    cfg.dump(out / RECIPE_FILE)
+    with written_whole(out) as staging:
+        model.backbone.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        heads = {name: t.contiguous() for name, t in model.state_dict().items()
+                 if not name.startswith(BACKBONE_PREFIX)}
+        save_file(heads, str(staging / HEADS_FILE))
+        for name in POLICY_FILES:
+            if (checkpoint / name).is_file():
+                shutil.copy2(checkpoint / name, staging / name)
+        cfg.model.pretrained = str(out.resolve())
+        cfg.posttrain.init = None  # the export holds every weight
+        cfg.dump(staging / RECIPE_FILE)
     return out
+
+
+def refuse_to_replace(out: Path, overwrite: bool) -> None:
+    """Refuse, before anything loads, an ``out`` that is a file, that holds files without ``overwrite``, or that
+    holds anything but an earlier export even with it: ``--out`` given the run's own folder (or any other) would
+    otherwise be deleted, checkpoints and all."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file, not a folder: choose another --out")
+    if not (out.is_dir() and any(out.iterdir())):
+        return
+    if not overwrite:
+        raise FileExistsError(f"--out {out} already holds files: choose an empty folder, or pass --overwrite to "
+                              "replace its contents")
+    if not any((out / name).is_file() for name in (HEADS_FILE, RECIPE_FILE)):
+        raise FileExistsError(f"--out {out} holds files that are not a `jala export` (no {HEADS_FILE}), which "
+                              "--overwrite would delete: choose a new or empty folder for --out")
 
 
 def load_run(run_dir: Path, overrides: list[str] = ()) -> tuple[JalaConfig, Any, torch.nn.Module, Path]:

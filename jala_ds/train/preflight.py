@@ -2,8 +2,8 @@
 launcher's WORLD_SIZE, the effective ds_config, the corpus (converted with the recipe's chunk length, any codes
 it stores the recipe's tokenizer's), the local folders the model loads, the checkpoint to resume from (saved by
 as many ranks under the same ZeRO stage, with the same architecture, and with no newer checkpoint of
-``train.out_dir`` that this run would overwrite), and that no request to stop is left over from an earlier
-launch.
+``train.out_dir`` that this run would overwrite), that no request to stop is left over from an earlier
+launch, and that ``train.out_dir`` is (or can become) a folder this process may write.
 
 Any problem is one :class:`ConfigError` line; the CLI prints it and exits with code 2. Nothing heavier than YAML
 and NumPy is imported here, so a bad command fails in a fraction of a second on every rank.
@@ -95,6 +95,19 @@ def check_local_folders(cfg: JalaConfig) -> None:
                           "downloaded at run time)")
 
 
+def check_out_dir(out_dir: str) -> None:
+    """``train.out_dir`` is a folder, or can be made one, that this process may write: else the run fails writing
+    its config.yaml with a traceback, after every rank has loaded the model."""
+    path = Path(out_dir)
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ConfigError(f"train.out_dir: '{existing}' is a file, not a folder: point train.out_dir at a folder "
+                          "(new or a run's)")
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"train.out_dir: '{existing}' is not writable by this user: choose a train.out_dir you "
+                          "may write")
+
+
 def check_same_architecture(cfg: JalaConfig, resume_from: Path) -> None:
     """The recipe keeps the values that shaped the checkpoint (its run's ``config.yaml``): DeepSpeed would fail
     part-way through loading, with a tensor size deep in its state dict."""
@@ -110,6 +123,7 @@ def check_same_architecture(cfg: JalaConfig, resume_from: Path) -> None:
 
 def plan_for(cfg: JalaConfig, world_size: int, ds_config: dict[str, Any]) -> RunPlan:
     """The plan of a checked config (``jala posttrain`` checks its own data before calling it)."""
+    check_out_dir(cfg.train.out_dir)
     resume_from = resume_target(cfg.train.resume, cfg.train.out_dir)
     check_no_newer_checkpoint(resume_from, cfg.train.out_dir)
     check_local_folders(cfg)
