@@ -19,10 +19,13 @@ import torch
 
 from jala_kernels.chunk_attention_bounds import ChunkBounds, chunk_attention_bounds
 from jala_kernels.chunk_attention_reference import check_attention_inputs, chunk_attention_reference
-from jala_kernels.dispatch import runs_triton
+from jala_kernels.dispatch import KERNEL_DTYPES, runs_triton
 
-KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 KERNEL_HEAD_DIMS = (16, 32, 64, 128, 256)
+FLOAT32_MAX_HEAD_DIM = 128
+"""Widest float32 heads: at 256 every forward and dQ tile config needs more shared memory than an H100 block has
+(the smallest forward tile takes 224 KiB of the 227 in bf16, twice that in fp32; ``chunk_attention_resources``),
+so the launch would fail in the autotuner."""
 
 
 def chunk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: torch.Tensor,
@@ -69,6 +72,10 @@ def _check_kernel_inputs(q: torch.Tensor) -> None:
     if q.shape[-1] not in KERNEL_HEAD_DIMS:
         raise ValueError(f"chunk_attention: head dim {q.shape[-1]} is not supported by the Triton kernel; use one "
                          f"of {KERNEL_HEAD_DIMS} (pad the heads with zeros and pass scale= for the true size)")
+    if q.dtype == torch.float32 and q.shape[-1] > FLOAT32_MAX_HEAD_DIM:
+        raise ValueError(f"chunk_attention: float32 q/k/v of head dim {q.shape[-1]} do not fit the Triton kernel's "
+                         f"shared memory (float32 goes up to {FLOAT32_MAX_HEAD_DIM}); cast them to bfloat16 or "
+                         "float16, or call chunk_attention_reference")
 
 
 _last_bounds: tuple[torch.Tensor, torch.Tensor, int, int, ChunkBounds] | None = None

@@ -17,6 +17,8 @@ def check_attention_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do
     (batch, hq, n, d), (_, hkv, _, _) = q.shape, k.shape
     if (k.shape[0], k.shape[2], k.shape[3]) != (batch, n, d):
         raise ValueError(f"k/v {tuple(k.shape)} must match q {tuple(q.shape)} in batch, length and head dim")
+    if hkv == 0:
+        raise ValueError(f"k/v {tuple(k.shape)} have no heads; give them at least one (q has {hq})")
     if hq % hkv:
         raise ValueError(f"query heads ({hq}) must be a multiple of key/value heads ({hkv})")
     if not (q.dtype == k.dtype == v.dtype) or not q.is_floating_point():

@@ -22,6 +22,17 @@ def runs_triton(tensor: torch.Tensor) -> bool:
     return tensor.is_cuda or interpreter_requested()
 
 
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+"""What the fused kernels compute faithfully: they work in fp32 registers, so a float64 input would come back
+with fp32 precision (errors near 1e-7 where the reference's are near 1e-16)."""
+
+
+def runs_kernel(*tensors: torch.Tensor) -> bool:
+    """``runs_triton`` for the first tensor, and every tensor in ``KERNEL_DTYPES``: other dtypes (float64) take
+    the reference, which computes in their own precision."""
+    return runs_triton(tensors[0]) and all(tensor.dtype in KERNEL_DTYPES for tensor in tensors)
+
+
 def dot_precision(dtype: torch.dtype) -> str:
     """``tl.dot``'s input precision: fp32 inputs get exact fp32 products ("ieee") unless PyTorch's own matmuls may
     use TF32; for fp16/bf16 Triton ignores the setting, and "tf32" is its default."""

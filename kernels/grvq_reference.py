@@ -24,6 +24,10 @@ def check_grvq_shapes(x: torch.Tensor, codebooks: torch.Tensor) -> None:
     if groups * group_dim != x.shape[1]:
         raise ValueError(f"grvq: x has D={x.shape[1]} features but codebooks [G={groups}, R, K, {group_dim}] cover "
                          f"{groups * group_dim}: make D equal G * (D // G)")
+    if codebooks.shape[2] == 0:
+        # nothing to choose from: the kernel would read codeword 0 past the end of the codebooks
+        raise ValueError(f"grvq: codebooks {tuple(codebooks.shape)} hold K=0 codewords per stage: give each stage at "
+                         "least one")
     if x.device != codebooks.device:
         raise ValueError(f"grvq: x is on {x.device} but codebooks on {codebooks.device}: move them to one device")
 

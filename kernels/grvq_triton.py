@@ -26,7 +26,7 @@ import triton.language as tl
 from triton.runtime import JITFunction
 from triton.runtime.interpreter import InterpretedFunction
 
-from jala_kernels.dispatch import dot_precision, interpreter_requested
+from jala_kernels.dispatch import KERNEL_DTYPES, dot_precision, interpreter_requested
 from jala_kernels.grvq_reference import check_codes, check_grvq_shapes
 
 # Small tiles for the interpreter: it runs every program in Python, and tl.dot needs sides of at least 16.
@@ -141,6 +141,15 @@ def interpret_on(tensor: torch.Tensor) -> bool:
                      "run them in the interpreter: call jala_kernels.grvq_encode / grvq_decode to pick for you")
 
 
+def check_kernel_dtypes(**tensors: torch.Tensor) -> None:
+    """Refuse float64 (and non-float) tensors: the kernels keep residuals and sums in fp32, which would drop
+    float64's precision without a word."""
+    for name, tensor in tensors.items():
+        if tensor.dtype not in KERNEL_DTYPES:
+            raise ValueError(f"grvq: the Triton kernels take float16, bfloat16 or float32 {name}, got {tensor.dtype}; "
+                             "cast it, or call jala_kernels.grvq_encode / grvq_decode (the reference takes it)")
+
+
 def block_dim(group_dim: int) -> int:
     return max(16, triton.next_power_of_2(group_dim))
 
@@ -149,6 +158,7 @@ def grvq_encode_triton(x: torch.Tensor, codebooks: torch.Tensor, *, block_n: int
                        block_k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused encode; ``block_n``/``block_k`` pin the tiles (tests use them; the GPU otherwise autotunes)."""
     check_grvq_shapes(x, codebooks)
+    check_kernel_dtypes(x=x, codebooks=codebooks)
     x, books = x.contiguous(), codebooks.contiguous()
     groups, stages, k, group_dim = books.shape
     n = x.shape[0]
@@ -173,6 +183,7 @@ def grvq_encode_triton(x: torch.Tensor, codebooks: torch.Tensor, *, block_n: int
 def grvq_decode_triton(codes: torch.Tensor, codebooks: torch.Tensor) -> torch.Tensor:
     """Fused gather-and-sum of the chosen codewords; codes must lie in ``[0, K)`` (not checked on the device)."""
     check_codes(codes, codebooks)
+    check_kernel_dtypes(codebooks=codebooks)
     books = codebooks.contiguous()
     codes = codes.contiguous()
     groups, stages, k, group_dim = books.shape

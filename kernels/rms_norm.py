@@ -8,13 +8,13 @@ row is rounded to the input dtype before the weight scales it.
     y = rms_norm(x, weight, eps)        # x [..., H], weight [H] -> [..., H] in promote(x, weight) dtype
 
 CUDA tensors go to Triton; CPU tensors to the Triton interpreter when ``TRITON_INTERPRET=1`` is set at call time,
-and to ``rms_norm_reference`` otherwise.
+and to ``rms_norm_reference`` otherwise (float64 too).
 """
 from __future__ import annotations
 
 import torch
 
-from jala_kernels.dispatch import runs_triton
+from jala_kernels.dispatch import runs_kernel
 
 
 def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -30,7 +30,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
                          f"{tuple(weight.shape)}")
     if weight.device != x.device:
         raise ValueError(f"rms_norm: x is on {x.device} but weight on {weight.device}: move the weight to x's device")
-    if not runs_triton(x):
+    if not runs_kernel(x, weight):
         return rms_norm_reference(x, weight, eps)
     import jala_kernels.rms_norm_triton  # noqa: F401  registers torch.ops.jala_kernels.rms_norm
 

@@ -7,13 +7,13 @@ eager: both products are rounded to the input dtype before their sum.
     q = rotary(q, cos, sin)    # q [B, H, T, D] (any layout with unit stride along D), cos/sin [B, T, D]
 
 CUDA tensors go to Triton; CPU tensors to the Triton interpreter when ``TRITON_INTERPRET=1`` is set at call time,
-and to ``rotary_reference`` otherwise (also for head sizes that are not a power of two).
+and to ``rotary_reference`` otherwise (also for head sizes that are not a power of two, and float64).
 """
 from __future__ import annotations
 
 import torch
 
-from jala_kernels.dispatch import runs_triton
+from jala_kernels.dispatch import runs_kernel
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -36,8 +36,10 @@ def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
         raise ValueError(f"rotary: x is on {x.device} but cos on {cos.device} and sin on {sin.device}: move the "
                          "angles to x's device")
     head_dim = x.shape[-1]
-    # the kernel computes in x's dtype; angles of another dtype promote in the reference, as in eager Qwen2
-    if not runs_triton(x) or head_dim < 2 or head_dim & (head_dim - 1) or cos.dtype != x.dtype:
+    # the kernel computes in x's dtype; angles of another dtype (cos or sin) promote in the reference, as in eager
+    # Qwen2
+    if (not runs_kernel(x) or head_dim < 2 or head_dim & (head_dim - 1) or cos.dtype != x.dtype
+            or sin.dtype != x.dtype):
         return rotary_reference(x, cos, sin)
     import jala_kernels.rotary_triton  # noqa: F401  registers torch.ops.jala_kernels.rotary
 

@@ -7,14 +7,14 @@ per pass, and keep eager's roundings (the SiLU output is rounded to the input dt
     h = swiglu(gate, up)          # same shapes -> same shape and dtype
 
 CUDA tensors go to Triton; CPU tensors to the Triton interpreter when ``TRITON_INTERPRET=1`` is set at call time,
-and to ``swiglu_reference`` otherwise.
+and to ``swiglu_reference`` otherwise (float64 too).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from jala_kernels.dispatch import runs_triton
+from jala_kernels.dispatch import runs_kernel
 
 
 def swiglu_reference(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -29,7 +29,7 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
                          "have one shape and dtype (the gate_proj and up_proj outputs)")
     if gate.device != up.device:
         raise ValueError(f"swiglu: gate is on {gate.device} but up on {up.device}: put both on one device")
-    if not runs_triton(gate):
+    if not runs_kernel(gate):
         return swiglu_reference(gate, up)
     import jala_kernels.swiglu_triton  # noqa: F401  registers torch.ops.jala_kernels.swiglu
 

@@ -138,6 +138,10 @@ def test_unsupported_head_dim_and_dtype_are_refused_on_the_kernel_path():
         chunk_attention(q[..., :24], k[..., :24], v[..., :24], doc_ids, chunk_ids)
     with pytest.raises(ValueError, match="float16, bfloat16 or float32.*got torch.float64"):
         chunk_attention(q.double(), k.double(), v.double(), doc_ids, chunk_ids)
+    # no forward tile config fits an H100's shared memory at float32 x 256 (the autotuner's launch failed there)
+    wide = [t.repeat(1, 1, 1, 8) for t in (q, k, v)]
+    with pytest.raises(ValueError, match="float32 q/k/v of head dim 256 do not fit.*cast them to bfloat16"):
+        chunk_attention(*wide, doc_ids, chunk_ids)
 
 
 @pytest.mark.parametrize("change, message", [
@@ -145,6 +149,8 @@ def test_unsupported_head_dim_and_dtype_are_refused_on_the_kernel_path():
     (lambda p: {**p, "k": p["k"].expand(-1, 4, -1, -1), "v": p["v"].expand(-1, 4, -1, -1)},
      r"query heads \(6\) must be a multiple of key/value heads \(4\)"),
     (lambda p: {**p, "v": p["v"].half()}, r"share one floating dtype"),
+    # zero KV heads ended in a ZeroDivisionError (Hq % 0)
+    (lambda p: {**p, "k": p["k"][:, :0], "v": p["v"][:, :0]}, r"k/v \(1, 0, 150, 64\) have no heads"),
     (lambda p: {**p, "doc_ids": p["doc_ids"][:, :-1]}, r"doc_ids must be \[B, N\]"),
     (lambda p: {**p, "chunk_ids": p["chunk_ids"].float()}, r"chunk_ids must hold integers"),
     # Rolled by 25, the tail of document 1 lands before document 0: document 1 is split in two.

@@ -158,3 +158,24 @@ def test_inputs_on_two_devices_are_refused_with_the_fix():
         swiglu(torch.randn(2, 8), torch.randn(2, 8, **elsewhere))
     with pytest.raises(ValueError, match="move the angles to x's device"):
         rotary(torch.randn(1, 2, 3, 8), torch.randn(1, 3, 8, **elsewhere), torch.randn(1, 3, 8, **elsewhere))
+
+
+def test_float64_inputs_take_the_reference_on_the_kernel_path():
+    """The kernels compute in fp32 registers: float64 given to them came back with fp32's precision (errors near
+    1e-7 against the reference's float64). The dispatchers send it to the references instead."""
+    gen = torch.Generator().manual_seed(0)
+    x, weight = (torch.randn(*shape, generator=gen, dtype=torch.float64).to(DEVICE) for shape in ((3, 40), (40,)))
+    assert torch.equal(rms_norm(x, weight, 1e-6), rms_norm_reference(x, weight, 1e-6))
+    assert torch.equal(rms_norm(x.float(), weight, 1e-6), rms_norm_reference(x.float(), weight, 1e-6))
+    assert torch.equal(swiglu(x, x + 1), swiglu_reference(x, x + 1))
+    q, cos, sin = (torch.randn(*shape, generator=gen, dtype=torch.float64).to(DEVICE)
+                   for shape in ((1, 2, 5, 16), (1, 5, 16), (1, 5, 16)))
+    assert torch.equal(rotary(q, cos, sin), rotary_reference(q, cos, sin))
+
+
+def test_sin_of_another_dtype_than_the_heads_takes_the_reference_as_cos_does():
+    # only cos was compared with x: half heads with half cos and float32 sin came back half, eager gives float32
+    x, cos, sin, _ = rotary_problem(1, 2, 8, 16, True, torch.float16)
+    out = rotary(x, cos, sin.float())
+    assert out.dtype == torch.float32
+    assert torch.equal(out, rotary_reference(x, cos, sin.float()))

@@ -94,3 +94,24 @@ def test_kernels_on_cpu_tensors_without_the_interpreter_get_one_clear_error(monk
         grvq_triton.grvq_encode_triton(x, books)
     with pytest.raises(ValueError, match="need CUDA tensors"):
         grvq_triton.grvq_decode_triton(torch.zeros(16, 1, 1, dtype=torch.int64), books)
+
+
+def test_codebooks_without_codewords_are_refused_before_any_kernel_reads_them():
+    # K = 0: the kernel picked code 0 and read past the codebooks (a segfault in the interpreter)
+    x, books = torch.randn(4, 8, device=DEVICE), torch.randn(1, 1, 0, 8, device=DEVICE)
+    for encode in (grvq_encode, grvq_encode_reference, grvq_triton.grvq_encode_triton):
+        with pytest.raises(ValueError, match=r"K=0 codewords per stage: give each stage at least one"):
+            encode(x, books)
+
+
+def test_float64_takes_the_reference_and_the_kernels_refuse_it():
+    # the kernels keep residuals and sums in fp32: float64 came back with fp32's precision
+    x, books = (t.double() for t in random_problem(8, 21, 2, 3, 21, 12))
+    codes, quantized = grvq_encode(x, books)
+    expected_codes, expected = grvq_encode_reference(x, books)
+    assert torch.equal(codes, expected_codes) and torch.equal(quantized, expected)
+    assert torch.equal(grvq_decode(codes, books), grvq_decode_reference(codes, books))
+    with pytest.raises(ValueError, match=r"float32 codebooks, got torch.float64; cast it"):
+        grvq_triton.grvq_encode_triton(x.float(), books)
+    with pytest.raises(ValueError, match=r"float32 codebooks, got torch.float64; cast it"):
+        grvq_triton.grvq_decode_triton(codes, books)
