@@ -2,8 +2,10 @@
 code 2 (the recipe's own errors are tests/test_train_cli_errors.py's)."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from jala_ds.cli import main as jala
 
@@ -26,11 +28,74 @@ def test_serve_of_a_folder_that_is_not_a_policy(tmp_path, capsys):
     assert line.startswith(f"jala serve: --ckpt {tmp_path}: ") and "pass the export" in line
 
 
+@pytest.mark.parametrize("broken", ["norm_stats.json", "robot_meta.json"])
+def test_serve_of_a_policy_with_unreadable_statistics(broken, tmp_path, capsys):
+    from jala_ds.config import load_config
+    from jala_ds.data.robot_norm import compute_norm_stats
+
+    cfg = load_config("posttrain_tiny_cpu")
+    cfg.dump(tmp_path / "jala_recipe.yaml")
+    head = cfg.action_head
+    compute_norm_stats(np.zeros((2, head.state_dim)), np.zeros((2, head.action_dim)), "quantile").save(
+        tmp_path / "norm_stats.json")
+    (tmp_path / "robot_meta.json").write_text('{"unknown_field": 1}')
+    (tmp_path / broken).write_text('{"mode": ')
+    assert jala(["serve", "--ckpt", str(tmp_path), "--device", "cpu"]) == 2
+    line = one_line(capsys)
+    assert line.startswith(f"jala serve: --ckpt {tmp_path}: ") and "unreadable" in line
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is visible")
 def test_serve_on_cuda_without_a_cuda_device(tmp_path, capsys):
     assert jala(["serve", "--ckpt", str(tmp_path), "--device", "cuda"]) == 2
     assert one_line(capsys) == ("jala serve: --device cuda: no CUDA device is visible here: pass --device cpu, "
                                 "or leave it out")
+
+
+def fake_run(folder, module: dict | None) -> None:
+    """A run folder whose latest checkpoint holds ``module`` as its only model file (None: the folder is gone)."""
+    from jala_ds.config import load_config
+
+    checkpoint = folder / "checkpoints" / "step_00000002"
+    checkpoint.parent.mkdir(parents=True)
+    load_config("tiny_cpu").dump(folder / "config.yaml")
+    (checkpoint.parent / "latest").write_text(checkpoint.name)
+    if module is not None:
+        checkpoint.mkdir()
+        torch.save({"module": module, "step": 2}, checkpoint / "mp_rank_00_model_states.pt")
+
+
+def test_eval_of_a_post_trained_policy_says_to_serve_it(tmp_path):
+    """Its action head made the JalaModel's strict load fail with a traceback listing every action-head weight
+    (`jala eval motion | latents` load through ``load_trained_model``; their handlers print a ValueError as one line)."""
+    from jala_ds.eval.trained_model import load_trained_model
+
+    fake_run(tmp_path / "run", {"action_head.out.weight": torch.zeros(2, 2)})
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "jala_recipe.yaml").write_text((tmp_path / "run" / "config.yaml").read_text())
+    save_file({"action_head.out.weight": torch.zeros(2, 2)}, str(export / "jala_heads.safetensors"))
+    for ckpt in (tmp_path / "run", export):
+        with pytest.raises(ValueError) as refused:
+            load_trained_model(ckpt, device="cpu")
+        assert str(refused.value) == (f"{ckpt} is a post-trained robot policy (it has an action head), not a "
+                                      "pretrained JALA: `jala eval` scores pretraining runs and their exports; run "
+                                      f"the policy with `jala serve --ckpt {ckpt}`")
+
+
+def test_a_latest_checkpoint_that_is_gone_is_named(tmp_path, capsys):
+    """``latest`` naming a deleted folder gave 'not enough values to unpack' (a traceback under `jala export`)."""
+    from jala_ds.eval.trained_model import load_trained_model
+
+    fake_run(tmp_path / "run", None)
+    checkpoint = tmp_path / "run" / "checkpoints"
+    named = (f"checkpoint {checkpoint / 'step_00000002'} holds no *model_states.pt (missing or incomplete): write the "
+             f"tag of a complete step_N folder into {checkpoint / 'latest'}")
+    assert jala(["export", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "out")]) == 2
+    assert one_line(capsys) == f"jala export: {named}"
+    with pytest.raises(FileNotFoundError) as refused:  # `jala eval`'s handlers print it as one line
+        load_trained_model(tmp_path / "run", device="cpu")
+    assert str(refused.value) == named
 
 
 @pytest.mark.parametrize("command", [["eval", "motion", "--split", "lab"], ["eval", "latents"]])
@@ -54,14 +119,15 @@ def test_export_into_a_folder_that_holds_files_is_refused_before_anything_loads(
 
 
 def test_export_overwrite_never_deletes_a_folder_that_is_not_an_export(tmp_path, capsys):
-    """--out given the run's own folder, with --overwrite, deleted the run, checkpoints and all, before failing."""
+    """--out given the run's own folder (or its checkpoints, or a folder above it), with --overwrite, deleted the
+    run, checkpoints and all, before failing."""
     run = tmp_path / "run"
     (run / "checkpoints" / "step_00000004").mkdir(parents=True)
     (run / "checkpoints" / "latest").write_text("step_00000004")
     (run / "config.yaml").write_text("name: x\n")
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "thesis.tex").write_text("mine")
-    for out in (run, tmp_path / "notes"):
+    for out in (run, run / "checkpoints", tmp_path, tmp_path / "notes"):
         assert jala(["export", "--run", str(run), "--out", str(out), "--overwrite"]) == 2
         assert one_line(capsys) == (f"jala export: --out {out} holds files that are not a `jala export` (no "
                                     "jala_heads.safetensors), which --overwrite would delete: choose a new or empty "

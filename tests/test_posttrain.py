@@ -156,6 +156,55 @@ def test_arrays_cross_the_wire_exactly_and_bad_ones_are_named():
         decode_array({**good, "shape": [3, 2]}, "state")
     with pytest.raises(ValueError, match="cannot send a object array"):
         encode_array(np.array([{}], dtype=object))
+    # each of these was an HTTP 500 carrying a Python exception, not a 400 naming the field
+    with pytest.raises(ObservationError, match=r"state: dtype \['x'\] is not accepted"):
+        decode_array({**good, "dtype": ["x"]}, "state")
+    with pytest.raises(ObservationError, match=r"state: shape must be a list of non-negative integers, got \[True"):
+        decode_array({**good, "shape": [True, 4]}, "state")
+    # 2**40 * 2**40 elements wrap to 0 in int64: empty data passed the byte count, then reshape failed
+    with pytest.raises(ObservationError, match="state: 0 bytes do not make a float32 array of shape"):
+        decode_array({**good, "shape": [2**40, 2**40], "data": ""}, "state")
+
+
+def test_the_server_answers_malformed_requests_with_400_and_stays_up():
+    """A stub policy with the real observation checks behind the real handler (no model: fast)."""
+    import urllib.error
+    import urllib.request
+
+    from jala_ds.eval.policy import PolicySchema
+
+    policy = JalaPolicy.__new__(JalaPolicy)
+    policy.cfg = load_config(RECIPE)
+    policy.schema = PolicySchema(cameras=["cam"], state_dim=8, action_dim=7, action_horizon=HORIZON)
+    policy.predict = lambda observation: np.zeros((len(policy.samples(observation)[0]), HORIZON, 7), np.float32)
+    server = make_server(policy, port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+
+    def post(body: bytes, **headers: str) -> tuple[int, str]:
+        request = urllib.request.Request(f"{url}/predict", data=body, method="POST", headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, ""
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())["error"]
+
+    good = {"images": {"cam": encode_array(np.zeros((1, 8, 8, 3), np.uint8))},
+            "state": encode_array(np.zeros((1, 8), np.float32)), "instruction": ["go"]}
+    try:
+        assert post(json.dumps(good).encode()) == (200, "")
+        code, error = post(b"{}", **{"Content-Length": "abc"})
+        assert code == 400 and "Content-Length header (got 'abc')" in error
+        empty = {**good, "images": {"cam": encode_array(np.zeros((1, 0, 8, 3), np.uint8))}}
+        code, error = post(json.dumps(empty).encode())
+        assert code == 400 and error.startswith("images['cam'] must be uint8 RGB of shape [1, h, w, 3]")
+        nested = {**good, "state": encode_array(np.zeros((1, 1, 8), np.float32))}
+        assert post(json.dumps(nested).encode()) == (400, "'state' must be numbers of shape [B, 8] (or [8] "
+                                                          "unbatched), got float32 [1, 1, 8]")   # as sent
+        assert post(json.dumps(good).encode()) == (200, "")
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.fixture(scope="module")

@@ -48,6 +48,10 @@ def test_a_constant_dimension_round_trips_exactly(mode):
     assert (stats.unnormalize_action(normalized)[:, 1] == np.float32(0.25)).all()
     torch_back = stats.unnormalize_action(torch.zeros(2, 3))
     assert (torch_back[:, 1] == 0.25).all()
+    # a policy's output there is near its 0 target, not 0: the robot still gets the constant
+    drifted = np.array([[0.0, 0.4, 0.0], [0.0, -0.9, 0.0]], np.float32)
+    assert (stats.unnormalize_action(drifted)[:, 1] == np.float32(0.25)).all()
+    assert (stats.unnormalize_action(torch.from_numpy(drifted))[:, 1] == 0.25).all()
 
 
 def test_quantile_mode_maps_q01_q99_to_minus_one_one_and_clips():

@@ -71,10 +71,12 @@ class FeatureStats:
         return out * as_like(~constant, x)
 
     def unnormalize(self, x: Array, mode: str) -> Array:
-        low, scale, _ = self.affine(mode)
+        low, scale, constant = self.affine(mode)
         if mode == "quantile":
             x = x.clip(-1.0, 1.0) if isinstance(x, np.ndarray) else x.clamp(-1.0, 1.0)
-        return x * as_like(scale, x) + as_like(low, x)
+        # A constant dimension's output is whatever the model drifts to around its 0 target; the robot gets the
+        # constant itself (a padded or never-moving dimension), never constant + that drift in robot units.
+        return x * as_like(scale, x) * as_like(~constant, x) + as_like(low, x)
 
     def affine(self, mode: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(offset, scale, constant)`` with ``normalized = (x - offset) / scale``; a constant dimension gets

@@ -120,7 +120,7 @@ class JalaPolicy:
                                    "'state' (float [B, S]) and 'instruction' (list of B strings)")
         state = np.asarray(observation["state"])
         batched = state.ndim == 2
-        states = check_state(state if batched else state[None], self.schema.state_dim)
+        states = check_state(state if batched else state[None], self.schema.state_dim, list(state.shape))
         size = states.shape[0]
         if size == 0:
             raise ObservationError("'state' holds no sample (shape [0, S]): send at least one observation")
@@ -135,10 +135,11 @@ class JalaPolicy:
                             action_valid=None, instruction=instructions[b]) for b in range(size)], batched
 
 
-def check_state(state: np.ndarray, state_dim: int) -> np.ndarray:
+def check_state(state: np.ndarray, state_dim: int, sent: list[int]) -> np.ndarray:
+    """``state`` ``[B, S]`` as float32; ``sent`` is the shape the caller gave (before an unbatched one got its B)."""
     if state.ndim != 2 or state.shape[1] != state_dim or not np.issubdtype(state.dtype, np.number):
         raise ObservationError(f"'state' must be numbers of shape [B, {state_dim}] (or [{state_dim}] unbatched), "
-                               f"got {state.dtype} {list(state.shape)}")
+                               f"got {state.dtype} {sent}")
     if not np.isfinite(state).all():
         raise ObservationError("'state' holds NaN or infinite values: send the robot's measured state")
     return state.astype(np.float32)
@@ -156,7 +157,8 @@ def check_images(images: Any, cameras: list[str], size: int, batched: bool, side
     for camera in cameras:
         frames = np.asarray(images[camera])
         frames = frames if batched else frames[None]
-        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[0] != size or frames.shape[-1] != 3:
+        if (frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[0] != size or frames.shape[-1] != 3
+                or 0 in frames.shape[1:3]):   # an empty frame has nothing to resize
             raise ObservationError(f"images['{camera}'] must be uint8 RGB of shape [{size}, h, w, 3]"
                                    f"{'' if batched else ' ([h, w, 3] unbatched)'}, got {frames.dtype} "
                                    f"{list(np.asarray(images[camera]).shape)}")
@@ -172,13 +174,16 @@ def read_policy_files(folder: Path, cfg: JalaConfig) -> tuple[NormStats, RobotMe
         if not (folder / name).is_file():
             raise PolicyLoadError(f"{folder} has no {name}, so actions could not be un-normalised as in training: "
                                   f"{fix}")
-    norm = NormStats.load(folder / NORM_STATS_FILE)
+    try:
+        norm, meta = NormStats.load(folder / NORM_STATS_FILE), RobotMeta.load(folder)
+    except ValueError as err:  # unreadable or incomplete: the message names the file and how to get a good one
+        raise PolicyLoadError(str(err)) from None
     head = cfg.action_head
     if (norm.state.dim, norm.action.dim) != (head.state_dim, head.action_dim):
         raise PolicyLoadError(f"{folder / NORM_STATS_FILE} has state/action dims ({norm.state.dim}, "
                               f"{norm.action.dim}) but the action head was trained for ({head.state_dim}, "
                               f"{head.action_dim}): {fix}")
-    return norm, RobotMeta.load(folder)
+    return norm, meta
 
 
 def load_export(folder: Path, cfg: JalaConfig) -> tuple[torch.nn.Module, Any]:

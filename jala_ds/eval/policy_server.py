@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import threading
 import urllib.error
 import urllib.request
@@ -53,17 +54,20 @@ def decode_array(obj: Any, field: str) -> np.ndarray:
     """An ARRAY back to numpy; anything else is an ``ObservationError`` naming ``field``."""
     if not (isinstance(obj, dict) and {"dtype", "shape", "data"} <= obj.keys()):
         raise ObservationError(f"{field} must be an array object {{dtype, shape, data (base64)}}")
-    if obj["dtype"] not in ARRAY_DTYPES:
-        raise ObservationError(f"{field}: dtype {obj['dtype']!r} is not accepted: use one of {sorted(ARRAY_DTYPES)}")
+    if not isinstance(obj["dtype"], str) or obj["dtype"] not in ARRAY_DTYPES:
+        raise ObservationError(f"{field}: dtype {obj['dtype']!r:.80} is not accepted: use one of "
+                               f"{sorted(ARRAY_DTYPES)}")
     shape = obj["shape"]
-    if not (isinstance(shape, list) and all(isinstance(n, int) and n >= 0 for n in shape)):
+    # JSON's true/false arrive as bool, an int subclass: a shape of [true, 8] is no shape
+    if not (isinstance(shape, list) and all(type(n) is int and n >= 0 for n in shape)):
         raise ObservationError(f"{field}: shape must be a list of non-negative integers, got {shape!r:.80}")
     try:
         raw = base64.b64decode(obj["data"], validate=True)
     except (ValueError, TypeError):
         raise ObservationError(f"{field}: data is not valid base64") from None
     dtype = np.dtype(obj["dtype"]).newbyteorder("<")
-    if len(raw) != int(np.prod(shape)) * dtype.itemsize:
+    # math.prod on Python ints: np.prod wraps around in int64, and [2**40, 2**40] would "hold" 0 bytes
+    if len(raw) != math.prod(shape) * dtype.itemsize:
         raise ObservationError(f"{field}: {len(raw)} bytes do not make a {obj['dtype']} array of shape {shape}")
     return np.frombuffer(raw, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
 
@@ -110,10 +114,11 @@ def make_server(policy: JalaPolicy, host: str = "127.0.0.1", port: int = 8000) -
             self.answer(HTTPStatus.OK, {"actions": encode_array(actions)})
 
         def read_json(self) -> Any:
-            length = int(self.headers.get("Content-Length") or 0)
+            header = self.headers.get("Content-Length") or "0"
+            length = int(header) if header.isdigit() else 0
             if not 0 < length <= MAX_BODY_BYTES:
                 raise ObservationError(f"the request needs a JSON body of at most {MAX_BODY_BYTES} bytes with a "
-                                       f"Content-Length header (got {length})")
+                                       f"Content-Length header (got {header!r:.40})")
             try:
                 return json.loads(self.rfile.read(length))
             except (json.JSONDecodeError, UnicodeDecodeError) as err:

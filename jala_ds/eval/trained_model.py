@@ -43,8 +43,9 @@ def load_trained_model(path: str | Path, overrides: list[str] | tuple[str, ...] 
                        device: str | torch.device | None = None) -> TrainedModel:
     """Rebuild the model of a run folder (or one of its ``checkpoints/step_N`` folders) or of an export."""
     from jala_ds.model.build import build_model
+    from jala_ds.model.policy_model import ACTION_HEAD_PREFIX
     from jala_ds.train.checkpoint_layout import TAG_PATTERN, latest_checkpoint
-    from jala_ds.train.export import RECIPE_FILE, load_heads, merged_state_dict
+    from jala_ds.train.export import HEADS_FILE, RECIPE_FILE, load_heads, merged_state_dict
     from jala_ds.vocab import add_motion_vocab, load_text_tokenizer
 
     path = Path(path)
@@ -60,19 +61,35 @@ def load_trained_model(path: str | Path, overrides: list[str] | tuple[str, ...] 
                                 f"checkpoints/latest) nor a `jala export` folder ({RECIPE_FILE}): pass the run's "
                                 "train.out_dir or the --out folder of `jala export`")
     cfg = load_config(recipe, overrides)
+    state = None if checkpoint is None else merged_state_dict(checkpoint)
+    names = heads_names(path / HEADS_FILE) if state is None else state.keys()
+    if any(name.startswith(ACTION_HEAD_PREFIX) for name in names):  # it would not load into a JalaModel
+        raise ValueError(f"{path} is a post-trained robot policy (it has an action head), not a pretrained JALA: "
+                         f"`jala eval` scores pretraining runs and their exports; run the policy with "
+                         f"`jala serve --ckpt {path}`")
     tokenizer = load_text_tokenizer(cfg.model.pretrained, cfg.model.arch)
     vocab = add_motion_vocab(tokenizer, cfg.motion_tokenizer.vocab_per_part)
     model = build_model(cfg, vocab)
     run_state: dict[str, Any] = {}
-    if checkpoint is None:
+    if state is None:
         load_heads(model, path)
     else:
-        model.load_state_dict(merged_state_dict(checkpoint), strict=True)
+        model.load_state_dict(state, strict=True)
         run_state = read_run_state(checkpoint)
     dtype = torch.bfloat16 if device.type == "cuda" and cfg.train.dtype == "bf16" else torch.float32
     model.to(device=device, dtype=dtype).eval()
     return TrainedModel(cfg=cfg, model=model, tokenizer=tokenizer, vocab=vocab, device=device,
                         step=run_state.get("step"), mlflow_run_id=run_state.get("mlflow_run_id"), source=path)
+
+
+def heads_names(heads_file: Path) -> list[str]:
+    """The tensor names in an export's heads file, read from its header (no tensor is loaded)."""
+    from safetensors import safe_open
+
+    if not heads_file.is_file():
+        raise FileNotFoundError(f"{heads_file} is missing: re-export the run with `jala export`")
+    with safe_open(str(heads_file), framework="pt") as heads:
+        return list(heads.keys())
 
 
 def read_run_state(checkpoint: Path) -> dict[str, Any]:

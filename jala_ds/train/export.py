@@ -110,10 +110,14 @@ def merged_state_dict(checkpoint: Path) -> dict[str, torch.Tensor]:
     """Full fp32 weights of a checkpoint folder, whatever the ZeRO stage and world size that saved it."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+    model_files = sorted(checkpoint.glob("*model_states.pt"))
+    if not model_files:  # `latest` names a folder that is gone, or a save that never finished
+        raise FileNotFoundError(f"checkpoint {checkpoint} holds no *model_states.pt (missing or incomplete): write "
+                                f"the tag of a complete step_N folder into {checkpoint.parent / 'latest'}")
     for path in checkpoint.glob("*.pt"):
         torch.load(path, map_location="cpu", weights_only=True)  # refuse anything that is not plain data
     if not any(checkpoint.glob("*optim_states.pt")):  # no ZeRO: the model file holds every weight
-        (model_file,) = checkpoint.glob("*model_states.pt")
+        model_file = model_files[0]
         return {name: t.float() for name, t in load_plain(str(model_file))["module"].items()}
     return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
 
