@@ -59,6 +59,15 @@ def test_network_bandwidth_matters_only_across_nodes(work, a800):
             assert slow_row.comm_s > fast_row.comm_s and slow_row.epoch_hours > fast_row.epoch_hours
 
 
+def test_a_ring_across_nodes_sends_n_minus_1_over_n_of_the_buffer_through_each_nodes_network(a800):
+    """A flat ring's edge out of a node carries every shard but the next GPU's own, the node's own shards included:
+    on 2 nodes of 8, 15/16 of the buffer, not the (nodes - 1) / nodes = 1/2 a hierarchical scheme would send."""
+    slow = dataclasses.replace(a800, network_gb_s=10.0)  # the network sets the time, not NVLink
+    nbytes = 4e9
+    seconds = plan.collective_seconds(nbytes, 16, slow, calls=0)
+    assert seconds == pytest.approx(15 / 16 * nbytes / (10e9 * plan.NETWORK_EFFICIENCY))
+
+
 def test_one_gpu_pays_no_communication_and_mfu_agrees_with_flops(work, a800):
     single = plan.estimate_step(work, a800, 1, mfu=0.4, overlap=0.7)
     assert single.comm_s == 0.0 and single.exposed_comm_s == 0.0

@@ -1,15 +1,17 @@
 """The streaming loader: whole epochs, exact mid-epoch resume, stream mixing, hash checks, two ranks."""
+import itertools
 import json
 import shutil
 
 import pytest
 import torch
+from streaming.base.partition.orig import get_partitions_orig
 from two_ranks import run_two_ranks
 
 from jala_ds.config import load_config
 from jala_ds.config_checks import ConfigError
 from jala_ds.data import shard_check
-from jala_ds.data.loader import build_loader
+from jala_ds.data.loader import build_loader, epoch_samples_taken
 from jala_ds.data.orphaned_memory import remove_orphaned_streaming_memory
 from jala_ds.data.shard_check import CorruptShardError
 from jala_ds.vocab import add_motion_vocab, byte_level_tokenizer
@@ -71,6 +73,53 @@ def test_a_resumed_loader_yields_exactly_the_remaining_batches(tiny_corpus, work
         for key in ("input_ids", "labels", "chunk_ids", "encoder_frames", "chunk_frame_index", "pixel_values"):
             assert torch.equal(got[key], want[key]), key
     assert resumed.state_dict()["epoch"] == 1
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_loop_left_mid_epoch_is_continued_by_the_next_one(tiny_corpus, workers):
+    """Streaming advances its own epoch counter each time iteration starts: left unchecked, the loop after a
+    ``break`` ran streaming's next epoch as the rest of ours, and every later epoch one ahead."""
+    overrides = (f"data.num_workers={workers}", "train.micro_batch_size=4", "train.global_batch_size=4")
+    reference = make_loader(tiny_corpus.mds, *overrides)
+    epochs = [clip_ids(reference), clip_ids(reference)]
+    loader = make_loader(tiny_corpus.mds, *overrides)
+    for taken, batch in enumerate(loader, start=1):
+        if taken == 2:
+            break
+    assert loader.state_dict()["sample_in_epoch"] == 8
+    assert epochs[0][:8] + clip_ids(loader) == epochs[0]
+    assert clip_ids(loader) == epochs[1]
+
+
+def test_an_epoch_that_canonical_nodes_round_up_resumes_before_its_last_batch(tiny_corpus):
+    """44 samples over 3 canonical nodes: streaming's partition gives each 15, an epoch of 45. A checkpoint after
+    the 44th sample is still inside the epoch: the resumed run takes the 45th, as the uninterrupted one does."""
+    overrides = ("data.num_canonical_nodes=3", "train.micro_batch_size=4", "train.global_batch_size=4")
+    reference = list(make_loader(tiny_corpus.mds, *overrides))
+    assert [len(b["sample_ids"]) for b in reference] == [4] * 11 + [1]
+    interrupted = make_loader(tiny_corpus.mds, *overrides)
+    assert len(interrupted) == 12 and interrupted.samples_per_rank == 45
+    for taken, _ in enumerate(interrupted, start=1):
+        if taken == 11:
+            break
+    state = interrupted.state_dict()
+    assert (state["epoch"], state["sample_in_epoch"]) == (0, 44)
+    resumed = make_loader(tiny_corpus.mds, *overrides)
+    resumed.load_state_dict(state)
+    assert [b["sample_ids"] for b in resumed] == [reference[-1]["sample_ids"]]
+
+
+# Node counts that divide each other: streaming refuses the others.
+NODE_LAYOUTS = [(canonical, nodes, ranks) for canonical, nodes, ranks in itertools.product((1, 2, 3, 4, 8), (1, 2, 4, 8),
+                                                                                           (1, 3, 8))
+                if max(canonical, nodes) % min(canonical, nodes) == 0]
+
+
+@pytest.mark.parametrize("canonical,nodes,ranks", NODE_LAYOUTS)
+def test_the_epoch_length_counts_streamings_partition(canonical, nodes, ranks):
+    for samples in (canonical * nodes * ranks, 45, 1001):
+        ids = get_partitions_orig(samples, canonical, nodes, ranks, 1, 1)
+        assert epoch_samples_taken(samples, canonical, nodes, ranks) == int((ids >= 0).sum())
 
 
 def test_iterating_draws_nothing_from_torchs_global_generator(tiny_corpus):
@@ -166,7 +215,7 @@ import json, os, sys
 import torch.distributed as dist
 from jala_ds.config import load_config
 from jala_ds.config_checks import ConfigError
-from jala_ds.data.loader import build_loader
+from jala_ds.data.loader import build_loader, epoch_samples_taken
 from jala_ds.vocab import add_motion_vocab, byte_level_tokenizer
 
 dist.init_process_group("gloo")

@@ -10,8 +10,9 @@ Each micro-step also runs the ds_config's collectives over the full (unsharded) 
 three: an all-gather of the parameters before the forward, a re-gather before the backward, a reduce-scatter of
 the gradients. Under ZeRO-2 only the reduce-scatter runs per micro-step; the updated parameters are all-gathered
 once after the optimiser step, with nothing left to hide behind. A ring collective moves (n - 1) / n of the
-buffer through every GPU's link and (nodes - 1) / nodes of it through every node's network adapters; the slower
-of the two sets its time, plus (n - 1) hop latencies per call. A fraction ``overlap`` of the per-micro-step
+buffer through every GPU's link, and as much through every node's network adapters (NCCL's rings enter and leave
+each node once, carrying the other nodes' shards and the node's own); the slower of the two sets its time, plus
+(n - 1) hop latencies per call. A fraction ``overlap`` of the per-micro-step
 communication hides behind compute (DeepSpeed prefetches the next layer's parameters and reduces gradients while
 the backward runs); the rest adds to the step, and so does the memory-bound Adam update of each rank's shard.
 Memory per GPU is the stage's weights, gradients and optimiser state plus, when their size per sample is known,
@@ -192,7 +193,10 @@ def collective_seconds(nbytes: float, gpus: int, cluster: Cluster, calls: int) -
         return 0.0
     nodes = cluster.nodes(gpus)
     through_link = (gpus - 1) / gpus * nbytes / (cluster.card.link_gb_s * 1e9 * LINK_EFFICIENCY)
-    through_network = ((nodes - 1) / nodes * nbytes / (cluster.network_gb_s * 1e9 * NETWORK_EFFICIENCY)
+    # Not (nodes - 1) / nodes, the least any algorithm could send: a flat ring (NCCL's all-gather and
+    # reduce-scatter without SHARP) passes (n - 1) / n of the buffer over each of its edges, the edge that leaves a
+    # node included, and the node's rings share its adapters. Hierarchical ZeRO++ would send less; it is not used.
+    through_network = ((gpus - 1) / gpus * nbytes / (cluster.network_gb_s * 1e9 * NETWORK_EFFICIENCY)
                        if nodes > 1 else 0.0)
     network_hops = nodes if nodes > 1 else 0
     latency = (gpus - 1 - network_hops) * HOP_LATENCY_LINK_S + network_hops * HOP_LATENCY_NETWORK_S

@@ -105,8 +105,8 @@ def assumptions(request: PlanRequest, work: plan.Workload, calibration: Calibrat
         compute_mfu_line(calibration, c.card),
         host_floor_line(calibration),
         collectives_line(work),
-        (f"ring collectives: (n-1)/n of the bytes through each GPU's link, (nodes-1)/nodes through each node's "
-         f"network; {calls_text(work)}, each call paying (n-1) hop latencies of "
+        (f"ring collectives: (n-1)/n of the bytes through each GPU's link and through each node's network; "
+         f"{calls_text(work)}, each call paying (n-1) hop latencies of "
          f"{plan.HOP_LATENCY_LINK_S * 1e6:g} us (NVLink) or {plan.HOP_LATENCY_NETWORK_S * 1e6:g} us (network)"),
         f"{request.overlap:.0%} of the communication can hide behind compute; the rest adds to the step",
         f"Adam update: {plan.ADAM_BYTES_PER_PARAM} B of HBM traffic per trained parameter of each rank's shard",

@@ -11,15 +11,15 @@ mixed by ``data.lab_proportion`` (natural sizes when null); ``data.labeled_only`
 Each sample becomes an :class:`~jala_ds.data.example.Example` in the loader worker (masking seeded by
 train.seed, the epoch and the sample's index) and ``data.pack``/padding makes the batch.
 
-Ranks: streaming reads the world from RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE, which
-:func:`build_loader` sets from its arguments (LOCAL_WORLD_SIZE from torchrun, or LOCAL_SIZE from the
-deepspeed launcher). One epoch's global order is split so that rank ``r`` takes every ``world_size``-th
-sample: ranks are disjoint and together cover the epoch; when the epoch does not divide evenly, streaming
-repeats at most ``world_size - 1`` samples so that every rank runs the same number of steps. On one node
-(two ranks, say) the ranks share the epoch's partition through shared memory, created by local rank 0.
-Across nodes every node runs the same arithmetic: the partition is over ``num_canonical_nodes``
-(``data.num_canonical_nodes``, else the number of nodes of the first run; kept in the state), so a run
-resumed on another node count (a divisor or multiple) keeps the same sample order. ``mds_dir`` must be readable at the same path on every node.
+Ranks: streaming reads the world from RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE, which :func:`build_loader`
+sets from its arguments (LOCAL_WORLD_SIZE from torchrun, or LOCAL_SIZE from the deepspeed launcher). One epoch's
+global order is split so that rank ``r`` takes every ``world_size``-th sample: ranks are disjoint and together cover
+the epoch; when the epoch does not divide evenly, streaming repeats a few samples so that every canonical node and
+every rank gets the same number; ``len(loader)`` and the state count them (:func:`epoch_samples_taken`). On one node
+(two ranks, say) the ranks share the epoch's partition through shared memory, created by local rank 0. Across nodes
+every node runs the same arithmetic: the partition is over ``num_canonical_nodes`` (``data.num_canonical_nodes``,
+else the number of nodes of the first run; kept in the state), so a run resumed on another node count (a divisor or
+multiple) keeps the same sample order. ``mds_dir`` must be readable at the same path on every node.
 
 Resume: the state is (epoch, samples consumed by all ranks so far). Every micro-batch consumes exactly
 ``train.micro_batch_size`` samples on every rank (packing changes rows, not samples), so the count is
@@ -89,6 +89,7 @@ class JalaLoader:
         self.dataset, self.batch_size, self.world_size = dataset, batch_size, world_size
         self.epoch, self.sample_in_epoch = epoch, 0
         self.num_canonical_nodes, self.initial_physical_nodes = dataset.num_canonical_nodes, num_nodes
+        self.physical_nodes = num_nodes
         self.shuffle_seed = dataset.shuffle_seed
         workers = {"prefetch_factor": prefetch_factor} if num_workers else {}
         # Its own generator: each new iterator (every epoch, and a resumed run's first) draws a worker seed from
@@ -105,7 +106,23 @@ class JalaLoader:
     @property
     def samples_per_rank(self) -> int:
         """Samples this rank sees in one epoch (the same on every rank)."""
-        return len(self.dataset)
+        return self.samples_per_pass // self.world_size
+
+    @property
+    def samples_per_pass(self) -> int:
+        """Samples all ranks together take in one epoch: the mix's size plus the repeats streaming's partition adds.
+
+        Not ``len(dataset) * world_size``: streaming's length counts only the repeats that even out the ranks, but
+        with several canonical nodes each one's share is rounded up too, so an epoch of 44 samples over 3 canonical
+        nodes runs 45. Counted short, a checkpoint taken before the last batches would call the epoch over and a
+        resumed run would skip them.
+        """
+        ranks_per_node = self.world_size // self.physical_nodes
+        nodes = self.physical_nodes
+        canonical = self.num_canonical_nodes
+        if max(canonical, nodes) % min(canonical, nodes):  # streaming's relaxed partition uses the first run's nodes
+            nodes = self.initial_physical_nodes
+        return epoch_samples_taken(self.samples_per_epoch, canonical, nodes, ranks_per_node)
 
     def __len__(self) -> int:
         """Micro-batches of one full epoch on this rank."""
@@ -114,6 +131,9 @@ class JalaLoader:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         """The rest of the current epoch (all of it unless resumed mid-way); then the epoch advances."""
         self.dataset.epoch = self.epoch
+        # Streaming ignores a state older than its own epoch counter, which every iteration it starts advances: a
+        # loop left mid-epoch would make the next one run streaming's next epoch, one ahead of ours from then on.
+        self.dataset.next_epoch = self.epoch
         self.dataset.load_state_dict(self.stream_state())
         for batch in self.loader:
             self.sample_in_epoch += len(batch["sample_ids"]) * self.world_size
@@ -127,7 +147,7 @@ class JalaLoader:
 
     def state_dict(self) -> dict[str, Any]:
         """Where this epoch stands (JSON-serialisable; the same on every rank after the same number of steps)."""
-        if self.sample_in_epoch >= self.samples_per_epoch:  # the last batch was yielded: next is a new epoch
+        if self.sample_in_epoch >= self.samples_per_pass:  # the last batch was yielded: next is a new epoch
             return {**self.stream_state(), "epoch": self.epoch + 1, "sample_in_epoch": 0}
         return self.stream_state()
 
@@ -135,6 +155,17 @@ class JalaLoader:
         self.epoch, self.sample_in_epoch = int(state["epoch"]), int(state["sample_in_epoch"])
         self.num_canonical_nodes, self.shuffle_seed = state["num_canonical_nodes"], state["shuffle_seed"]
         self.initial_physical_nodes = state["initial_physical_nodes"]
+
+
+def epoch_samples_taken(num_samples: int, canonical_nodes: int, nodes: int, ranks_per_node: int) -> int:
+    """Samples every rank together takes in one epoch of ``num_samples`` under streaming's partition
+    (``streaming.base.partition.orig``): each canonical node's share rounded up (and up to a multiple of the
+    physical nodes per canonical node), then each node's share rounded up to a multiple of its ranks."""
+    per_canonical = -(-num_samples // canonical_nodes)
+    if canonical_nodes < nodes:
+        per_canonical += -per_canonical % (nodes // canonical_nodes)
+    per_node = canonical_nodes * per_canonical // nodes
+    return nodes * ranks_per_node * -(-per_node // ranks_per_node)
 
 
 def publish_world(rank: int, world_size: int) -> int:
