@@ -66,6 +66,8 @@ def test_absent_keys_are_filled_and_agreeing_numbers_pass(tmp_path):
     ({"zero_optimization": {"stage": 3, "reduce_bucket_size": "auto"}}, ["zero_optimization.reduce_bucket_size"]),
     ({"zero_optimization": {"stage": 3, "zero_hpz_partition_size": 2}}, ["zero_hpz_partition_size"]),
     ({"zero_optimization": {"stage": 3, "zero_quantized_weights": True}}, ["zero_quantized_weights"]),
+    # the EMA averaged DeepSpeed's one-element placeholder of each swapped-out shard
+    ({"zero_optimization": {"stage": 3, "offload_param": {"device": "nvme"}}}, ["offload_param.device=nvme"]),
     # a quoted stage read "stage=3 is not a ZeRO stage: use 0, 1, 2 or 3"; the rest stopped with a Python error
     ({"zero_optimization": {"stage": "3"}}, ['zero_optimization.stage="3" is not a ZeRO stage', "the number"]),
     ({"zero_optimization": {"stage": 3, "zero_hpz_partition_size": "2"}}, ["zero_hpz_partition_size"]),

@@ -95,6 +95,36 @@ def test_bad_pairs_are_refused_with_the_fix(pairs, match):
         ShardedEMA(OnlineAndTarget(width=8), pairs, tau=0.9)
 
 
+@pytest.mark.parametrize("target_first", [False, True])
+def test_zero3_pairs_held_differently_follow_the_reference(tmp_path, target_first):
+    """``stage3_model_persistence_threshold`` runs out between a source and its target, so one is whole on every
+    rank and the other partitioned (it crashed the update: the shadow and the source had different shapes)."""
+    import deepspeed
+    from train_parts import ds_config_for, world_of_one
+
+    with world_of_one():
+        ds = ds_config_for(tmp_path, 3, "fp32")
+        # online's 97 elements come first and fit; target's do not (target_first: the reverse)
+        ds["zero_optimization"]["stage3_model_persistence_threshold"] = 80 if target_first else 100
+        torch.manual_seed(0)
+        with deepspeed.zero.Init(config_dict_or_path=ds):
+            model = OnlineAndTarget(width=8)
+        if target_first:   # DeepSpeed hands out the budget in named_parameters() order
+            model._modules = {"target": model._modules.pop("target"), **model._modules}
+        engine, *_ = deepspeed.initialize(model=model, config=ds,
+                                          model_parameters=[p for p in model.parameters() if p.requires_grad])
+        assert model.online.weight.ds_persist is not target_first and model.target.weight.ds_persist is target_first
+        ema = ShardedEMA(model, PAIRS, tau=0.9)
+        reference = gathered(list(model.target.parameters()))
+        for _ in range(3):
+            engine.backward(engine(torch.randn(2, 8)))
+            engine.step()
+            reference = [reference_ema(r, s, 0.9) for r, s in zip(reference, gathered(list(model.online.parameters())))]
+            ema.update()
+        for got, expected in zip(gathered(list(model.target.parameters())), reference):
+            torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.slow
 def test_zero3_two_ranks_matches_gathered_fp32_reference_with_production_thresholds(tmp_path):
     """2 ranks: after k steps the gathered targets equal an fp32 reference; bf16 at tau=0.9999 does not stall."""

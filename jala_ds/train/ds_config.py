@@ -134,6 +134,10 @@ def refuse_unsupported(ds: dict[str, Any], where: str) -> None:
         if zero.get(key):
             raise ConfigError(f"{where}: zero_optimization.{key}=true is not supported (the sharded EMA writes "
                               "full-precision parameter shards): remove it")
+    if str(get_path(ds, "zero_optimization.offload_param.device")).lower() == "nvme":
+        # A swapped-out shard's ds_tensor is DeepSpeed's one-element placeholder: the EMA would average that.
+        raise ConfigError(f"{where}: zero_optimization.offload_param.device=nvme is not supported (the sharded EMA "
+                          "reads and writes parameter shards in memory): use \"cpu\" or \"none\"")
     if zero.get("zero_hpz_partition_size", 1) not in (0, 1):
         raise ConfigError(f"{where}: zero_optimization.zero_hpz_partition_size>1 is not supported (the sharded "
                           "EMA would miss the secondary copies): remove it")

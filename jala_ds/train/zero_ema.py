@@ -14,6 +14,11 @@ parameter (``deepspeed/runtime/zero/partition_parameters.py``, 0.19.8):
   ``param.ds_tensor``.
 - plain (no ZeRO, ZeRO-1/2): the full ``param.data``.
 
+A target and its source are usually held alike, but not always: ``stage3_model_persistence_threshold`` caps the
+elements kept persistent in all, handed out in parameter order, so it can run out between the two. A partitioned
+target then takes its slice of the persistent source, and a persistent target gathers its partitioned source
+for the update (every rank, the same parameters).
+
 Source values are read from the same piece of the source parameter (its low-precision copy, the weights the
 forward used), not from the optimiser's fp32 master: the master exists only for the partitioned shard layout
 (persistent parameters would need a gather) and is swapped out under NVMe offload. In fp32 training both are
@@ -21,6 +26,8 @@ the same numbers; in bf16 the source's rounding is unbiased noise the fp32 avera
 shadow would stall: with tau near 1 each step's increment is below bf16's resolution and rounds away.
 """
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.distributed as dist
@@ -36,6 +43,20 @@ def local_piece(param: torch.nn.Parameter) -> torch.Tensor:
     if is_partitioned(param) and not param.ds_persist:
         return param.ds_tensor.data
     return param.data
+
+
+def is_whole(param: torch.nn.Parameter) -> bool:
+    """Whether ``local_piece(param)`` is the whole tensor (plain or persistent) rather than a ZeRO-3 shard."""
+    return not is_partitioned(param) or param.ds_persist
+
+
+def gathered(params: list[torch.nn.Parameter]) -> contextlib.AbstractContextManager:
+    """ZeRO-3 parameters whole in ``param.data`` inside the block (nothing to do for none)."""
+    if not params:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params)
 
 
 def gather_persistent(params: list[torch.nn.Parameter]) -> None:
@@ -86,16 +107,25 @@ class ShardedEMA:
                                  "would not line up; pair parameters of equal shape")
             self.pairs.append((target_name, target, source))
         self.params = [p for _, target, source in self.pairs for p in (target, source)]
+        self.sources_to_gather = [source for _, target, source in self.pairs
+                                  if is_whole(target) and not is_whole(source)]
         gather_persistent(self.params)
         self.shadows = {name: local_piece(target).detach().float().clone() for name, target, _ in self.pairs}
 
     @torch.no_grad()
     def update(self) -> None:
         gather_persistent(self.params)
-        for name, target, source in self.pairs:
-            shadow = self.shadows[name]
-            shadow.mul_(self.tau).add_(local_piece(source).float(), alpha=1.0 - self.tau)
-            self.write_target(target, shadow)
+        with gathered(self.sources_to_gather):
+            for name, target, source in self.pairs:
+                shadow = self.shadows[name]
+                if is_whole(target):                   # the source whole too: plain, persistent or gathered
+                    shadow.mul_(self.tau).add_(source.data.float(), alpha=1.0 - self.tau)
+                elif not is_whole(source):             # shards of both, cut at the same offsets
+                    shadow.mul_(self.tau).add_(local_piece(source).float(), alpha=1.0 - self.tau)
+                else:                                  # a shard of the target, the source whole
+                    piece, valid = shard_slice(target, source.data)
+                    shadow[:valid].mul_(self.tau).add_(piece.float(), alpha=1.0 - self.tau)
+                self.write_target(target, shadow)
 
     @staticmethod
     def write_target(target: torch.nn.Parameter, shadow: torch.Tensor) -> None:
