@@ -191,3 +191,34 @@ def test_overrides_may_follow_an_option(monkeypatch):
     assert checked.value.args == ("r", ["robot.mds_dir=X", "train.out_dir=Z"], "Y")
     with pytest.raises(SystemExit):   # an unknown option is still refused
         jala(["posttrain", "--recipe", "r", "--init", "Y", "train.out_dir=Z", "--bogus"])
+
+
+@pytest.mark.parametrize("command", [["eval", "motion", "--split", "lab"], ["eval", "latents"]])
+@pytest.mark.parametrize("under", [False, True], ids=["a file", "a folder under a file"])
+def test_eval_out_that_is_a_file_is_named_before_anything_loads(command, under, tmp_path, capsys):
+    """mkdir's FileExistsError came as a traceback after the whole evaluation had run."""
+    (tmp_path / "notes.txt").write_text("mine")
+    out = tmp_path / "notes.txt" / "eval" if under else tmp_path / "notes.txt"
+    assert jala([*command, "--ckpt", str(tmp_path / "no_run"), "--data", str(tmp_path), "--out", str(out)]) == 2
+    assert one_line(capsys) == (f"jala {' '.join(command[:2])}: --out {out}: {tmp_path / 'notes.txt'} is a file, not "
+                                "a folder: pass a folder (created when missing), or leave --out out for the default "
+                                "under the checkpoint")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_eval_latents_of_data_without_generation_clips_is_named(tiny_corpus, tmp_path, capsys):
+    """lab/ and wild/ holding only description and continuation clips gave torch.cat's 'expected a non-empty list
+    of Tensors' after the model had loaded."""
+    from streaming import LocalDataset, MDSWriter
+
+    from jala_ds.data.schema import MDS_COLUMNS
+
+    for subset in ("lab", "wild"):
+        source = LocalDataset(local=str(tiny_corpus.mds / subset))
+        with MDSWriter(out=str(tmp_path / "data" / subset), columns=MDS_COLUMNS) as writer:
+            for record in map(source.__getitem__, range(len(source))):
+                if record["task"] != "generation":
+                    writer.write({key: record[key] for key in MDS_COLUMNS})
+    assert jala(["eval", "latents", "--ckpt", str(tmp_path / "no_run"), "--data", str(tmp_path / "data")]) == 2
+    assert one_line(capsys).startswith(f"jala eval latents: {tmp_path / 'data'}: no generation-task clip in lab/ or "
+                                       "wild/ (only description or continuation clips)")

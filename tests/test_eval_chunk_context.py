@@ -75,3 +75,36 @@ def test_a_context_records_exactly_one_whole_pass_before_refreshing(decoding_bat
         model.hidden_states(batch, model.encode_frames(batch), past_key_values=context)
         with pytest.raises(RuntimeError, match="one full pass per ChunkContext"):
             model.hidden_states(batch, model.encode_frames(batch), past_key_values=context)
+
+
+def test_whole_mcp_decoding_reads_the_same_logits_with_recorded_keys(decoding_batch, tiny_generation, tiny_corpus):
+    """Every pass of every chunk, to the last one, of a batch mixing a two-handed window (L1 R1 L2 R2) and a
+    shorter one-hand window: the short passes read the logits whole-sequence passes read, and fill the same codes."""
+    from streaming import LocalDataset
+
+    from jala_ds.data.schema import labelled_hands
+
+    model, _, _ = decoding_batch  # the sharpened model
+    cfg, _, tokenizer, vocab, _ = tiny_generation
+    lab = LocalDataset(local=str(tiny_corpus.mds / "lab"))
+    windows = [record for record in map(lab.__getitem__, range(len(lab))) if len(record["frame_index"]) > 2]
+    records = [next(r for r in windows if len(labelled_hands(r)) == hands) for hands in (2, 1)]
+    runs = []
+    for reuse in (True, False):
+        gen = MotionGenerator(cfg, model, tokenizer, vocab,
+                              decoding=Decoding(ensemble=2, fraction=0.25, reuse_context=reuse))
+        documents, batch, streams = gen.prepare(records)
+        logits = []
+        hook = model.backbone.lm_head.register_forward_hook(lambda module, args, out: logits.append(out.detach()))
+        try:
+            for _ in gen.fill(batch, streams):
+                pass
+        finally:
+            hook.remove()
+        runs.append((logits, batch["input_ids"]))
+    assert len(documents[0]) != len(documents[1]) and [len(d.chunk_hand) for d in documents] == [4, 2]
+    (short, short_ids), (whole, whole_ids) = runs
+    assert len(short) == len(whole) == 4 * gen.passes_per_chunk
+    for a, b in zip(short, whole):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert torch.equal(short_ids, whole_ids) and not (short_ids == vocab.mask).any()

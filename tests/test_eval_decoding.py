@@ -194,3 +194,44 @@ def test_next_token_generation_gives_poses_and_a_seed_reproduces_them(ntp_genera
     for hand, motion in runs[0][0].hands.items():
         assert motion.predicted.shape == motion.true.shape and np.isfinite(motion.predicted).all()
         assert np.array_equal(motion.member_codes, runs[1][0].hands[hand].member_codes)
+
+
+def windows_of(tiny_corpus, hands: int) -> dict:
+    """A labelled lab clip with ``hands`` labelled hands and at least two time steps."""
+    from streaming import LocalDataset
+
+    from jala_ds.data.schema import labelled_hands
+
+    lab = LocalDataset(local=str(tiny_corpus.mds / "lab"))
+    return next(record for record in map(lab.__getitem__, range(len(lab)))
+                if len(labelled_hands(record)) == hands and len(record["frame_index"]) > 2)
+
+
+@pytest.mark.parametrize("objective", ["mcp", "ntp"])
+def test_shown_steps_keep_their_codes_and_a_clip_does_not_depend_on_its_batch(objective, request, tiny_corpus):
+    """With the first time step shown, a two-handed clip's chunks L1 R1 are context and L2 R2 are generated; beside
+    a one-hand clip, whose second chunk L2 is generated while the first clip's R1 waits, the first clip fills its
+    chunks in the same order and with the same codes as alone. ntp wrote generated codes over the shown chunks, and
+    both objectives drew from the waiting row's stream."""
+    cfg, model, tokenizer, vocab, _ = request.getfixturevalue("tiny_generation" if objective == "mcp"
+                                                              else "ntp_generation")
+    gen = MotionGenerator(cfg, model, tokenizer, vocab, decoding=Decoding(ensemble=2, fraction=0.25))
+    both, one = windows_of(tiny_corpus, 2), windows_of(tiny_corpus, 1)
+    runs = []
+    for records in ([both], [both, one]):
+        documents, batch, streams = gen.prepare(records, shown_steps=1)
+        rows, length = slice(0, gen.decoding.ensemble), len(documents[0])
+        before = batch["input_ids"][rows, :length].clone()
+        trace = [masked[rows].clone() for masked in gen.fill(batch, streams)]
+        runs.append((before, batch["input_ids"][rows, :length], trace))
+    (before, alone, alone_trace), (_, batched, batched_trace) = runs
+    shown = documents[0].motion_chunk[:length] >= 0
+    shown &= (before != vocab.mask).numpy()[0]
+    assert shown.sum() == 2 * gen.tokens_per_chunk, "L1 and R1 are shown"
+    assert torch.equal(alone[:, shown], before[:, shown]), "shown chunks keep their true codes"
+    assert not (alone == vocab.mask).any()
+    # alone, the clip fills L2 then R2; batched, the one-hand clip's L2 runs first while R1 waits
+    assert len(batched_trace) > len(alone_trace)
+    for a, b in zip(alone_trace, batched_trace[-len(alone_trace):]):
+        assert torch.equal(a, b)
+    assert torch.equal(alone, batched)

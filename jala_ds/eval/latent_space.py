@@ -61,7 +61,12 @@ def read_subsets(data: str | Path, limit: int) -> dict[str, list[Mapping]]:
                                 "folder (training streams) or its heldout/ folder")
     generation = {subset: (record for record in map(dataset.__getitem__, range(len(dataset)))
                            if record["task"] == "generation") for subset, dataset in found.items()}
-    return {subset: list(itertools.islice(records, limit)) for subset, records in generation.items()}
+    records = {subset: list(itertools.islice(records, limit)) for subset, records in generation.items()}
+    if not any(records.values()):
+        raise ValueError(f"{root}: no generation-task clip in {' or '.join(f'{subset}/' for subset in found)} (only "
+                         "description or continuation clips), so no window to read h and z from: pass a "
+                         "`jala data convert` output folder, or its heldout/ folder, that holds generation clips")
+    return records
 
 
 def alignment(predictive: torch.Tensor, latent_actions: torch.Tensor, seed: int = 0) -> dict[str, float]:
@@ -137,9 +142,11 @@ def latent_space(ckpt: str | Path, data: str | Path, *, limit: int = 32, out_dir
                  batch_size: int = 8, seed: int = 0, overrides: list[str] | tuple[str, ...] = (),
                  track: bool = True) -> LatentSpace:
     """The whole ``jala eval latents``: load, collect h and z, measure, plot, write, log."""
-    from jala_ds.eval.motion_eval import log_evaluation
+    from jala_ds.eval.motion_eval import log_evaluation, output_folder
     from jala_ds.eval.trained_model import load_trained_model
 
+    if out_dir:  # a wrong --out is named before anything is read
+        output_folder(Path(out_dir), create=False)
     records = read_subsets(data, limit)
     trained = load_trained_model(ckpt, overrides)
     if not trained.cfg.model.align:
@@ -152,8 +159,7 @@ def latent_space(ckpt: str | Path, data: str | Path, *, limit: int = 32, out_dir
     for subset in collected:
         measured.update({f"{subset}_{k}": v for k, v in alignment(predictive[subset], latent_actions[subset],
                                                                    seed).items()})
-    out = Path(out_dir) if out_dir else Path(trained.source) / "eval" / "latents"
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(Path(out_dir) if out_dir else Path(trained.source) / "eval" / "latents")
     step = f"step {trained.step}" if trained.step is not None else "export"
     title = (f"predictive embeddings h vs latent actions z ({step})\npaired cosine "
              f"{measured['paired_cosine']:.3f}, shuffled {measured['shuffled_cosine']:.3f}")

@@ -191,7 +191,8 @@ class MotionGenerator:
                 logits = self.model.backbone.lm_head(hidden).float()
                 allowed = logits.gather(-1, self.candidates.expand(len(chunks), -1, -1))
                 confidence, choice = allowed.softmax(dim=-1).max(dim=-1)
-                uniform = torch.stack([torch.rand(self.tokens_per_chunk, generator=streams[r]) for r in rows])
+                uniform = torch.stack([draw_uniform(streams[r], self.tokens_per_chunk, busy)
+                                       for r, busy in zip(rows, masked.any(dim=1).tolist())])
                 fix = positions_to_fix(masked, confidence, self.per_pass, uniform.to(confidence.device),
                                        self.decoding.temperature)
                 tokens = self.candidates.gather(1, choice.T).T  # [chunks, T]: the chosen code's token id
@@ -210,6 +211,11 @@ class MotionGenerator:
         for chunks in chunks_by_rank(row_of_chunk):
             positions = chunk_tokens[chunks]
             rows = row_of_chunk[chunks].tolist()
+            # a chunk shown as context (``shown_steps``) keeps its true codes: only [MASK] slots are written, and a
+            # rank holding shown chunks only runs no pass
+            to_fill = ids[positions] == self.vocab.mask
+            if not to_fill.any():
+                continue
             context = None  # the rows' recorded keys and values, after the chunk's first pass (reuse_context)
             for slot in range(self.tokens_per_chunk):
                 before = positions[:, slot:slot + 1] - 1   # <mot>, then the code the last pass wrote
@@ -221,9 +227,13 @@ class MotionGenerator:
                         self.model, batch, None if latent is None else latent[chunks, slot - 1:slot])
                 logits = self.model.backbone.lm_head(hidden[:, 0]).float()
                 allowed = (logits[:, self.candidates[slot]] / self.decoding.temperature).softmax(dim=-1).cpu()
-                choice = torch.cat([torch.multinomial(allowed[i], 1, generator=streams[r])
-                                    for i, r in enumerate(rows)])
-                ids[positions[:, slot]] = self.candidates[slot][choice.to(self.candidates.device)]
+                masked = to_fill[:, slot]
+                # a row draws only for its own [MASK]s: its stream must not depend on what else is in the batch
+                choice = torch.cat([torch.multinomial(allowed[i], 1, generator=streams[r]) if busy
+                                    else torch.zeros(1, dtype=torch.long)
+                                    for i, (r, busy) in enumerate(zip(rows, masked.tolist()))])
+                drawn = self.candidates[slot][choice.to(self.candidates.device)]
+                ids[positions[:, slot]] = torch.where(masked, drawn, ids[positions[:, slot]])
                 yield ids[positions] == self.vocab.mask
 
     def _whole_sequence_pass(self, batch: dict, features: torch.Tensor | None, rows: torch.Tensor,
@@ -281,6 +291,13 @@ def chunks_by_rank(row_of_chunk: torch.Tensor) -> Iterator[torch.Tensor]:
         torch.searchsorted(row_of_chunk, row_of_chunk)
     for k in range(int(rank_in_row.max()) + 1 if len(rank_in_row) else 0):
         yield (rank_in_row == k).nonzero().squeeze(1)
+
+
+def draw_uniform(stream: torch.Generator, count: int, busy: bool) -> torch.Tensor:
+    """``count`` uniforms from a row's ``stream`` when its chunk still has a [MASK] (``busy``), else zeros and no
+    draw: a row whose chunk is shown or done waits while other rows' chunks of its rank are filled, and how long
+    depends on the batch, so drawing then would make its later draws depend on what else is in the batch."""
+    return torch.rand(count, generator=stream) if busy else torch.zeros(count)
 
 
 def row_seed(seed: int, sample_id: str, member: int) -> int:

@@ -156,6 +156,8 @@ def evaluate_motion(ckpt: str | Path, data: str | Path, split: str, *, limit: in
 
     if split not in ("lab", "wild"):
         raise ValueError(f"split={split!r}: use lab or wild")
+    if out_dir:  # a wrong --out is named before the model loads and the clips are generated
+        output_folder(Path(out_dir), create=False)
     records = read_heldout(data, split, limit)
     if not records:
         raise ValueError(f"{data}/{HELDOUT}/{split} has no labelled generation clip to score: hold more clips out "
@@ -169,8 +171,7 @@ def evaluate_motion(ckpt: str | Path, data: str | Path, split: str, *, limit: in
     table = score(hand_pairs(clips), frames, mano, procrustes)
     floor = score(tokenizer_pairs(clips, generator.motion_tokenizer), frames, mano, procrustes)
 
-    out = Path(out_dir) if out_dir else Path(trained.source) / "eval" / split
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(Path(out_dir) if out_dir else Path(trained.source) / "eval" / split)
     step = f"step {trained.step}" if trained.step is not None else "export"
     skeleton = f"MANO joints from {mano}" if mano else "template-skeleton joints, no motion_tokenizer.mano_model_dir"
     how = (f"MCP generation, {decoding.fraction:.0%} of a chunk per pass" if cfg.model.objective == "mcp"
@@ -199,6 +200,18 @@ def evaluate_motion(ckpt: str | Path, data: str | Path, split: str, *, limit: in
                        metrics={**flat_metrics(table, f"{split}_"), **flat_metrics(floor, f"{split}_floor_")},
                        files=files, step=trained.step)
     return MotionEvaluation(split=split, clips=clips, table=table, tokenizer_floor=floor, files=files)
+
+
+def output_folder(path: Path, *, create: bool = True) -> Path:
+    """``path``, created with its parents when missing (unless ``create`` is False: a check before any work); a
+    ValueError naming the file when it, or a folder above it, is one (mkdir's traceback came after the whole run)."""
+    blocker = next(folder for folder in (path, *path.parents) if folder.exists())  # the nearest existing one
+    if not blocker.is_dir():
+        raise ValueError(f"--out {path}: {blocker} is a file, not a folder: pass a folder (created when missing), "
+                         "or leave --out out for the default under the checkpoint")
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def save_predictions(clips: list[GeneratedClip], path: Path) -> None:
