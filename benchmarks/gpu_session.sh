@@ -140,8 +140,11 @@ print(sys.version, 'torch', torch.__version__, 'triton', triton.__version__, 'tr
     # Triton kernels, profiled: the GPU busy time and peak memory are what the kernels change on a host-bound card
     unfused) phase throughput_unfused 190 \
       $(throughput_args unfused 5 model.fused_ops=false --profile "$RESULTS/unfused/profile") ;;
-    # the same variant run by an earlier commit's code, unpacked there by the caller into .gpu_prev/
-    previous) phase throughput_previous 160 bash -c "cd .gpu_prev && $(throughput_args previous 5)" ;;
+    # the same variant run by an earlier commit's code, unpacked there by the caller into .gpu_prev/; its own
+    # kernels too: /tmp/site's jala_kernels is this checkout's and would shadow them
+    previous) mkdir -p /tmp/site_prev && ln -sfn "$ROOT/.gpu_prev/kernels" /tmp/site_prev/jala_kernels
+      phase throughput_previous 160 env PYTHONPATH="/tmp/site_prev:${PYTHONPATH:-}" \
+        bash -c "cd .gpu_prev && $(throughput_args previous 5)" ;;
     unpacked) phase throughput_unpacked 160 $(throughput_args unpacked 5 data.pack=false) ;;
     ckpt) phase throughput_ckpt 160 $(throughput_args ckpt 5 model.gradient_checkpointing=true) ;;
     flex) phase throughput_flex 160 $(throughput_args flex 5 model.attention=flex) ;;

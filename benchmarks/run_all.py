@@ -60,6 +60,11 @@ def throughput(full: bool, out: Path) -> dict[str, int]:
     return codes
 
 
+def markdown_versions(folder: Path) -> dict[Path, int]:
+    """Each markdown result in ``folder`` with its modification time (ns)."""
+    return {path: path.stat().st_mtime_ns for path in folder.glob("*.md")} if folder.exists() else {}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run_all", description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="smoke sizes even on a GPU")
@@ -67,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     kernel_smoke = args.smoke or not torch.cuda.is_available()
     flag = ["--smoke"] if kernel_smoke else []
-    before = set(args.out.glob("*.md")) if args.out.exists() else set()
+    # A result of the same benchmark from earlier today has the same name and is overwritten: what counts as
+    # written is a file that is new or changed, not a name that was missing.
+    before = markdown_versions(args.out)
     out = ["--out", str(args.out)]
     interpret = not torch.cuda.is_available()  # the kernels' Triton on a CPU
     status = {
@@ -77,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         **{name: benchmark(name, [*(["--rounds", "1", "--steps", "2"] if args.smoke else []), *out])
            for name in ("zero_grad_checks", "zero_grad_buckets")},
     }
-    written = sorted(set(args.out.glob("*.md")) - before)
+    after = markdown_versions(args.out)
+    written = sorted(path for path, version in after.items() if before.get(path) != version)
     summary = args.out / f"{dt.date.today().isoformat()}_summary.md"
     lines = [f"# make bench, {dt.date.today().isoformat()}", "", f"- device: {device_name()}",
              f"- kernel sizes: {'smoke (no GPU)' if kernel_smoke else 'full'}", "",
