@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ class JalaConfig:
                         self.robot, self.action_head, self.posttrain):
             section.validate()
         self.model.check_tokens_per_chunk(self.motion_tokenizer.tokens_per_chunk)
+        self.motion_tokenizer.check_chunk_frames(self.data.chunk_frames)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -115,7 +117,12 @@ def apply_override(tree: dict[str, Any], override: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override '{override}': '{part}' is a value, not a section")
-    node[leaf] = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        node[leaf] = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        # An unclosed [ or { would otherwise end the run in a PyYAML traceback.
+        raise ConfigError(f"override '{override}': the value is not valid YAML: write lists as [a, b], and quote "
+                          f"text with brackets or colons ({key.strip()}='...')") from None
 
 
 def build(cls: type, tree: Any, prefix: str) -> Any:
@@ -128,13 +135,23 @@ def build(cls: type, tree: Any, prefix: str) -> Any:
     for key in tree:
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=2)
-            hint = f" (did you mean {', '.join(prefix + c for c in close)}?)" if close else ""
+            # A right key in the wrong section (train.chunk_frames) is closer to the fix than any spelling.
+            elsewhere = [] if close else _sections_holding(str(key))
+            hint = (f" (did you mean {', '.join(prefix + c for c in close)}?)" if close else
+                    f" (it belongs to another section: {', '.join(elsewhere)})" if elsewhere else "")
             raise ConfigError(f"unknown key '{prefix}{key}'{hint}: known keys under {where} are "
                               f"{', '.join(sorted(fields))}")
     values = {}
     for name, value in tree.items():
         values[name] = coerce(hints[name], value, f"{prefix}{name}")
     return cls(**values)
+
+
+def _sections_holding(key: str) -> list[str]:
+    """``section.key`` for every section of :class:`JalaConfig` that declares ``key``."""
+    hints = typing.get_type_hints(JalaConfig)
+    return [f"{name}.{key}" for name, hint in hints.items()
+            if dataclasses.is_dataclass(hint) and key in {f.name for f in dataclasses.fields(hint)}]
 
 
 def coerce(hint: Any, value: Any, key: str) -> Any:
@@ -175,9 +192,18 @@ def coerce(hint: Any, value: Any, key: str) -> Any:
         return float(value)
     if hint is float and isinstance(value, str):
         try:  # YAML reads 3e-4 (no dot) as a string
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
+    if hint is float and isinstance(value, float) and not math.isfinite(value):
+        # nan fails every range check with a misleading message, and inf passes "must be positive" (train.lr=inf)
+        raise ConfigError(f"{key} must be a finite number, got {value!r}: fix the value")
+    if hint is str and value is not None and not isinstance(value, (str, list, dict)):
+        # YAML reads name=2024 as an int and out_dir=2026-11-28 as a date: quoting is the fix, not another value
+        shown = "..." if isinstance(value, bool) else value  # yes/on/true all read as True: the typed word is lost
+        raise ConfigError(f"{key} must be text, got {value!r} ({type(value).__name__}): quote it, {key}=\"'{shown}'\" "
+                          f"on the command line or {key.rsplit('.', 1)[-1]}: '{shown}' in a recipe"
+                          f"{' (null turns an optional one off)' if isinstance(value, bool) else ''}")
     if isinstance(hint, type) and not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
         raise ConfigError(f"{key} must be {getattr(hint, '__name__', hint)}, got {value!r} "
                           f"({type(value).__name__}): fix the value")

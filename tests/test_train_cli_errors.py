@@ -59,6 +59,14 @@ CASES = {
     "out_dir a file": (["train.out_dir={corpus}/lab/index.json"], {}, ["train.out_dir: '", "index.json' is a file"]),
     "out_dir under a file": (["train.out_dir={corpus}/lab/index.json/run"], {}, ["index.json' is a file"]),
     "out_dir empty": (["train.out_dir="], {}, ["train.out_dir: must name a folder", "working directory"]),
+    # an unclosed list ended in PyYAML's multi-line traceback
+    "override not YAML": (["train.betas=[0.9, 0.95"], {}, ["train.betas=[0.9, 0.95", "not valid YAML", "[a, b]"]),
+    "key of another section": (["train.chunk_frames=10"], {}, ["train.chunk_frames", "another section",
+                                                                "data.chunk_frames"]),
+    # inf passed "must be positive" and trained on NaN
+    "infinite learning rate": (["train.lr=inf"], {}, ["train.lr must be a finite number"]),
+    # a ZeroDivisionError traceback in the config check itself
+    "zero perceiver heads": (["model.perceiver_heads=0"], {}, ["model.perceiver_heads: must be positive"]),
 }
 DS_CHANGES = {
     "micro": {"train_micro_batch_size_per_gpu": 8},
@@ -151,6 +159,15 @@ def test_a_request_to_stop_left_by_an_earlier_launch_is_refused(tmp_path):
     (tmp_path / "run" / "STOP").touch()
     assert_one_line_error([f"train.out_dir={tmp_path / 'run'}"], {}, [str(tmp_path / "run" / "STOP"),
                                                                       "delete the file"], tmp_path)
+
+
+def test_the_binning_tokenizer_refuses_other_chunk_lengths_before_the_run(tmp_path):
+    """A corpus converted with 16-frame chunks, read with 16, passed every check, and the sequence builder then
+    refused it at the first batch, a traceback on every rank after the process group started."""
+    (tmp_path / "pieces").mkdir()
+    (tmp_path / "pieces" / "plan.json").write_text(json.dumps({"build": "convert", "settings": {"chunk_frames": 16}}))
+    assert_one_line_error(["data.chunk_frames=16"], {}, ["data.chunk_frames: 16", "binning encodes 15-frame chunks",
+                                                         "set data.chunk_frames=15"], tmp_path)
 
 
 def test_a_corpus_read_with_another_chunk_length_or_tokenizer_is_refused(tmp_path):

@@ -14,7 +14,8 @@ class DataConfig:
     lab_proportion: float | None = None
     """Share of lab samples in the mix; None keeps the corpus' natural sizes (5M lab : 2.5M wild in the paper)."""
     labeled_only: bool = False
-    """Train on samples with motion labels only (the JALA-act and Being-H0 rows of the paper's tables)."""
+    """Train on the lab stream alone, the clips with motion-capture labels (the JALA-act and Being-H0 rows of the
+    paper's tables); wild clips with pseudo labels are left out with the rest of the wild stream (docs/method.md)."""
     pseudo_labels_as_unlabeled: bool = False
     """Treat pseudo-labelled wild clips as video-only (the paper's JALA-star ablation)."""
     chunk_frames: int = 15

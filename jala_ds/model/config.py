@@ -77,8 +77,10 @@ class ModelConfig:
         require(0.0 <= self.ema_tau < 1.0, "model.ema_tau", "must lie in [0, 1)")
         require(self.perceiver_queries > 0, "model.perceiver_queries", "must be positive")
         require(self.perceiver_layers > 0, "model.perceiver_layers", "must be positive (the paper uses 2)")
-        require(self.perceiver_width % self.perceiver_heads == 0, "model.perceiver_width",
-                f"must be divisible by perceiver_heads={self.perceiver_heads}")
+        # Heads first: a zero would end the divisibility check below in a ZeroDivisionError traceback.
+        require(self.perceiver_heads > 0, "model.perceiver_heads", "must be positive (the full recipe uses 12)")
+        require(self.perceiver_width > 0 and self.perceiver_width % self.perceiver_heads == 0, "model.perceiver_width",
+                f"must be a positive multiple of perceiver_heads={self.perceiver_heads}")
         require(not (self.objective == "ntp" and self.align), "model.objective",
                 "ntp (Being-H0) is defined without alignment: also set model.align=false")
         require(not self.decoupled_ema or (self.align and self.lsp_context), "model.decoupled_ema",

@@ -68,13 +68,30 @@ class TokenizerConfig:
     def vocab_per_part(self) -> int:
         return self.stages * self.codes_per_stage
 
+    def check_chunk_frames(self, chunk_frames: int) -> None:
+        """``data.chunk_frames`` fits the frames the GRVQ model pads a chunk to; else the model refuses it only once
+        every rank has started (``jala tokenizer train`` may train on any length up to that)."""
+        padded = self.steps * self.downsample
+        require(1 < chunk_frames <= padded, "data.chunk_frames",
+                f"{chunk_frames} does not fit the tokenizer's {padded} padded frames: use 15 (the paper's)")
+
+    def check_binning_chunk_frames(self, chunk_frames: int) -> None:
+        """Training with the binning stand-in reads ``data.chunk_frames`` chunks: it encodes 15-frame ones only, and
+        the sequence builder would refuse any other length at the first batch, after the process group started."""
+        from jala_ds.data.motion_tokens import CHUNK_FRAMES  # here: that module imports this one
+
+        require(self.kind != "binning" or chunk_frames == CHUNK_FRAMES, "data.chunk_frames",
+                f"{chunk_frames}, but motion_tokenizer.kind=binning encodes {CHUNK_FRAMES}-frame chunks: set "
+                f"data.chunk_frames={CHUNK_FRAMES}, or train a GRVQ tokenizer on {chunk_frames}-frame chunks "
+                "(motion_tokenizer.kind=grvq)")
+
     def validate(self) -> None:
         require(self.downsample in (1, 2, 4, 8, 16), "motion_tokenizer.downsample", "must divide 16")
         require(self.groups > 0 and self.stages > 0, "motion_tokenizer.groups",
                 "groups and stages must be positive")
         require(self.codes_per_stage > 1, "motion_tokenizer.codes_per_stage", "must be at least 2")
-        require(self.latent_dim % self.groups == 0, "motion_tokenizer.latent_dim",
-                f"must be divisible by groups={self.groups}")
+        require(self.latent_dim > 0 and self.latent_dim % self.groups == 0, "motion_tokenizer.latent_dim",
+                f"must be a positive multiple of groups={self.groups}")
         require(self.conv_width > 0, "motion_tokenizer.conv_width", "must be positive")
         require(self.train_steps > 0, "motion_tokenizer.train_steps", "must be positive")
         require(self.batch_size > 0, "motion_tokenizer.batch_size", "must be positive")

@@ -80,6 +80,7 @@ def check_corpus(cfg: JalaConfig, recipe: str) -> None:
                           f"`jala data convert --recipe {recipe} --src RAW --out {root}` first, or point "
                           "data.mds_dir at the folder it wrote")
     check_chunk_frames(root, cfg.data.chunk_frames)
+    cfg.motion_tokenizer.check_binning_chunk_frames(cfg.data.chunk_frames)
     check_stored_codes(root, cfg.motion_tokenizer)
 
 
