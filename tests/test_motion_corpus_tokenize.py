@@ -161,6 +161,26 @@ def test_refuses_to_overwrite(corpus, tmp_path):
         tokenize_corpus(checkpoint, src, tmp_path / "out")
 
 
+def test_overwrite_leaves_no_held_out_split_of_the_corpus_copied_before(corpus, tmp_path):
+    """Evaluation reads <out>/heldout: one left by a copy of another corpus would be scored as this one's."""
+    src, checkpoint = corpus
+    tokenize_corpus(checkpoint, src, tmp_path / "out")
+    shutil.rmtree(src / "heldout")   # now a corpus without a held-out split
+    tokenize_corpus(checkpoint, src, tmp_path / "out", overwrite=True)
+    assert not (tmp_path / "out" / "heldout" / "lab").exists()
+
+
+def test_a_pseudo_labelled_copy_is_refused(corpus, tmp_path):
+    """Its video-only clips have labeled=1 and predicted codes but no poses: tokenized again they would be
+    labelled clips with no codes."""
+    src, checkpoint = corpus
+    (src / "pieces").mkdir()
+    (src / "pieces" / "plan.json").write_text(json.dumps({"build": "pseudo-label"}))
+    with pytest.raises(ValueError, match="is a pseudo-labelled copy .*: tokenize the corpus it was labelled from"):
+        tokenize_corpus(checkpoint, src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_corpus_cut_into_other_chunks_is_refused(corpus, tmp_path):
     """Read as 15-frame chunks, a clip cut into 10-frame ones would get the codes of poses that straddle its
     chunks, with nothing said."""

@@ -202,6 +202,17 @@ def test_bad_inputs_get_one_clear_error(trained, tiny_corpus, labelled, tmp_path
         capsys.readouterr().err
 
 
+def test_training_refuses_a_pseudo_labelled_copy(tmp_path, capsys):
+    """Its video-only clips count as labelled: the predictor would learn an earlier predictor's guesses."""
+    pseudo = tmp_path / "mds_pseudo"
+    (pseudo / "pieces").mkdir(parents=True)
+    (pseudo / "pieces" / "plan.json").write_text(json.dumps({"build": "pseudo-label"}))
+    assert jala(["token-predictor", "train", "--recipe", "tiny_cpu", f"data.mds_dir={pseudo}", "--steps", "1",
+                 "--out", str(tmp_path / "predictor")]) == 2
+    assert f"data.mds_dir: {pseudo} is a pseudo-labelled copy" in capsys.readouterr().err
+    assert not (tmp_path / "predictor").exists()
+
+
 @pytest.mark.slow
 def test_two_rank_data_parallel_training_writes_one_checkpoint(trained, tiny_corpus, tmp_path):
     # 2 ranks (torchrun, gloo), each reading its own half of the clips; rank 0 saves.

@@ -27,7 +27,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from jala_ds.data.convert import HELDOUT
+from jala_ds.data.convert import DATASETS
 from jala_ds.data.corpus_provenance import converted_settings
 from jala_ds.data.mds_pieces import (
     PIECE_CLIPS,
@@ -47,8 +47,7 @@ Records = list[dict[str, Any]]
 
 def corpus_subsets(src: Path) -> list[str]:
     """The subsets of a converted corpus, training ones first; one clear error when there are none."""
-    folders = [*SUBSETS, *(f"{HELDOUT}/{subset}" for subset in SUBSETS)]
-    subsets = [s for s in folders if (src / s / "index.json").is_file()]
+    subsets = [s for s in DATASETS if (src / s / "index.json").is_file()]
     if not any(s in SUBSETS for s in subsets):
         raise FileNotFoundError(f"no MDS subsets (lab/, wild/) under {src}: point --src at `jala data convert`'s "
                                 "output")
@@ -67,14 +66,16 @@ def copy_corpus(src: str | Path, out: str | Path, columns: dict[str, str],
     (its slowest rank) on the clips it copied. Refuses an ``out`` where the copy would write over the source."""
     src, out = Path(src), Path(out)
     subsets = corpus_subsets(src)
-    check_source_apart(src, out, subsets)
+    # Every dataset folder, not only the source's: a held-out split left by an earlier copy of another corpus
+    # would otherwise survive --overwrite and be evaluated on as this corpus' own.
+    check_source_apart(src, out, list(DATASETS))
     sources = {subset: open_mds(src / subset) for subset in subsets}
     runs = {f"{subset}/{piece_folder(k)}": (subset, run)
             for subset in subsets for k, run in enumerate(piece_runs(len(sources[subset]), piece_clips))}
     plan = {"build": desc, "source": {subset: content_sha256(src / subset / "index.json") for subset in subsets},
             "converted": converted_settings(src), "columns": columns, "piece_clips": piece_clips, "pieces": len(runs),
             **inputs}
-    occupied = [out / subset for subset in subsets if (out / subset).exists()]
+    occupied = [out / folder for folder in DATASETS if (out / folder).exists()]
     ledger = PieceLedger(out, plan, ranks, occupied=occupied, resume=resume, overwrite=overwrite)
     mine = ledger.mine(list(runs))
     started = time.perf_counter()
