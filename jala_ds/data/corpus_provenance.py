@@ -29,6 +29,15 @@ def build_plan(root: str | Path) -> dict[str, Any]:
     return json.loads(plan.read_text()) if plan.is_file() else {}
 
 
+PSEUDO_LABEL_BUILD = "pseudo-label"
+"""The ledger's ``build`` of a ``jala token-predictor label`` copy."""
+
+
+def is_pseudo_labelled(root: str | Path) -> bool:
+    """Whether ``root`` is a pseudo-labelled copy: its video-only clips hold predicted codes, marked labelled."""
+    return build_plan(root).get("build") == PSEUDO_LABEL_BUILD
+
+
 def converted_settings(root: str | Path) -> dict[str, Any] | None:
     """The conversion settings (``ConvertSettings``) of ``root`` or, for a copy, of the corpus it copies."""
     plan = build_plan(root)

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from jala_ds.data.corpus_provenance import build_plan, converted_settings
+from jala_ds.data.corpus_provenance import converted_settings, is_pseudo_labelled
 from jala_ds.data.mds_pieces import PIECE_CLIPS, RANKS_WAIT, content_sha256
 from jala_ds.data.motion_tokens import MotionTokenizer
 from jala_ds.data.schema import HANDS, TOKEN_COLUMNS, array_bytes, hand_poses
@@ -57,7 +57,7 @@ def tokenize_corpus(tokenizer_path: str | Path, src_mds: str | Path, out_mds: st
     """Copy ``src_mds`` to ``out_mds`` with motion tokens added, this rank's share of it under torchrun (``device``
     ``cuda`` is the rank's GPU); return counts and throughput, the same on every rank. ``resume`` finishes a copy
     that stopped part-way (``jala_ds.motion.corpus_copy``)."""
-    if build_plan(src_mds).get("build") == "pseudo-label":
+    if is_pseudo_labelled(src_mds):
         # Its video-only clips hold predicted codes and labeled=1 but no poses: encoded again they would keep
         # labeled=1 with no codes at all, a labelled clip without labels that stops pretraining when it is drawn.
         raise ValueError(f"--src {src_mds} is a pseudo-labelled copy (`jala token-predictor label`): tokenize the "

@@ -26,7 +26,12 @@ import numpy as np
 import torch
 
 from jala_ds.config import JalaConfig
-from jala_ds.data.corpus_provenance import check_chunk_frames, check_stored_codes, tokenizer_fingerprint
+from jala_ds.data.corpus_provenance import (
+    PSEUDO_LABEL_BUILD,
+    check_chunk_frames,
+    check_stored_codes,
+    tokenizer_fingerprint,
+)
 from jala_ds.data.mds_pieces import PIECE_CLIPS, RANKS_WAIT, content_sha256
 from jala_ds.data.motion_tokens import MotionTokenizer, build_motion_tokenizer
 from jala_ds.data.schema import HANDS, SUBSETS, TOKEN_COLUMNS, array_bytes
@@ -78,7 +83,7 @@ def pseudo_label_corpus(cfg: JalaConfig, predictor_path: str | Path, src_mds: st
                         torch_device)
         inputs = {"predictor": content_sha256(predictor_path), "video_only_hands": cfg.data.video_only_hands,
                   "motion_tokenizer": dataclasses.asdict(cfg.motion_tokenizer), "tokenizer": fingerprint}
-        report = copy_corpus(src_mds, out_mds, TOKEN_COLUMNS, label, block=CLIPS_PER_BLOCK, desc="pseudo-label",
+        report = copy_corpus(src_mds, out_mds, TOKEN_COLUMNS, label, block=CLIPS_PER_BLOCK, desc=PSEUDO_LABEL_BUILD,
                              counted=("pseudo_labelled_clips", "pseudo_labelled_chunks"), inputs=inputs, ranks=ranks,
                              piece_clips=piece_clips, resume=resume, overwrite=overwrite)
     report["hands"] = [HANDS[h] for h in hands]

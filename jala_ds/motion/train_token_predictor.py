@@ -24,7 +24,12 @@ from torch.utils.data import DataLoader
 from jala_ds.config import JalaConfig
 from jala_ds.config_checks import ConfigError
 from jala_ds.data.convert import HELDOUT
-from jala_ds.data.corpus_provenance import build_plan, check_chunk_frames, check_stored_codes, tokenizer_fingerprint
+from jala_ds.data.corpus_provenance import (
+    check_chunk_frames,
+    check_stored_codes,
+    is_pseudo_labelled,
+    tokenizer_fingerprint,
+)
 from jala_ds.data.motion_tokens import MotionTokenizer, build_motion_tokenizer
 from jala_ds.data.schema import SUBSETS
 from jala_ds.motion.checkpoint_folder import refuse_to_replace
@@ -92,7 +97,7 @@ def train_token_predictor(cfg: JalaConfig, steps: int | None = None, out_dir: st
         raise ValueError(f"steps={steps}: must be a positive number of optimiser steps")
     out_dir = Path(out_dir) if out_dir else default_checkpoint(cfg)
     refuse_to_replace(out_dir, "an action-token predictor", overwrite)
-    if build_plan(cfg.data.mds_dir).get("build") == "pseudo-label":
+    if is_pseudo_labelled(cfg.data.mds_dir):
         # Its video-only clips count as labelled: the predictor would learn an earlier predictor's guesses.
         raise ConfigError(f"data.mds_dir: {cfg.data.mds_dir} is a pseudo-labelled copy (`jala token-predictor "
                           "label`): train the predictor on the corpus it was labelled from")
