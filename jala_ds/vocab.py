@@ -91,7 +91,12 @@ def load_text_tokenizer(pretrained: str | None, arch: str | None = None) -> PreT
     published vocabulary of ``arch`` (``model.arch``) when it has one."""
     if pretrained is None:
         return byte_level_tokenizer(PUBLISHED_TEXT_VOCAB.get(arch))
-    tok = AutoTokenizer.from_pretrained(pretrained, local_files_only=True, trust_remote_code=False)
+    try:
+        tok = AutoTokenizer.from_pretrained(pretrained, local_files_only=True, trust_remote_code=False)
+    except (OSError, TypeError, ValueError) as err:  # without tokenizer files transformers fails on a None path
+        raise FileNotFoundError(f"no text tokenizer could be loaded from model.pretrained={pretrained} ({err}): the "
+                                "folder must hold the checkpoint's tokenizer files (tokenizer.json or vocab.json + "
+                                "merges.txt, tokenizer_config.json) beside its weights") from None
     missing = [t for t in (IMG_START, IMG_END, IMG_CONTEXT) if t not in tok.get_vocab()]
     if missing:
         raise ValueError(f"tokenizer in {pretrained} lacks InternVL image tokens {missing}: "

@@ -137,6 +137,94 @@ def test_checkpoint_mismatch_names_the_recipe_key(saved, override, key):
         build_model(cfg, vocab)
 
 
+
+def _copy_without(src, dst, drop_tensors=(), drop_files=()):
+    """A copy of checkpoint folder ``src`` lacking the tensors whose names contain one of ``drop_tensors``."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    for name in drop_files:
+        (dst / name).unlink()
+    if drop_tensors:
+        weights = load_file(str(dst / "model.safetensors"))
+        kept = {k: v for k, v in weights.items() if not any(part in k for part in drop_tensors)}
+        assert len(kept) < len(weights)
+        save_file(kept, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    return dst
+
+
+def test_a_checkpoint_missing_weights_is_refused_not_filled_at_random(saved, tmp_path):
+    """transformers only logs the weights it initialises at random; the projector would train from noise."""
+    _, _, root = saved
+    partial = _copy_without(root / "vlm", tmp_path / "vlm", drop_tensors=["multi_modal_projector"])
+    cfg, vocab = tiny_setup(f"model.pretrained={partial}")
+    with pytest.raises(ValueError, match=f"model.pretrained={partial} does not hold every InternVL weight "
+                                         r"\(missing keys \['model.multi_modal_projector"):
+        build_model(cfg, vocab)
+
+
+def test_a_folder_of_another_model_or_without_config_is_refused_by_name(saved, tmp_path):
+    """Either would otherwise load as a default InternVL config: a 7B-shaped language model at random."""
+    from transformers import Qwen2Config
+
+    _, _, root = saved
+    Qwen2Config(hidden_size=64, num_hidden_layers=1, num_attention_heads=4).save_pretrained(tmp_path / "qwen")
+    no_config = _copy_without(root / "vlm", tmp_path / "no_config", drop_files=["config.json"])
+    for folder, error, says in [(tmp_path / "qwen", ValueError, "holds a 'qwen2' model, not an InternVL"),
+                                (no_config, FileNotFoundError, "has no config.json")]:
+        cfg, vocab = tiny_setup(f"model.pretrained={folder}")
+        with pytest.raises(error, match=f"model.pretrained={folder} {says}"):
+            build_model(cfg, vocab)
+
+
+def test_a_folder_without_tokenizer_files_names_the_folder(saved, tmp_path):
+    _, _, root = saved
+    bare = _copy_without(root / "vlm", tmp_path / "vlm", drop_files=["tokenizer.json", "tokenizer_config.json",
+                                                                      "special_tokens_map.json"])
+    with pytest.raises(FileNotFoundError, match=f"model.pretrained={bare} .* must hold the checkpoint's tokenizer"):
+        load_text_tokenizer(str(bare))
+
+
+def test_a_visual_encoder_missing_weights_is_refused(saved, tmp_path):
+    from jala_ds.model.visual_encoder import build_visual_encoder
+
+    _, _, root = saved
+    partial = _copy_without(root / "encoder", tmp_path / "encoder", drop_tensors=["layernorm.weight"])
+    cfg, _ = tiny_setup(f"model.visual_encoder_path={partial}")
+    with pytest.raises(ValueError, match=f"model.visual_encoder_path={partial} lacks weights of its Dinov2Model"):
+        build_visual_encoder(cfg.model)
+
+
+def test_a_moved_export_loads_its_own_backbone_not_the_folder_it_was_written_to(saved, tmp_path):
+    """An export's recipe names the folder it was written to; a copy elsewhere must not read that one's weights."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from jala_ds.eval.trained_model import load_trained_model
+    from jala_ds.train.export import HEADS_FILE, RECIPE_FILE
+
+    model, batch, root = saved
+    cfg, _ = tiny_setup()
+    first = tmp_path / "export"
+    shutil.copytree(root / "vlm", first)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items() if not k.startswith("backbone.")},
+              str(first / HEADS_FILE))
+    cfg.model.pretrained = str(first.resolve())
+    cfg.dump(first / RECIPE_FILE)
+    shutil.copytree(first, tmp_path / "moved")
+    with torch.no_grad():  # the original folder then changes (re-exported from a later step, say)
+        other = model.backbone.__class__.from_pretrained(first)
+        other.lm_head.weight.add_(1.0)
+        other.save_pretrained(first)
+    trained = load_trained_model(tmp_path / "moved", device="cpu")
+    assert trained.cfg.model.pretrained == str((tmp_path / "moved").resolve())
+    with torch.no_grad():
+        torch.testing.assert_close(trained.model(batch).loss, model(batch).loss, rtol=0, atol=0)
+
+
 def test_without_a_checkpoint_a_published_arch_gets_its_vocabulary_size():
     """A random-weight InternVL3-2B has the real embedding and LM head shapes (memory and FLOPs as published)."""
     from jala_ds.model.backbone import INTERNVL3_2B_TEXT_VOCAB

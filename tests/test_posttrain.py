@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from jala_jobs import JALA, deepspeed_launcher, run, torchrun
+from transformers import InternVLForConditionalGeneration
 
 from jala_ds.cli import main as jala
 from jala_ds.config import ConfigError, load_config
@@ -133,6 +134,56 @@ def test_preflight_refuses_data_without_statistics_or_with_other_dims(robot_mds,
         check_posttrain(RECIPE, [f"robot.mds_dir={robot_mds}", "action_head.action_dim=6"], init=None)
     with pytest.raises(ConfigError, match="posttrain.init: .* is neither a `jala export` folder"):
         check_posttrain(RECIPE, [f"robot.mds_dir={robot_mds}"], init=str(tmp_path))
+
+
+
+def test_init_from_a_run_refuses_a_backbone_folder_other_than_the_runs(tmp_path):
+    """A run's checkpoint has every weight but not the text tokenizer (model.pretrained gives it). With the
+    recipe's model.pretrained=null a run pretrained from InternVL3-2B would get the byte-level tokenizer padded to
+    the same 151,674 rows: the weights would load and every instruction become other ids."""
+    from jala_ds.train.posttrain import resolve_init
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "latest").write_text("step_4")
+    load_config("tiny_cpu", [f"model.pretrained={tmp_path / 'vlm'}"]).dump(run / "config.yaml")
+    cfg = load_config(RECIPE, [f"posttrain.init={run}"])
+    with pytest.raises(ConfigError, match=f"model.pretrained=None but {run} was pretrained from "
+                                          f"'{tmp_path / 'vlm'}'.*set model.pretrained='{tmp_path / 'vlm'}'"):
+        resolve_init(cfg)
+    resolve_init(load_config(RECIPE, [f"posttrain.init={run}", f"model.pretrained={tmp_path / 'vlm'}"]))
+
+
+
+def test_init_from_a_run_with_a_tied_lm_head_loads_every_weight(tmp_path):
+    """A backbone whose LM head is its embedding (tie_word_embeddings, as small InternVL3s ship) is one parameter
+    under two names: the run's state dict has both, and neither is 'unexpected'."""
+    from jala_ds.model.backbone import backbone_config
+    from jala_ds.model.build import build_model
+    from jala_ds.model.policy_model import build_policy_model
+    from jala_ds.vocab import add_motion_vocab, byte_level_tokenizer, load_text_tokenizer
+
+    tok = byte_level_tokenizer()
+    vlm_cfg = backbone_config("tiny", 56, len(tok), tok.convert_tokens_to_ids("<IMG_CONTEXT>"))
+    vlm_cfg.tie_word_embeddings = vlm_cfg.text_config.tie_word_embeddings = True
+    InternVLForConditionalGeneration(vlm_cfg).save_pretrained(tmp_path / "vlm")
+    tok.save_pretrained(tmp_path / "vlm")
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step_1").mkdir(parents=True)
+    (run / "checkpoints" / "latest").write_text("step_1")
+    cfg = load_config("tiny_cpu", [f"model.pretrained={tmp_path / 'vlm'}"])
+    cfg.dump(run / "config.yaml")
+    vocab = add_motion_vocab(load_text_tokenizer(cfg.model.pretrained), cfg.motion_tokenizer.vocab_per_part)
+    torch.manual_seed(1)
+    pretrained = build_model(cfg, vocab)
+    assert pretrained.backbone.lm_head.weight is pretrained.backbone.get_input_embeddings().weight
+    torch.save({"module": pretrained.state_dict()}, run / "checkpoints" / "step_1" / "mp_rank_00_model_states.pt")
+    torch.manual_seed(2)
+    policy = build_policy_model(load_config(RECIPE, [f"model.pretrained={tmp_path / 'vlm'}"]), vocab, init=run)
+    expected = pretrained.state_dict()
+    for name, value in policy.state_dict().items():
+        if not name.startswith("action_head."):
+            assert torch.equal(value, expected[name]), name
 
 
 def test_preflight_says_when_post_training_starts_without_a_pretrained_jala(robot_mds, tmp_path, capsys, monkeypatch):

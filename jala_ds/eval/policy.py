@@ -193,6 +193,8 @@ def load_export(folder: Path, cfg: JalaConfig) -> tuple[torch.nn.Module, Any]:
     from jala_ds.train.export import load_heads
     from jala_ds.vocab import add_motion_vocab, load_text_tokenizer
 
+    # The recipe names the folder the export was written to; the backbone is this one's, wherever it is now.
+    cfg.model.pretrained = str(folder.resolve())
     tokenizer = load_text_tokenizer(cfg.model.pretrained, cfg.model.arch)
     model = build_policy_model(cfg, add_motion_vocab(tokenizer, cfg.motion_tokenizer.vocab_per_part), init=None)
     load_heads(model, folder)

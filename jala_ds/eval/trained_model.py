@@ -61,6 +61,8 @@ def load_trained_model(path: str | Path, overrides: list[str] | tuple[str, ...] 
                                 f"checkpoints/latest) nor a `jala export` folder ({RECIPE_FILE}): pass the run's "
                                 "train.out_dir or the --out folder of `jala export`")
     cfg = load_config(recipe, overrides)
+    if checkpoint is None:  # the export's recipe names the folder it was written to: it may have moved since
+        cfg.model.pretrained = str(path.resolve())
     state = None if checkpoint is None else merged_state_dict(checkpoint)
     names = heads_names(path / HEADS_FILE) if state is None else state.keys()
     if any(name.startswith(ACTION_HEAD_PREFIX) for name in names):  # it would not load into a JalaModel

@@ -14,7 +14,7 @@ at the mean of the text rows.
 from __future__ import annotations
 
 import torch
-from transformers import InternVLConfig, InternVLForConditionalGeneration, Qwen2Config
+from transformers import InternVLConfig, InternVLForConditionalGeneration, PretrainedConfig, Qwen2Config
 from transformers.models.internvl.configuration_internvl import InternVLVisionConfig
 
 from jala_ds.model.config import ModelConfig
@@ -95,8 +95,17 @@ def random_backbone(model_cfg: ModelConfig, vocab: MotionVocab) -> InternVLForCo
 
 def pretrained_backbone(model_cfg: ModelConfig, vocab: MotionVocab) -> InternVLForConditionalGeneration:
     """The checkpoint in ``model.pretrained`` (local files only), checked against the recipe and ``vocab``."""
-    backbone = InternVLForConditionalGeneration.from_pretrained(model_cfg.pretrained, local_files_only=True,
-                                                                dtype=torch.float32)
+    check_internvl_folder(model_cfg.pretrained)
+    backbone, info = InternVLForConditionalGeneration.from_pretrained(
+        model_cfg.pretrained, local_files_only=True, dtype=torch.float32, output_loading_info=True)
+    # transformers only logs weights it initialised at random or left unused; a run would train on them unnoticed.
+    unused = {kind: keys for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")
+              if (keys := sorted(str(key) for key in info.get(kind) or ()))}
+    if unused:
+        found = "; ".join(f"{kind.replace('_', ' ')} {keys[:4]}{' ...' if len(keys) > 4 else ''}"
+                          for kind, keys in unused.items())
+        raise ValueError(f"model.pretrained={model_cfg.pretrained} does not hold every InternVL weight ({found}): "
+                         "use a complete transformers-format InternVL3 checkpoint (e.g. OpenGVLab/InternVL3-2B-hf)")
     cfg = backbone.config
     layers = cfg.text_config.num_hidden_layers
     if model_cfg.align_layer > layers:
@@ -111,6 +120,23 @@ def pretrained_backbone(model_cfg: ModelConfig, vocab: MotionVocab) -> InternVLF
                          f"gives {vocab.img_context}: load the tokenizer from the same checkpoint folder")
     add_motion_rows(backbone, vocab)
     return backbone
+
+
+def check_internvl_folder(folder: str) -> None:
+    """Refuse, before any weight is built, a folder without config.json or of another model type: transformers
+    would read it as a default-config InternVL (a 7B-shaped language model) and initialise that at random."""
+    try:
+        model_type = PretrainedConfig.get_config_dict(folder, local_files_only=True)[0].get("model_type")
+    except OSError:
+        model_type = None
+    if model_type is None:
+        raise FileNotFoundError(f"model.pretrained={folder} has no config.json naming a model type: point it at a "
+                                "transformers-format InternVL3 checkpoint folder (config.json, *.safetensors, "
+                                "tokenizer files), e.g. OpenGVLab/InternVL3-2B-hf")
+    if model_type != "internvl":
+        raise ValueError(f"model.pretrained={folder} holds a '{model_type}' model, not an InternVL in the "
+                         "transformers format (model_type 'internvl'): use the -hf checkpoint (e.g. "
+                         "OpenGVLab/InternVL3-2B-hf, not the remote-code OpenGVLab/InternVL3-2B)")
 
 
 def add_motion_rows(backbone: InternVLForConditionalGeneration, vocab: MotionVocab) -> None:

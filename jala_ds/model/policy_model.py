@@ -151,7 +151,8 @@ def load_pretrained(model: JalaPolicyModel, init: Path) -> None:
                                 "with checkpoints/latest: pass one of those")
     state = {name: t for name, t in state.items() if not name.startswith(DROPPED_PREFIX)}
     missing = sorted(params.keys() - state.keys())
-    unexpected = sorted(state.keys() - dict(model.named_parameters()).keys())
+    # A tied LM head is one parameter under two names: a run's state dict holds both, named_parameters() one.
+    unexpected = sorted(state.keys() - dict(model.named_parameters(remove_duplicate=False)).keys())
     if missing or unexpected:
         raise ValueError(f"{init} does not fit the recipe's model (missing {missing[:3]}, unexpected "
                          f"{unexpected[:3]}): use the model section the checkpoint was pretrained with")

@@ -73,7 +73,15 @@ def build_visual_encoder(model_cfg: ModelConfig) -> FrozenFrameEncoder:
     expected = getattr(transformers, VISUAL_ENCODER_CLASSES[kind])
     if model_cfg.visual_encoder_path is None:
         return FrozenFrameEncoder(expected(random_encoder_config(model_cfg)), kind)
-    encoder = transformers.AutoModel.from_pretrained(model_cfg.visual_encoder_path, local_files_only=True)
+    encoder, info = transformers.AutoModel.from_pretrained(model_cfg.visual_encoder_path, local_files_only=True,
+                                                           output_loading_info=True)
+    # transformers only logs the weights it initialised at random: a frozen encoder would keep them for the whole
+    # run. V-JEPA2's predictor is never run here (skip_predictor), so a checkpoint without it is complete.
+    missing = sorted(key for key in info["missing_keys"] if not (kind == "vjepa2" and key.startswith("predictor.")))
+    if missing:
+        raise ValueError(f"model.visual_encoder_path={model_cfg.visual_encoder_path} lacks weights of its "
+                         f"{type(encoder).__name__} ({missing[:4]}{' ...' if len(missing) > 4 else ''}), which would "
+                         "start at random and stay frozen: point it at a complete checkpoint of the encoder")
     if not isinstance(encoder, expected):
         raise TypeError(f"model.visual_encoder_path={model_cfg.visual_encoder_path} holds a "
                         f"{type(encoder).__name__}, not the {expected.__name__} that model.visual_encoder={kind} "

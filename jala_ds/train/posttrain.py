@@ -70,6 +70,13 @@ def resolve_init(cfg: JalaConfig) -> None:
         if key in pretrained and pretrained[key] != ours[key]:
             raise ConfigError(f"{key}={ours[key]!r} but {init} was pretrained with {pretrained[key]!r}: set "
                               f"{key}={pretrained[key]!r}")
+    # A run's checkpoint holds every weight but not the text tokenizer, which comes from model.pretrained. A
+    # random backbone's byte-level tokenizer, padded to the published vocabulary, would even fit the checkpoint's
+    # embedding shape: the instructions would silently become other token ids than the pretraining's.
+    theirs = pretrained.get("model.pretrained")
+    if (theirs is None) != (cfg.model.pretrained is None):
+        raise ConfigError(f"model.pretrained={cfg.model.pretrained!r} but {init} was pretrained from "
+                          f"{theirs!r}, whose tokenizer its weights were trained with: set model.pretrained={theirs!r}")
 
 
 def build_posttraining(plan: RunPlan, rank: int, world_size: int):
