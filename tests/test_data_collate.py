@@ -172,6 +172,21 @@ def test_chunks_of_unequal_length_are_refused_with_their_counts():
         batch_index(ids, ids, motion_chunk, doc, chunk, num_chunks=2, image_token_id=1, ignore=IGNORE)
 
 
+def test_normalising_under_fake_tensors_first_leaves_later_real_frames_normalised():
+    """The FLOP tests run the frame encoder on fake tensors: had that first call cached its constants, every later
+    real call of the process read fake ones and normalised nothing (seen in CI: a test worker's frame encoders saw
+    raw pixels)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from jala_ds.data import frames
+
+    frames._cached_constants.cache_clear()
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        normalized(torch.zeros(1, 3, 2, 2, dtype=torch.uint8))
+    pixels = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
+    torch.testing.assert_close(normalized(pixels) * IMAGENET_STD + IMAGENET_MEAN, torch.ones(1, 3, 2, 2))
+
+
 def test_pixels_cross_as_decoded_uint8_and_normalise_to_imagenet_statistics(tiny_corpus):
     examples, records, vocab, cfg = make_examples(tiny_corpus, 3)
     batch = collate(examples, pack=False, max_tokens=cfg.data.max_tokens, vocab=vocab)

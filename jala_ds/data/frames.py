@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 from torchvision.io import ImageReadMode, decode_jpeg
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
@@ -42,13 +43,19 @@ def normalized(frames: torch.Tensor, dtype: torch.dtype = torch.float32) -> torc
     if frames.dtype != torch.uint8:
         raise TypeError(f"frames must be uint8 (as decoded and batched), got {frames.dtype}: normalising twice "
                         "would feed the model noise")
-    scale, shift = _normalizing_constants(frames.device)
+    # Under a dispatch mode (fake tensors, a FLOP counter) the constants would be that mode's tensors: made afresh
+    # and never cached, or every later real call of the process would read fake ones and normalise nothing.
+    fresh = _get_current_dispatch_mode() is not None
+    scale, shift = _normalizing_constants(frames.device) if fresh else _cached_constants(frames.device)
     return frames.to(torch.float32).mul_(scale).sub_(shift).to(dtype)
 
 
-@functools.cache
 def _normalizing_constants(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x / 255 - mean) / std as one multiply and one subtract; copied to each device once, without waiting for it
-    (the training forward never makes the host wait: ``tests/test_model_host_syncs.py``)."""
+    """(x / 255 - mean) / std as one multiply and one subtract, on ``device`` (copied without waiting for it: the
+    training forward never makes the host wait, ``tests/test_model_host_syncs.py``)."""
     return ((1.0 / (255.0 * IMAGENET_STD)).to(device, non_blocking=True),
             (IMAGENET_MEAN / IMAGENET_STD).to(device, non_blocking=True))
+
+
+_cached_constants = functools.cache(_normalizing_constants)
+"""The constants copied to each device once."""
