@@ -38,18 +38,13 @@ STEPS = 300
 
 @pytest.fixture(scope="module")
 def trained(tiny_corpus, tmp_path_factory):
-    """The predictor trained in a process of its own, as `jala token-predictor train` runs: whether 300 steps leave
-    the most-frequent-code plateau (near step 150 here) turns on float rounding, which a test worker's earlier
-    tests shifted once (probe accuracy 0.39 instead of 0.60, in CI); a fresh process trains the same every time."""
     root = tmp_path_factory.mktemp("token_predictor")
-    cmd = [sys.executable, "-m", "jala_ds.cli", "token-predictor", "train", "--recipe", "tiny_cpu",
-           f"data.mds_dir={tiny_corpus.mds}", f"tracking.uri=sqlite:///{root / 'mlflow.db'}",
-           "tracking.experiment=predictor-test", "--steps", str(STEPS), "--out", str(root / "predictor")]
-    # cwd: MLflow puts artifacts under ./mlruns
-    result = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                            timeout=600, cwd=root, check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
-    print(result.stdout)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)   # MLflow puts artifacts under ./mlruns
+        code = jala(["token-predictor", "train", "--recipe", "tiny_cpu", f"data.mds_dir={tiny_corpus.mds}",
+                     f"tracking.uri=sqlite:///{root / 'mlflow.db'}", "tracking.experiment=predictor-test",
+                     "--steps", str(STEPS), "--out", str(root / "predictor")])
+    assert code == 0
     cfg = load_config("tiny_cpu", [f"data.mds_dir={tiny_corpus.mds}"])
     return {"root": root, "checkpoint": root / "predictor", "cfg": cfg,
             "tokenizer": build_motion_tokenizer(cfg.motion_tokenizer)}
